@@ -1,0 +1,117 @@
+# MODNet -> VACC release pipeline. `make help` lists every target and variable.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+##@ Variables (override on the command line: make int8 CKPT=... DATA=...)
+CKPT ?= checkpoints/modnet_photographic_portrait_matting.ckpt## official checkpoint (state_dict from nn.DataParallel)
+DATA ?= datasets/PPM-100## PPM-100-shaped folder: image/*.jpg and matte/*.jpg
+CONFIG ?= build_configs/official_modnet_fp16.yaml## config used by `make onnx` / `make simplify`
+CONFIG_FP16 ?= build_configs/official_modnet_fp16.yaml## config of `make fp16`
+CONFIG_INT8 ?= build_configs/official_modnet_int8.yaml## config of `make int8`
+BACKEND ?= vamc## engine backend of fp16/int8/eval: vamc (vendor compiler) or ort (reference, any CPU)
+REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing calib/NAME.txt
+ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
+PYTHON ?= python3## interpreter that creates .venv
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+name = $(basename $(notdir $(1)))
+# A prerequisite that exists only if the file does, so a missing input reaches the Python CLI, whose error says
+# where it looked and what to do, instead of Make's "No rule to make target".
+optional = $(wildcard $(1))
+
+# Records a variable's value in a file that changes only when the value does, so switching CKPT or DATA to
+# another file rebuilds what depends on it even when that file is older than the outputs.
+define remember
+	@mkdir -p $(@D); printf '%s\n' '$(1)' | cmp -s - $@ || printf '%s\n' '$(1)' > $@
+endef
+
+EXPORT_CODE := pipeline/model.py pipeline/checkpoint.py pipeline/export.py pipeline/config.py
+SIMPLIFY_CODE := pipeline/simplify.py pipeline/runtime.py pipeline/config.py
+
+##@ Setup
+venv: $(STAMP) ## create .venv from requirements.txt (every target does this on first use)
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+##@ Stages
+$(ART)/inputs/ckpt.path: FORCE
+	$(call remember,$(abspath $(CKPT)))
+
+# Per-config rules, instantiated for every config in use.
+define config_rules
+$(ART)/onnx/$(call name,$(1)).onnx: $(1) $(call optional,$(CKPT)) $(ART)/inputs/ckpt.path $(EXPORT_CODE) $(STAMP)
+	$(PY) -m pipeline export --config $(1) --ckpt $(CKPT) --out $$@
+$(ART)/onnx/$(call name,$(1)).sim.onnx: $(ART)/onnx/$(call name,$(1)).onnx $(1) $(SIMPLIFY_CODE) $(STAMP)
+	$(PY) -m pipeline simplify --config $(1) --onnx $$< --out $$@
+endef
+$(foreach c,$(sort $(CONFIG) $(CONFIG_FP16) $(CONFIG_INT8)),$(eval $(call config_rules,$(c))))
+
+onnx: $(ART)/onnx/$(call name,$(CONFIG)).onnx ## export CKPT to a static-shape ONNX (artifacts/onnx/NAME.onnx)
+simplify: $(ART)/onnx/$(call name,$(CONFIG)).sim.onnx ## onnxsim + parity check (artifacts/onnx/NAME.sim.onnx)
+sim: simplify ## alias of simplify
+
+$(ART)/inputs/data.path: FORCE
+	$(call remember,$(abspath $(DATA)))
+
+FP16 := $(call name,$(CONFIG_FP16))
+INT8 := $(call name,$(CONFIG_INT8))
+CALIB_DIR := $(ART)/calib/$(INT8)
+ENGINE_FP16 := $(ART)/engines/$(FP16)/$(BACKEND)
+ENGINE_INT8 := $(ART)/engines/$(INT8)/$(BACKEND)
+BUILD_CODE := pipeline/backends/__init__.py pipeline/backends/$(BACKEND).py pipeline/config.py
+
+calib: $(CALIB_DIR)/manifest.json ## draw the calibration subset of DATA (artifacts/calib/NAME/; REDRAW=1 draws anew)
+$(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(call optional,calib/$(INT8).txt) $(ART)/inputs/data.path \
+		pipeline/calibrate.py pipeline/preprocess.py pipeline/dataset.py $(STAMP) $(if $(REDRAW),FORCE)
+	$(PY) -m pipeline calib --config $(CONFIG_INT8) --data $(DATA) --out $(CALIB_DIR) $(if $(REDRAW),--redraw)
+
+fp16: $(ENGINE_FP16)/manifest.json ## build the fp16 engine (artifacts/engines/NAME/BACKEND/)
+$(ENGINE_FP16)/manifest.json: $(ART)/onnx/$(FP16).sim.onnx $(CONFIG_FP16) $(BUILD_CODE) $(STAMP)
+	$(PY) -m pipeline build --config $(CONFIG_FP16) --onnx $< --backend $(BACKEND) --out $(@D)
+
+int8: $(ENGINE_INT8)/manifest.json ## calibrate and build the int8 engine (artifacts/engines/NAME/BACKEND/)
+$(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(BUILD_CODE) \
+		$(STAMP)
+	$(PY) -m pipeline build --config $(CONFIG_INT8) --onnx $< --calib $(CALIB_DIR) --backend $(BACKEND) --out $(@D)
+
+##@ Demo and tests
+DEMO := artifacts/demo
+DEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt
+DEMO_DATA := $(DEMO)/inputs/PPM-100
+DEMO_COUNT ?= 100## images in the generated PPM-100-shaped folder
+
+demo-ckpt: $(DEMO_CKPT) ## write the seeded checkpoint in the official layout
+$(DEMO_CKPT): pipeline/demo_checkpoint.py pipeline/model.py $(STAMP)
+	$(PY) -m pipeline demo-ckpt --out $@
+
+demo-data: $(DEMO_DATA)/.complete ## write the synthetic PPM-100-shaped folder
+$(DEMO_DATA)/.complete: pipeline/demo_data.py $(STAMP)
+	$(PY) -m pipeline demo-data --out $(DEMO_DATA) --count $(DEMO_COUNT)
+	touch $@
+
+demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated data (outputs under artifacts/demo)
+	$(MAKE) --no-print-directory ART=$(DEMO) CKPT=$(DEMO_CKPT) DATA=$(DEMO_DATA) demo-stages
+
+demo-stages: $(foreach c,$(CONFIG_FP16) $(CONFIG_INT8),$(ART)/onnx/$(call name,$(c)).sim.onnx)
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest -q tests
+
+clean: ## remove artifacts/ outputs (keeps .venv and artifacts/README.md)
+	find $(ART) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+help: ## list targets and variables
+	@awk 'BEGIN {FS = ":.*## "} \
+	  /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
+	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2; next} \
+	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
+
+FORCE:
+.PHONY: venv onnx simplify sim calib fp16 int8 demo demo-ckpt demo-data demo-stages test clean help FORCE

@@ -1,0 +1,52 @@
+"""Engine backends behind `python -m pipeline build`: `ort` (reference, ONNX Runtime) and `vamc` (vendor compiler).
+
+Each backend module exposes `build(cfg, onnx, calib, out, progress) -> dict` that writes ENGINE_DIR atomically
+(nothing is left in OUT on failure), including `manifest.json`, which starts from `base_manifest` below so every
+engine records the same provenance, and returns that manifest.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..config import BuildConfig
+from ..errors import PipelineError
+from ..fileio import sha256_file
+from ..provenance import git_state, versions
+
+BACKENDS = ("ort", "vamc")
+
+
+def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
+    if not onnx.is_file():
+        raise PipelineError(f"{onnx}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
+    if cfg.backend.dtype == "int8":
+        if calib is None:
+            raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")
+        if not (calib / "manifest.json").is_file():
+            raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)")
+
+
+def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None) -> dict:
+    """Provenance shared by every engine: which config, ONNX and calibration set built it, and with what."""
+    manifest = {
+        "backend": backend,
+        "dtype": cfg.backend.dtype,
+        "config_name": cfg.name,
+        "config": {"path": str(cfg.source), "sha256": sha256_file(cfg.source)},
+        "onnx": {"path": str(onnx.resolve()), "sha256": sha256_file(onnx)},
+        "versions": versions(),
+        "repository": git_state(),
+    }
+    if cfg.backend.dtype == "int8" and calib is not None:
+        manifest["calibration"] = {"path": str(calib.resolve()),
+                                   "manifest_sha256": sha256_file(calib / "manifest.json")}
+    return manifest
+
+
+def build_engine(backend: str, cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress) -> dict:
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
+    check_inputs(cfg, onnx, calib)
+    module = importlib.import_module(f"{__name__}.{backend}")
+    return module.build(cfg, onnx, calib, out, progress)

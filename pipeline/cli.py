@@ -1,0 +1,116 @@
+"""`python -m pipeline SUBCOMMAND ...`: the edge where files are named, stages are called and errors are reported.
+
+Stage modules are imported inside each handler so that `--help` and quick commands do not pay for torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import PipelineError
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """A progress bar on stderr when it is a terminal; silent in logs and CI."""
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr, leave=False)
+
+
+def _config(path: str):
+    from .config import load_config
+    return load_config(path)
+
+
+def cmd_export(args) -> None:
+    from .export import export_onnx
+    export_onnx(_config(args.config), args.ckpt, args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_simplify(args) -> None:
+    from .simplify import simplify_onnx
+    report = simplify_onnx(_config(args.config), args.onnx, args.out)
+    p = report["parity"]
+    print(f"wrote {args.out}: {report['nodes_before']} -> {report['nodes_after']} nodes, parity max abs "
+          f"{p['max_abs']:.3g} (tolerance {p['tolerance']:g})")
+
+
+def cmd_demo_ckpt(args) -> None:
+    from .demo_checkpoint import write_demo_checkpoint
+    write_demo_checkpoint(args.out, args.seed)
+    print(f"wrote {args.out} (generated weights, seed {args.seed}: not the official model)")
+
+
+def cmd_demo_data(args) -> None:
+    from .demo_data import write_demo_data
+    names = write_demo_data(args.out, args.count, args.seed, args.scale,
+                            progress=lambda it: progress(it, "demo images", args.count))
+    print(f"wrote {len(names)} generated portraits and mattes to {args.out}")
+
+
+def cmd_build(args) -> None:
+    from .backends import build_engine
+    cfg = _config(args.config)
+    calib = Path(args.calib) if args.calib else None
+    build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out),
+                 progress=lambda it, total=None: progress(it, "calibration", total))
+    print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="official checkpoint -> static-shape ONNX")
+    p.add_argument("--config", required=True, help="build config YAML (shape, opset)")
+    p.add_argument("--ckpt", required=True, help="modnet_photographic_portrait_matting.ckpt or a demo checkpoint")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("simplify", help="ONNX -> onnxsim-simplified ONNX, checked for parity")
+    p.add_argument("--config", required=True)
+    p.add_argument("--onnx", required=True, help="exported ONNX")
+    p.add_argument("--out", required=True, help="simplified ONNX to write (and OUT.json beside it)")
+    p.set_defaults(func=cmd_simplify)
+
+    p = sub.add_parser("build", help="compile the simplified ONNX into an fp16 or int8 engine")
+    p.add_argument("--config", required=True, help="build config YAML (fp16 or int8)")
+    p.add_argument("--onnx", required=True, help="simplified ONNX")
+    p.add_argument("--calib", help="calibration folder from `calib` (int8 only)")
+    p.add_argument("--backend", required=True, choices=("ort", "vamc"),
+                   help="ort: reference engine on ONNX Runtime; vamc: the vendor compiler")
+    p.add_argument("--out", required=True, help="engine folder to write")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_ckpt)
+
+    p = sub.add_parser("demo-data", help="write a synthetic PPM-100-shaped folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="shrink the photo sizes (tests use small images)")
+    p.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not bad input: keep the traceback, but end on one line that says so
+        traceback.print_exc()
+        print(f"error: internal failure in `{args.command}` (a bug: please report it with the traceback above)",
+              file=sys.stderr)
+        return 3
+    return 0

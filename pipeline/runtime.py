@@ -1,0 +1,28 @@
+"""ONNX Runtime sessions and seeded probe inputs, shared by every stage that runs a model on the CPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def session(model: str | Path | bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
+
+
+def probe_inputs(shape: tuple[int, ...], seed: int, count: int) -> list[np.ndarray]:
+    """Inputs in the range preprocessing produces ([-1, 1] for MODNet's normalisation), reproducible from SEED."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1.0, 1.0, size=shape).astype(np.float32) for _ in range(count)]
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
