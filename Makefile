@@ -13,6 +13,7 @@ CONFIG_FP16 ?= build_configs/official_modnet_fp16.yaml## config of `make fp16`
 CONFIG_INT8 ?= build_configs/official_modnet_int8.yaml## config of `make int8`
 BACKEND ?= vamc## engine backend of fp16/int8/eval: vamc (vendor compiler) or ort (reference, any CPU)
 REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing calib/NAME.txt
+CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record of the calibration subset (names + sha256)
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
 
@@ -68,9 +69,10 @@ ENGINE_INT8 := $(ART)/engines/$(INT8)/$(BACKEND)
 BUILD_CODE := pipeline/backends/__init__.py pipeline/backends/$(BACKEND).py pipeline/config.py
 
 calib: $(CALIB_DIR)/manifest.json ## draw the calibration subset of DATA (artifacts/calib/NAME/; REDRAW=1 draws anew)
-$(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(call optional,calib/$(INT8).txt) $(ART)/inputs/data.path \
+$(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(call optional,$(CALIB_LIST)) $(ART)/inputs/data.path \
 		pipeline/calibrate.py pipeline/preprocess.py pipeline/dataset.py $(STAMP) $(if $(REDRAW),FORCE)
-	$(PY) -m pipeline calib --config $(CONFIG_INT8) --data $(DATA) --out $(CALIB_DIR) $(if $(REDRAW),--redraw)
+	$(PY) -m pipeline calib --config $(CONFIG_INT8) --data $(DATA) --list $(CALIB_LIST) --out $(CALIB_DIR) \
+		$(if $(REDRAW),--redraw)
 
 fp16: $(ENGINE_FP16)/manifest.json ## build the fp16 engine (artifacts/engines/NAME/BACKEND/)
 $(ENGINE_FP16)/manifest.json: $(ART)/onnx/$(FP16).sim.onnx $(CONFIG_FP16) $(BUILD_CODE) $(STAMP)
@@ -97,9 +99,11 @@ $(DEMO_DATA)/.complete: pipeline/demo_data.py $(STAMP)
 	touch $@
 
 demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated data (outputs under artifacts/demo)
-	$(MAKE) --no-print-directory ART=$(DEMO) CKPT=$(DEMO_CKPT) DATA=$(DEMO_DATA) demo-stages
+	$(MAKE) --no-print-directory ART=$(DEMO) CKPT=$(DEMO_CKPT) DATA=$(DEMO_DATA) BACKEND=ort \
+		CALIB_LIST=$(DEMO)/calib_list/$(INT8).txt demo-stages
 
-demo-stages: $(foreach c,$(CONFIG_FP16) $(CONFIG_INT8),$(ART)/onnx/$(call name,$(c)).sim.onnx)
+# The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
+demo-stages: calib fp16 int8
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
