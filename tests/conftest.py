@@ -1,0 +1,71 @@
+"""Shared fixtures. Everything here is generated: no official checkpoint or PPM-100 is needed.
+
+Shared by every test module: add fixtures with small edits, do not rewrite this file.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FP16_CONFIG = REPO / "build_configs" / "official_modnet_fp16.yaml"
+INT8_CONFIG = REPO / "build_configs" / "official_modnet_int8.yaml"
+LAYOUT = REPO.parent / "shared" / "reference" / "modnet_checkpoint_layout.json"
+SMALL_HW = (128, 96)  # a static shape MODNet accepts (multiples of 32) that keeps tests fast
+
+
+def config_dict(path: Path = FP16_CONFIG) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def small_config_dict(path: Path = FP16_CONFIG, hw: tuple[int, int] = SMALL_HW) -> dict:
+    raw = copy.deepcopy(config_dict(path))
+    raw["frontend"]["shape"]["input"] = [1, 3, *hw]
+    for op in raw["dataset"]["process_ops"]:
+        if op["type"] == "Resize":
+            op["size"] = list(hw)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def demo_ckpt(tmp_path_factory) -> Path:
+    from pipeline.demo_checkpoint import write_demo_checkpoint
+    path = tmp_path_factory.mktemp("ckpt") / "modnet_photographic_portrait_matting.ckpt"
+    write_demo_checkpoint(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory) -> Path:
+    """The official fp16 config at a small input shape."""
+    return write_config(tmp_path_factory.mktemp("cfg") / "small_fp16.yaml", small_config_dict())
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
+    """The demo checkpoint exported at the small shape."""
+    from pipeline.config import load_config
+    from pipeline.export import export_onnx
+    out = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    export_onnx(load_config(small_config), demo_ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_sim_onnx(tmp_path_factory, small_onnx, small_config) -> Path:
+    from pipeline.config import load_config
+    from pipeline.simplify import simplify_onnx
+    out = tmp_path_factory.mktemp("sim") / "small.sim.onnx"
+    simplify_onnx(load_config(small_config), small_onnx, out)
+    return out
