@@ -12,10 +12,14 @@ CONFIG ?= build_configs/official_modnet_fp16.yaml## config used by `make onnx` /
 CONFIG_FP16 ?= build_configs/official_modnet_fp16.yaml## config of `make fp16`
 CONFIG_INT8 ?= build_configs/official_modnet_int8.yaml## config of `make int8`
 BACKEND ?= vamc## engine backend of fp16/int8/eval: vamc (vendor compiler) or ort (reference, any CPU)
+VAMC ?= vamc## vendor compiler executable used by BACKEND=vamc (a name on PATH or a path)
+VAMC_COMMAND ?= compile## vamc subcommand: compile (vamc 3.4+) or build (older releases)
 REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing calib/NAME.txt
 CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record of the calibration subset (names + sha256)
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
+
+export VAMC VAMC_COMMAND
 
 VENV := .venv
 PY := $(VENV)/bin/python

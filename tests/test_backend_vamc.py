@@ -1,0 +1,392 @@
+"""The vamc backend, driven against a STAND-IN for the vendor compiler (vamc itself is not installable here).
+
+The stand-in is a small script written by these tests. It checks that the YAML it receives honours the contract
+of ../shared/reference/vamc-build-config.md, records how it was called, and writes three small placeholder
+files where vamc would put the engine. It builds nothing real: these tests check our side of the contract only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import FP16_CONFIG, INT8_CONFIG, REPO, config_dict, write_config
+from pipeline.backends import build_engine
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+STANDIN = '''#!{python}
+"""STAND-IN for the vendor compiler, used by tests: checks the contract, builds nothing real.
+
+Env: STANDIN_VAMC_RECORD (JSON-lines file of calls), STANDIN_VAMC_SOURCE (the build config the YAML came from),
+STANDIN_VAMC_FAIL=1 (write mod.so, then exit 3), STANDIN_VAMC_SKIP=FILE (exit 0 without writing FILE),
+STANDIN_VAMC_NO_VERSION=1 (`--version` fails).
+"""
+import copy, json, os, sys
+from pathlib import Path
+import yaml
+
+env = os.environ
+with open(env["STANDIN_VAMC_RECORD"], "a") as rec:
+    rec.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
+if sys.argv[1:] == ["--version"]:
+    if env.get("STANDIN_VAMC_NO_VERSION"):
+        print("unknown option --version")
+        sys.exit(2)
+    print("vamc STAND-IN 0.0 (tests)")
+    print("second line")
+    sys.exit(0)
+
+def violation(msg):
+    print("contract violation: " + msg)
+    sys.exit(9)
+
+if len(sys.argv) != 3 or sys.argv[1] not in ("compile", "build"):
+    violation("expected `vamc compile|build CONFIG.yaml`, got %r" % sys.argv[1:])
+path = Path(sys.argv[2])
+if not path.is_absolute() or not path.is_file():
+    violation("config path not absolute or missing: %s" % path)
+text = path.read_text()
+doc = yaml.safe_load(text)
+with open(env["STANDIN_VAMC_RECORD"], "a") as rec:
+    rec.write(json.dumps({{"yaml": text}}) + "\\n")
+if "pipeline" in doc:
+    violation("the pipeline section reached vamc")
+ckpt = Path(doc["frontend"]["checkpoint"])
+if not ckpt.is_absolute() or not ckpt.is_file():
+    violation("frontend.checkpoint not an absolute existing file: %s" % ckpt)
+if doc["backend"]["dtype"] == "int8":
+    data = Path(doc["dataset"]["path"])
+    if not data.is_absolute() or not data.is_dir():
+        violation("dataset.path not an absolute folder: %s" % data)
+    files = [p for p in data.rglob("*") if p.is_file()]
+    suffix = doc["dataset"]["sampler"]["suffix"]
+    if any(not p.name.endswith(suffix) for p in files):
+        violation("dataset.path holds files other than *%s" % suffix)
+    if len(files) != doc["dataset"]["sampler"]["get_data_num"]:
+        violation("get_data_num %s but %d files" % (doc["dataset"]["sampler"]["get_data_num"], len(files)))
+# every key but the five the pipeline points at its own artifacts must be as written in the source config
+source = yaml.safe_load(Path(env["STANDIN_VAMC_SOURCE"]).read_text())
+source.pop("pipeline", None)
+expected = copy.deepcopy(source)
+expected["name"] = doc["name"]
+expected["frontend"]["checkpoint"] = doc["frontend"]["checkpoint"]
+expected["workspace"]["path"] = doc["workspace"]["path"]
+if doc["backend"]["dtype"] == "int8":
+    expected["dataset"]["path"] = doc["dataset"]["path"]
+    expected["dataset"]["sampler"]["get_data_num"] = doc["dataset"]["sampler"]["get_data_num"]
+if doc != expected:
+    violation("keys changed on the way: %r != %r" % (doc, expected))
+
+print("STAND-IN vamc: contract checked, writing placeholder files")
+print("stderr line from the stand-in", file=sys.stderr)
+dest = Path(doc["workspace"]["path"]) / doc["name"]
+dest.mkdir(parents=True, exist_ok=True)
+if env.get("STANDIN_VAMC_FAIL"):
+    (dest / "mod.so").write_bytes(b"half")
+    print("STAND-IN vamc: failing on purpose")
+    sys.exit(3)
+for name in ("mod.so", "mod.json", "mod.params"):
+    if env.get("STANDIN_VAMC_SKIP") != name:
+        (dest / name).write_bytes(("STAND-IN placeholder " + name + "\\n").encode())
+'''
+
+ENGINE_LISTING = ["manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
+OFFICIAL_VDSP = {
+    "OpType": "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR",
+    "OpConfig": {
+        "IimageFormat": "RGB_PLANAR", "IimageWidth": 288, "IimageHeight": 480, "OimageWidth": 288,
+        "OimageHeight": 480, "IimageWidthPitch": 288, "IimageHeightPitch": 480,
+        "Mean": [127.5, 127.5, 127.5], "Std": [127.5, 127.5, 127.5], "NormaType": "MINUSMEAN_DIVSTD",
+        "ColorCvtCode": "BGR2RGB", "ResizeType": "BILINEAR_CV",
+    },
+}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    """Puts the stand-in first on PATH as `vamc`; returns a reader of its recorded calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "vamc"
+    script.write_text(STANDIN.format(python=sys.executable))
+    script.chmod(0o755)
+    record = tmp_path / "standin_calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_VAMC_RECORD", str(record))
+    for var in ("VAMC", "VAMC_COMMAND", "STANDIN_VAMC_FAIL", "STANDIN_VAMC_SKIP", "STANDIN_VAMC_NO_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+
+    def calls() -> list[dict]:
+        return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    calls.script = script
+    return calls
+
+
+@pytest.fixture
+def onnx_file(tmp_path) -> Path:
+    path = tmp_path / "onnx" / "official_modnet.sim.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"tiny stand-in ONNX bytes: vamc's stand-in does not parse it")
+    return path
+
+
+def make_calib(root: Path, count: int = 3) -> Path:
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(count):
+        path = images / f"pic_{i:02d}.jpg"
+        assert cv2.imwrite(str(path), rng.integers(0, 256, (8, 6, 3), dtype=np.uint8))
+        entries.append({"name": path.name, "sha256": sha(path)})
+    (root / "manifest.json").write_text(json.dumps({"count": count, "images": entries}))
+    return root
+
+
+@pytest.fixture
+def calib(tmp_path) -> Path:
+    return make_calib(tmp_path / "calib")
+
+
+def run_build(config: Path, onnx: Path, out: Path, calib: Path | None = None) -> dict:
+    os.environ["STANDIN_VAMC_SOURCE"] = str(config)
+    return build_engine("vamc", load_config(config), onnx, calib, out, progress=None)
+
+
+@pytest.fixture(autouse=True)
+def _source_env(monkeypatch):
+    monkeypatch.setenv("STANDIN_VAMC_SOURCE", "")  # restored after each test; run_build sets it
+
+
+def expected_yaml(source: Path, name: str, checkpoint: Path, dtype: str, data_path: str, num: int,
+                  workspace: Path, quantize: str = "") -> str:
+    return (
+        f"# vamc build config written by `python -m pipeline build` from {source}: its `pipeline:` section "
+        f"removed,\n# paths made absolute, output steered to <workspace.path>/<name>/mod.*\n"
+        f"name: {name}\n"
+        f"frontend:\n  type: onnx\n  checkpoint: {checkpoint}\n  shape:\n    input: [1, 3, 480, 288]\n"
+        f"  dtype: fp32\n"
+        f"backend:\n  type: tvm_vacc\n  dtype: {dtype}\n  compile:\n    data_transport_mode: 1\n"
+        f"    cluster_mode: 0\n{quantize}"
+        f"dataset:\n  type: tvm\n  path: {data_path}\n  sampler:\n    suffix: jpg\n    get_data_num: {num}\n"
+        f"  process_ops:\n  - type: DecodeImage\n  - type: Resize\n    size: [480, 288]\n"
+        f"  - type: Normalize\n    div255: false\n    mean: [127.5, 127.5, 127.5]\n"
+        f"    std: [127.5, 127.5, 127.5]\n  - type: ToTensor\n"
+        f"workspace:\n  path: {workspace}\n"
+    )
+
+
+def test_fp16_yaml_command_work_folder_and_manifest(tmp_path, standin, onnx_file, capfd):
+    out = tmp_path / "engines" / "official_modnet_fp16" / "vamc"
+    manifest = run_build(FP16_CONFIG, onnx_file, out)
+
+    assert sorted(p.name for p in out.iterdir()) == ENGINE_LISTING  # work/ was left empty: removed
+    yaml_text = (out / "vamc.yaml").read_text()
+    assert yaml_text == expected_yaml(FP16_CONFIG, "vamc", onnx_file.resolve(), "fp16",
+                                      "./datasets/seg/PPM-100/image", 50, out.parent)
+
+    calls = standin()
+    assert calls[0] == {"argv": ["--version"], "cwd": calls[0]["cwd"]}
+    assert calls[1] == {"argv": ["compile", str(out / "vamc.yaml")], "cwd": str(out / "work")}
+    assert calls[2] == {"yaml": yaml_text}
+    assert len(calls) == 3
+
+    for name in ("mod.so", "mod.json", "mod.params"):
+        assert (out / name).read_text() == f"STAND-IN placeholder {name}\n"
+    assert json.loads((out / "vdsp_params.json").read_text()) == OFFICIAL_VDSP
+
+    # streamed to the terminal and to the log, stdout and stderr alike
+    log = (out / "vamc.log").read_text()
+    shown = capfd.readouterr().out
+    for text in ("STAND-IN vamc: contract checked", "stderr line from the stand-in", "exited with status 0"):
+        assert text in log and text in shown
+    assert log.splitlines()[0] == f"$ {standin.script} compile {out / 'vamc.yaml'}    (in {out / 'work'})"
+
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["backend"] == "vamc" and manifest["dtype"] == "fp16"
+    assert manifest["engine"] == {n: {"sha256": sha(out / n), "bytes": (out / n).stat().st_size}
+                                  for n in ("mod.so", "mod.json", "mod.params")}
+    assert manifest["onnx"] == {"path": str(onnx_file.resolve()), "sha256": sha(onnx_file)}
+    assert manifest["config"]["sha256"] == sha(FP16_CONFIG)
+    assert manifest["vamc"] == {
+        "executable": str(standin.script), "argv": ["compile", str(out / "vamc.yaml")], "cwd": str(out / "work"),
+        "version": "vamc STAND-IN 0.0 (tests)", "yaml_sha256": sha(out / "vamc.yaml"),
+        "yaml": yaml.safe_load(yaml_text),
+    }
+    assert manifest["vdsp_params"] == {"path": "vdsp_params.json", "sha256": sha(out / "vdsp_params.json")}
+    assert manifest["engine_prefix"] == str(out / "mod")
+    assert "calibration" not in manifest
+
+
+def test_int8_official_yaml_points_at_the_calibration_images(tmp_path, standin, onnx_file, calib):
+    out = tmp_path / "engines" / "official_modnet_int8" / "vamc"
+    manifest = run_build(INT8_CONFIG, onnx_file, out, calib)
+
+    quantize = "  quantize:\n    calibrate_mode: kl_divergence\n    quantize_per_channel: true\n"
+    yaml_text = (out / "vamc.yaml").read_text()
+    assert yaml_text == expected_yaml(INT8_CONFIG, "vamc", onnx_file.resolve(), "int8",
+                                      str((calib / "images").resolve()), 3, out.parent, quantize)
+    assert standin()[2] == {"yaml": yaml_text}
+    assert manifest["calibration"] == {
+        "path": str(calib.resolve()), "manifest_sha256": sha(calib / "manifest.json"),
+        "images_path": str((calib / "images").resolve()), "count": 3,
+    }
+    assert manifest["vamc"]["yaml"]["dataset"]["sampler"] == {"suffix": "jpg", "get_data_num": 3}
+    assert json.loads((out / "vdsp_params.json").read_text()) == OFFICIAL_VDSP
+
+
+def test_keys_we_do_not_interpret_pass_through(tmp_path, standin, onnx_file, calib):
+    raw = config_dict(INT8_CONFIG)
+    raw["backend"]["compile"] = {"data_transport_mode": 3, "cluster_mode": 1, "opt_level": 2}
+    raw["backend"]["quantize"] = {"calibrate_mode": "percentile", "quantize_per_channel": True,
+                                  "calibrate_range": 0.99999, "skip_conv_layers": [0, 1, 2],
+                                  "calibrate_chunk_by": -1, "overflow_adaptive": 1}
+    config = write_config(tmp_path / "tuned_int8.yaml", raw)
+    out = tmp_path / "engine"
+    run_build(config, onnx_file, out, calib)  # the stand-in fails the build if any key changed
+
+    doc = yaml.safe_load((out / "vamc.yaml").read_text())
+    assert doc["backend"] == raw["backend"]
+    assert list(doc) == ["name", "frontend", "backend", "dataset", "workspace"]
+    assert list(doc["backend"]["quantize"]) == ["calibrate_mode", "quantize_per_channel", "calibrate_range",
+                                                "skip_conv_layers", "calibrate_chunk_by", "overflow_adaptive"]
+    assert "skip_conv_layers: [0, 1, 2]\n" in (out / "vamc.yaml").read_text()
+    assert (doc["name"], doc["workspace"]) == ("engine", {"path": str(tmp_path)})
+
+
+def test_vamc_and_vamc_command_variables(tmp_path, standin, onnx_file, monkeypatch):
+    other = tmp_path / "bin" / "vamc-3.4-standin"
+    other.write_text(standin.script.read_text())
+    other.chmod(0o755)
+    monkeypatch.setenv("VAMC", str(other))
+    monkeypatch.setenv("VAMC_COMMAND", "build")
+    monkeypatch.setenv("STANDIN_VAMC_NO_VERSION", "1")
+    out = tmp_path / "engine"
+    manifest = run_build(FP16_CONFIG, onnx_file, out)
+
+    assert standin()[1] == {"argv": ["build", str(out / "vamc.yaml")], "cwd": str(out / "work")}
+    assert manifest["vamc"]["executable"] == str(other)
+    assert manifest["vamc"]["argv"] == ["build", str(out / "vamc.yaml")]
+    assert manifest["vamc"]["version"] is None  # `--version` failed: recorded as unknown
+
+
+def test_unknown_vamc_command_is_refused_before_anything_runs(tmp_path, standin, onnx_file, monkeypatch):
+    monkeypatch.setenv("VAMC_COMMAND", "convert")
+    with pytest.raises(PipelineError, match=r"VAMC_COMMAND='convert'.*compile.*build"):
+        run_build(FP16_CONFIG, onnx_file, tmp_path / "engine")
+    assert standin() == [] and not (tmp_path / "engine").exists()
+
+
+def test_missing_vamc_says_how_to_get_it_and_leaves_nothing(tmp_path, onnx_file, monkeypatch, capsys):
+    empty = tmp_path / "empty_bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("VAMC", raising=False)
+    out = tmp_path / "engines" / "official_modnet_fp16" / "vamc"
+    from pipeline.cli import main
+    code = main(["build", "--config", str(FP16_CONFIG), "--onnx", str(onnx_file), "--backend", "vamc",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: the vendor compiler `vamc` is not on PATH")
+    assert "Vastai VAMC toolkit" in err and "BACKEND=ort" in err
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_vamc_failure_keeps_the_log_and_removes_partial_outputs(tmp_path, standin, onnx_file, monkeypatch):
+    monkeypatch.setenv("STANDIN_VAMC_FAIL", "1")
+    out = tmp_path / "engines" / "official_modnet_fp16" / "vamc"
+    failed_log = out.parent / "vamc.failed.log"
+    with pytest.raises(PipelineError) as info:
+        run_build(FP16_CONFIG, onnx_file, out)
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("`vamc compile` failed with exit status 3 (last output: STAND-IN vamc: failing on "
+                              "purpose)")
+    assert message.endswith(f"partial outputs removed, log kept: {failed_log}")
+    assert not out.exists()  # mod.so, written before the failure, went with the rest
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vamc.failed.log"]
+    log = failed_log.read_text()
+    assert "STAND-IN vamc: failing on purpose" in log and "exited with status 3" in log
+
+
+def test_missing_output_file_is_a_failure(tmp_path, standin, onnx_file, calib, monkeypatch):
+    monkeypatch.setenv("STANDIN_VAMC_SKIP", "mod.params")
+    out = tmp_path / "engines" / "official_modnet_int8" / "vamc"
+    with pytest.raises(PipelineError, match=r"exited 0 but left mod\.params missing or empty .*log kept: "):
+        run_build(INT8_CONFIG, onnx_file, out, calib)
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vamc.failed.log"]
+    assert "exited with status 0" in (out.parent / "vamc.failed.log").read_text()
+
+
+def test_failure_puts_the_previous_engine_back_and_success_clears_the_old_log(tmp_path, standin, onnx_file,
+                                                                               monkeypatch):
+    out = tmp_path / "engine"
+    run_build(FP16_CONFIG, onnx_file, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    monkeypatch.setenv("STANDIN_VAMC_FAIL", "1")
+    with pytest.raises(PipelineError):
+        run_build(FP16_CONFIG, onnx_file, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".engine", "engine"))) == \
+        ["engine", "engine.failed.log"]
+
+    monkeypatch.delenv("STANDIN_VAMC_FAIL")
+    run_build(FP16_CONFIG, onnx_file, out)
+    assert not (tmp_path / "engine.failed.log").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("extra", r"holds 'notes\.txt', which is not a `\*jpg` image"),
+    ("count", r"holds 3 images but .*manifest\.json lists 4"),
+    ("content", r"pic_01\.jpg: content differs from its sha256"),
+])
+def test_calibration_folder_must_match_its_manifest(tmp_path, standin, onnx_file, calib, damage, message):
+    if damage == "extra":
+        (calib / "images" / "notes.txt").write_text("not an image")
+    elif damage == "count":
+        manifest = json.loads((calib / "manifest.json").read_text())
+        manifest["count"] = 4
+        (calib / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (calib / "images" / "pic_01.jpg").write_bytes(b"changed")
+    with pytest.raises(PipelineError, match=message):
+        run_build(INT8_CONFIG, onnx_file, tmp_path / "engine", calib)
+    assert standin() == [] and not (tmp_path / "engine").exists()
+
+
+def test_vdsp_params_follow_the_config(tmp_path):
+    from pipeline.backends.vamc import vdsp_params
+    raw = config_dict(FP16_CONFIG)
+    raw["dataset"]["process_ops"][2] = {"type": "Normalize", "div255": True, "mean": [0.485, 0.456, 0.406],
+                                        "std": [0.229, 0.224, 0.225]}
+    params = vdsp_params(load_config(write_config(tmp_path / "imagenet.yaml", raw)))["OpConfig"]
+    assert params["Mean"] == [123.675, 116.28, 103.53] and params["Std"] == [58.395, 57.12, 57.375]
+
+    raw["dataset"]["process_ops"].insert(1, {"type": "CvtColor", "code": "COLOR_RGB2BGR"})
+    with pytest.raises(PipelineError, match="end in BGR order"):
+        vdsp_params(load_config(write_config(tmp_path / "bgr.yaml", raw)))
+
+
+def test_make_exports_vamc_variables():
+    text = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "VAMC" in text and "VAMC_COMMAND" in text
+    makefile = (REPO / "Makefile").read_text()
+    assert "\nexport VAMC VAMC_COMMAND\n" in makefile and "\nBACKEND ?= vamc##" in makefile
