@@ -59,6 +59,49 @@ def cmd_build(args) -> None:
     print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
 
 
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate
+    report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit,
+                      progress=lambda it, total=None: progress(it, f"evaluate {Path(args.engine).name}", total))
+    t = report["timing"]
+    print(f"wrote {args.out}/metrics.json: {report['images']} images, MSE {report['mse']:.5f}, MAD "
+          f"{report['mad']:.5f}, SAD {report['sad']:.3f}, Grad {report['grad']:.3f}, Conn {report['conn']:.3f}, "
+          f"mIoU {report['miou']:.6f} ({t['images_per_second']:.2f} img/s)")
+
+
+def _evaluated(args):
+    from .report import Evaluated, load_metrics
+    fp32 = Evaluated("fp32", Path(args.fp32), load_metrics(args.fp32), None)
+    engines = [Evaluated(label, Path(folder), load_metrics(folder), _config(cfg))
+               for label, folder, cfg in (args.engine or [])]
+    return fp32, engines
+
+
+def cmd_report(args) -> None:
+    from .report import gate_failures, write_report
+    fp32, engines = _evaluated(args)
+    rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
+                        Path(args.out), Path(args.png))
+    failure = gate_failures(rows)
+    print(f"wrote {args.out} and {args.png} (gate: {'FAILED, see the report' if failure else 'passed'})")
+
+
+def cmd_gate(args) -> None:
+    from .report import gate, gate_failures
+    fp32, engines = _evaluated(args)
+    failure = gate_failures(gate(fp32, engines))
+    if failure:
+        raise PipelineError(failure)
+    print(f"accuracy gate passed: {', '.join(e.label for e in engines)} within their limits against fp32")
+
+
+def _engine_args(p) -> None:
+    p.add_argument("--fp32", required=True, help="metrics folder of the fp32 ONNX (from `evaluate`)")
+    p.add_argument("--engine", nargs=3, action="append", metavar=("LABEL", "METRICS_DIR", "CONFIG"),
+                   help="an engine's label (fp16, int8), its metrics folder and its build config (whose "
+                        "pipeline.gate holds its limits); repeat for each engine")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,6 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ort: reference engine on ONNX Runtime; vamc: the vendor compiler")
     p.add_argument("--out", required=True, help="engine folder to write")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")
+    p.add_argument("--config", required=True, help="build config YAML (shape, preprocessing, image suffix)")
+    p.add_argument("--engine", required=True,
+                   help="simplified fp32 .onnx, or an engine folder (ort or vamc) with manifest.json")
+    p.add_argument("--data", required=True, help="PPM-100-shaped folder (image/ and matte/)")
+    p.add_argument("--out", required=True, help="report folder to write (metrics.json, preds/)")
+    p.add_argument("--limit", type=int, help="score only the first N images (by name)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="report.md (the model card's table) and report.png (contact sheet)")
+    _engine_args(p)
+    p.add_argument("--config", required=True, help="config of the fp32 model (shape, for the contact sheet)")
+    p.add_argument("--onnx", required=True, help="simplified fp32 ONNX (FLOPs and params are counted on it)")
+    p.add_argument("--data", required=True, help="the evaluated folder (inputs and mattes of the contact sheet)")
+    p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the report")
+    p.add_argument("--out", required=True, help="report.md to write")
+    p.add_argument("--png", required=True, help="report.png to write")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("gate", help="fail if an engine's MSE/MAD/mIoU change against fp32 exceeds its config's gate")
+    _engine_args(p)
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
     p.add_argument("--out", required=True)

@@ -1,0 +1,124 @@
+"""Stage `evaluate`: one engine on a PPM-100-shaped folder, scored exactly as the vendor scored its table.
+
+Every image of ROOT/image (the config's suffix) with its matte ROOT/matte/<same name>. A small thread pool decodes
+and resizes the next images, and scores finished predictions, while the engine runs; only model-size arrays are
+kept (the decoded full-resolution photo is dropped as soon as it is resized). Writes, atomically, REPORT_DIR/
+metrics.json (dataset figures, per-image figures, the engine's hash, timings) and REPORT_DIR/preds/<stem>.png,
+the 8-bit predictions of the first `keep` images, which the report's contact sheet shows.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import metrics
+from .config import BuildConfig
+from .dataset import list_images, matte_path
+from .errors import PipelineError
+from .fileio import atomic_dir, dumps_json
+from .runners import Runner, open_runner
+
+WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
+KEEP_PREDICTIONS = 4
+
+
+def read_matte(path: Path) -> np.ndarray:
+    """The matte as 8-bit grey (as cv2.imread(path, IMREAD_GRAYSCALE)); missing or unreadable is an error."""
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    matte = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data is not None and data.size else None
+    if matte is None:
+        raise PipelineError(f"{path}: cannot read this matte (missing, empty or not an image file); every image "
+                            f"needs its matte under matte/ with the same name")
+    return matte
+
+
+def load_gt(path: Path, cfg: BuildConfig) -> np.ndarray:
+    return metrics.gt_from_matte(read_matte(path), cfg.height, cfg.width)
+
+
+def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[Path, Path]]:
+    images = list_images(data, cfg.dataset.suffix)
+    if limit is not None:
+        if limit < 1:
+            raise PipelineError(f"--limit must be at least 1, got {limit}")
+        images = images[:limit]
+    found = [(image, matte_path(image)) for image in images]
+    missing = [m for _, m in found if not m.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PipelineError(f"{missing[0]}: missing matte{more}; every image needs ROOT/matte/<same name>")
+    return found
+
+
+def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | Path, limit: int | None = None,
+             keep: int = KEEP_PREDICTIONS, progress=None, runner: Runner | None = None) -> dict:
+    todo = pairs(cfg, data, limit)
+    runner = runner or open_runner(engine)
+    progress = progress or (lambda iterable, total=None: iterable)
+    acc = metrics.Accumulator()
+    infer_seconds = 0.0
+    started = time.perf_counter()
+
+    def load(image: Path, matte: Path):
+        return runner.prepare(cfg, image), load_gt(matte, cfg)
+
+    try:
+        with atomic_dir(out) as tmp, ThreadPoolExecutor(WORKERS) as pool:
+            (tmp / "preds").mkdir()
+            ahead: collections.deque[Future] = collections.deque()
+            upcoming = iter(todo)
+
+            def top_up() -> None:
+                while len(ahead) < 2 * WORKERS:
+                    nxt = next(upcoming, None)
+                    if nxt is None:
+                        return
+                    ahead.append(pool.submit(load, *nxt))
+
+            scored: list[tuple[str, Future]] = []
+            kept = []
+            top_up()
+            for index, (image, _) in enumerate(progress(todo, total=len(todo))):
+                prepared, gt = ahead.popleft().result()
+                top_up()
+                t0 = time.perf_counter()
+                alpha = runner.infer(prepared)
+                infer_seconds += time.perf_counter() - t0
+                pred = metrics.pred_from_alpha(alpha)
+                if pred.shape != gt.shape:
+                    raise PipelineError(f"{runner.info.path}: output {pred.shape} is not the model size "
+                                        f"{gt.shape} of {cfg.source}")
+                if index < keep:
+                    name = f"{image.stem}.png"
+                    cv2.imwrite(str(tmp / "preds" / name), pred)
+                    kept.append(name)
+                scored.append((image.name, pool.submit(metrics.image_metrics, pred, gt)))
+            for name, future in scored:
+                acc.add(name, future.result())
+            total_seconds = time.perf_counter() - started
+            summary = acc.summary()
+            report = {
+                **summary,
+                "confusion": acc.confusion(),
+                "per_image": acc.per_image,
+                "engine": runner.info.to_json(),
+                "manifest_sha256": runner.info.sha256,
+                "data": str(Path(data).resolve()),
+                "config": str(cfg.source),
+                "input_shape": list(cfg.input_shape),
+                "limit": limit,
+                "predictions": kept,
+                "timing": {"seconds": total_seconds, "inference_seconds": infer_seconds,
+                           "images_per_second": len(todo) / total_seconds if total_seconds else None,
+                           "share_outside_inference": 1 - infer_seconds / total_seconds if total_seconds else None,
+                           "workers": WORKERS},
+            }
+            (tmp / "metrics.json").write_text(dumps_json(report), encoding="utf-8")
+    finally:
+        runner.close()
+    return report

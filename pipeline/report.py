@@ -1,0 +1,202 @@
+"""The accuracy report of `make eval` (report.md in the model card's table format, report.png contact sheet) and
+the accuracy gate (each engine's change against fp32, limits from that engine's own config `pipeline.gate`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import flops as flops_count
+from .config import BuildConfig
+from .dataset import matte_path
+from .errors import PipelineError
+from .fileio import atomic_path, write_text
+from .preprocess import decode_bgr
+
+# The vendor's published rows (modnet-model-card.md, "Published accuracy"), as published.
+VENDOR_ROWS = (
+    {"model": "modnet (PyTorch, fp32)", "flops": "24.011", "params": "8.700", "mse": 0.00945, "mad": 0.01456,
+     "miou": 0.970898},
+    {"model": "modnet vacc fp16", "flops": "-", "params": "-", "mse": 0.00951, "mad": 0.01378, "miou": 0.970788},
+    {"model": "modnet vacc int8 kl", "flops": "-", "params": "-", "mse": 0.01915, "mad": 0.02453,
+     "miou": 0.946498},
+)
+HEAT_FULL_SCALE = 0.25  # |int8 - fp32| alpha difference shown as the hottest colour
+TILE_SCALE = 0.5  # contact-sheet tiles at half the model size
+DEMO_WARNING = ("**Generated demo data and a demo checkpoint with random weights: these figures exercise the "
+                "pipeline and say nothing about MODNet's accuracy. Only the vendor's rows are real measurements.**")
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    label: str  # fp32, fp16, int8
+    folder: Path
+    metrics: dict
+    cfg: BuildConfig | None  # the engine's build config (its pipeline.gate); None for fp32
+
+
+def load_metrics(folder: str | Path) -> dict:
+    path = Path(folder) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `python -m pipeline evaluate ... --out {folder}`)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: unreadable metrics ({type(exc).__name__})") from None
+
+
+# --- the gate ----------------------------------------------------------------------------------------------------
+
+def gate_checks(fp32: Evaluated, engine: Evaluated) -> list[dict]:
+    """One row per gated metric: the engine's change against fp32 and the limit from its config."""
+    if engine.cfg is None:
+        raise PipelineError(f"{engine.label}: no config given for its gate")
+    ref, got, gate = fp32.metrics, engine.metrics, engine.cfg.pipeline.gate
+    if ref["images"] != got["images"]:
+        raise PipelineError(f"{engine.folder}: scored {got['images']} images, fp32 ({fp32.folder}) {ref['images']}; "
+                            f"compare engines on the same images")
+    rows = [("mse", got["mse"] - ref["mse"], gate.max_mse_increase, "max_mse_increase"),
+            ("mad", got["mad"] - ref["mad"], gate.max_mad_increase, "max_mad_increase"),
+            ("miou", ref["miou"] - got["miou"], gate.max_miou_drop, "max_miou_drop")]
+    return [{"engine": engine.label, "metric": metric, "change": change, "limit": limit,
+             "key": f"pipeline.gate.{key}", "config": str(engine.cfg.source), "ok": change <= limit}
+            for metric, change, limit, key in rows]
+
+
+def gate(fp32: Evaluated, engines: list[Evaluated]) -> list[dict]:
+    return [row for engine in engines for row in gate_checks(fp32, engine)]
+
+
+def gate_failures(rows: list[dict]) -> str | None:
+    failed = [r for r in rows if not r["ok"]]
+    if not failed:
+        return None
+    what = {"mse": "MSE increase", "mad": "MAD increase", "miou": "mIoU drop"}
+    return "accuracy gate failed: " + "; ".join(
+        f"{r['engine']} {what[r['metric']]} {r['change']:.5f} > {r['limit']:g} ({r['key']} in {r['config']})"
+        for r in failed)
+
+
+# --- report.md ---------------------------------------------------------------------------------------------------
+
+def _f(value, digits: int = 5) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _shape(m: dict) -> str:
+    n, c, h, w = m["input_shape"]
+    return f"{c}x{h}x{w}"
+
+
+def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Path, data_label: str, demo: bool,
+             gate_rows: list[dict], sheet: str | None) -> str:
+    lines = ["# MODNet accuracy report", ""]
+    if demo:
+        lines += [DEMO_WARNING, ""]
+    m0 = fp32.metrics
+    lines += [f"Data: {data_label} ({m0['images']} images, `{m0['data']}`). Measured as the vendor measured its "
+              f"table (modnet-model-card.md, \"How the vendor measures it\"): OpenCV decode, bilinear resize to "
+              f"288x480, `(x - 127.5) / 127.5`; ground truth = matte as grey, INTER_AREA to 288x480; prediction = "
+              f"`(alpha * 255).astype(uint8)` at 480x288; no trimap; mIoU from one confusion matrix over the "
+              f"dataset; the other figures are means over images.", "",
+              "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |",
+              "|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
+    for row in VENDOR_ROWS:
+        lines.append(f"| {row['model']} (vendor, published, PPM-100) | {row['flops']} | {row['params']} | "
+                     f"{row['mse']:.5f} | {row['mad']:.5f} | - | - | - | {row['miou']:.6f} | 3x480x288 |")
+    for i, ev in enumerate([fp32, *engines]):
+        m, engine = ev.metrics, ev.metrics["engine"]
+        runtime = "ONNX Runtime" if engine["backend"] in ("onnx", "ort") else "vaststreamx"
+        backend = "simplified ONNX" if engine["backend"] == "onnx" else f"{engine['backend']} engine"
+        fl = f"{counted['flops'] / 1e9:.3f}" if i == 0 else "-"
+        pa = f"{counted['params'] / 1e6:.3f}" if i == 0 else "-"
+        lines.append(f"| ours {ev.label} ({backend}, {runtime}; {data_label}) | {fl} | {pa} | {_f(m['mse'])} | "
+                     f"{_f(m['mad'])} | {_f(m['sad'], 3)} | {_f(m['grad'], 3)} | {_f(m['conn'], 3)} | "
+                     f"{_f(m['miou'], 6)} | {_shape(m)} |")
+    lines += ["", f"FLOPs and params of ours are counted from `{onnx}`: {counted['rule']}. "
+              f"That gives {counted['macs'] / 1e9:.3f} GMACs ({counted['flops'] / 1e9:.3f} GFLOPs) and "
+              f"{counted['params']:,} params; the card gives 6.49 M params and about 8.16 GMACs for the official "
+              f"model. The vendor's published 24.011 G / 8.700 M follow no rule we could reproduce.", ""]
+    lines += ["## Accuracy gate (change against our fp32, limits from each engine's config)", "",
+              "| Engine | Metric | Change | Limit | Result |", "|:--|:--|--:|--:|:--|"]
+    for r in gate_rows:
+        lines.append(f"| {r['engine']} | {r['metric']} {'drop' if r['metric'] == 'miou' else 'increase'} | "
+                     f"{r['change']:.5f} | {r['limit']:g} (`{r['key']}`, {Path(r['config']).name}) | "
+                     f"{'pass' if r['ok'] else '**FAIL**'} |")
+    failure = gate_failures(gate_rows)
+    lines += ["", f"Gate: {'FAILED: ' + failure.split(': ', 1)[1] if failure else 'passed'}.", ""]
+    lines += ["## Engines", "", "| Engine | Path | Hash of | sha256 | images/s |", "|:--|:--|:--|:--|--:|"]
+    for ev in [fp32, *engines]:
+        e, t = ev.metrics["engine"], ev.metrics.get("timing", {})
+        ips = t.get("images_per_second")
+        lines.append(f"| {ev.label} | `{e['path']}` | {e['hash_of']} | `{e['sha256'][:16]}…` | "
+                     f"{'-' if ips is None else f'{ips:.2f}'} |")
+    if sheet:
+        lines += ["", "## Contact sheet", "",
+                  f"Columns: input, ground truth, fp32, {', '.join(ev.label for ev in engines)}, and "
+                  f"|{engines[-1].label} - fp32| as a heat map (JET; dark blue = 0, red = an alpha difference of "
+                  f"{HEAT_FULL_SCALE:g} or more).", "", f"![contact sheet]({sheet})"]
+    return "\n".join(lines) + "\n"
+
+
+# --- report.png --------------------------------------------------------------------------------------------------
+
+def _tile(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    size = (round(width * TILE_SCALE), round(height * TILE_SCALE))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _pred(ev: Evaluated, name: str) -> np.ndarray:
+    path = ev.folder / "preds" / name
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise PipelineError(f"{path}: missing saved prediction (re-run evaluate)")
+    return image
+
+
+def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, data: Path) -> np.ndarray:
+    from .evaluate import load_gt
+    height, width = cfg.height, cfg.width
+    by_stem = {Path(row["name"]).stem: row["name"] for row in fp32.metrics["per_image"]}
+    names = [n for n in fp32.metrics.get("predictions", [])
+             if all((ev.folder / "preds" / n).is_file() for ev in engines)]
+    if not names:
+        raise PipelineError(f"{fp32.folder}: no saved predictions shared by every engine; nothing to show")
+    headers = ["input", "ground truth", fp32.label, *[ev.label for ev in engines],
+               f"|{engines[-1].label} - {fp32.label}|" if engines else "-"]
+    rows = []
+    for name in names:
+        image = data / "image" / by_stem[Path(name).stem]
+        shown = cv2.resize(decode_bgr(image), (width, height), interpolation=cv2.INTER_AREA)
+        gt = load_gt(matte_path(image), cfg)
+        preds = [_pred(fp32, name), *[_pred(ev, name) for ev in engines]]
+        diff = np.abs(preds[-1].astype(np.int16) - preds[0].astype(np.int16)).astype(np.float64) / 255.0
+        heat = cv2.applyColorMap(np.clip(diff / HEAT_FULL_SCALE * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        rows.append(np.hstack([_tile(t, height, width) for t in [shown, gt, *preds, heat]]))
+    tile_w = rows[0].shape[1] // len(headers)
+    header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
+    for i, text in enumerate(headers):
+        cv2.putText(header, text, (i * tile_w + 6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([header, *rows])
+
+
+def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, onnx: Path, data: Path,
+                 demo: bool, out_md: Path, out_png: Path) -> list[dict]:
+    """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows."""
+    counted = flops_count.count(onnx)
+    gate_rows = gate(fp32, engines)
+    data_label = "generated demo set" if demo else "PPM-100" if Path(data).name == "PPM-100" else f"`{data}`"
+    sheet = contact_sheet(fp32, engines, cfg, Path(data))
+    ok, buf = cv2.imencode(".png", sheet)
+    if not ok:
+        raise PipelineError(f"{out_png}: could not encode the contact sheet")
+    with atomic_path(out_png) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    rel = Path(out_png).name if Path(out_png).parent == Path(out_md).parent else str(out_png)
+    write_text(out_md, markdown(fp32, engines, counted, onnx, data_label, demo, gate_rows, rel))
+    return gate_rows

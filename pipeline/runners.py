@@ -1,0 +1,164 @@
+"""Runners: load an engine once, then turn one preprocessed image into an alpha matte (Polygraphy-style: loading
+and running are kept apart from comparing and scoring, which live in evaluate.py and metrics.py).
+
+An ENGINE given to `evaluate` is one of:
+- a `.onnx` file: the simplified fp32 model, run on ONNX Runtime (OnnxRunner);
+- a folder whose manifest.json says "backend": "ort": `model.onnx` (fp16 or int8 QDQ) on ONNX Runtime (OnnxRunner);
+- a folder whose manifest.json says "backend": "vamc": mod.so/mod.json/mod.params + vdsp_params.json, run with
+  the vendor runtime vaststreamx on a VACC card (VaststreamxRunner). vaststreamx is not on any public registry;
+  where it does not import the runner refuses with a PipelineError instead of producing anything.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import BuildConfig, Resize
+from .errors import PipelineError
+from .fileio import sha256_file
+from .preprocess import INTERPOLATION, apply_ops, decode_bgr
+
+VAMC_FILES = ("mod.so", "mod.json", "mod.params", "vdsp_params.json")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    path: Path
+    backend: str  # "onnx" (a plain fp32 file), "ort" or "vamc"
+    dtype: str  # fp32, fp16, int8
+    hash_of: str  # which file `sha256` is the hash of
+    sha256: str
+    manifest: dict | None
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "backend": self.backend, "dtype": self.dtype,
+                "hash_of": self.hash_of, "sha256": self.sha256}
+
+
+def describe(engine: str | Path) -> EngineInfo:
+    """What ENGINE is, from its file name or manifest.json; a clear error for anything else."""
+    engine = Path(engine)
+    if engine.is_file() and engine.suffix == ".onnx":
+        return EngineInfo(engine, "onnx", "fp32", engine.name, sha256_file(engine), None)
+    manifest_path = engine / "manifest.json"
+    if not engine.is_dir() or not manifest_path.is_file():
+        raise PipelineError(f"{engine}: not an engine (expected a simplified .onnx file, or an engine folder with "
+                            f"manifest.json from `make fp16` / `make int8`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{manifest_path}: unreadable manifest ({type(exc).__name__})") from None
+    backend, dtype = manifest.get("backend"), manifest.get("dtype")
+    if backend not in ("ort", "vamc") or dtype not in ("fp16", "int8"):
+        raise PipelineError(f"{manifest_path}: expected \"backend\" ort or vamc and \"dtype\" fp16 or int8, got "
+                            f"{backend!r} and {dtype!r}")
+    needed = ("model.onnx",) if backend == "ort" else VAMC_FILES
+    missing = [name for name in needed if not (engine / name).is_file()]
+    if missing:
+        raise PipelineError(f"{engine}: incomplete {backend} engine, missing {', '.join(missing)} (rebuild it)")
+    return EngineInfo(engine, backend, dtype, "manifest.json", sha256_file(manifest_path), manifest)
+
+
+class Runner:
+    """Loads an engine; `prepare` runs on the loader threads (decode + resize), `infer` on the caller's thread."""
+    info: EngineInfo
+
+    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, prepared: np.ndarray) -> np.ndarray:
+        """Alpha (H, W) float, 0..1, at the model's size."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OnnxRunner(Runner):
+    """ONNX Runtime on the CPU: the fp32 ONNX, or an ort engine's model.onnx. Input: the shared preprocessing."""
+
+    def __init__(self, info: EngineInfo):
+        from . import runtime
+        self.info = info
+        model = info.path if info.backend == "onnx" else info.path / "model.onnx"
+        try:
+            self.session = runtime.session(model)
+        except Exception as exc:  # ORT raises its own exception types for a bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"{model}: ONNX Runtime cannot load it ({first})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
+        return apply_ops(cfg, decode_bgr(path))
+
+    def infer(self, prepared: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: prepared})[0]
+        return out.reshape(out.shape[-2:])
+
+
+class VaststreamxRunner(Runner):
+    """The vendor runtime on a VACC card, as the vendor's own samples drive it: vsx.Model on the prefix `mod`, the
+    preprocessing op from vdsp_params.json (fused resize, BGR->RGB, (x - mean) / std on the card), a Graph and a
+    Stream run synchronously. Its input is the image decoded by OpenCV (BGR) and resized to the model's size by
+    the shared preprocessing's Resize (so every engine sees the same pixels), planar, as vdsp_params.json
+    declares (IimageFormat RGB_PLANAR at the model's size). Written against the vendor's documented sample API;
+    it has not run on hardware here (vaststreamx is not installable on these machines)."""
+
+    def __init__(self, info: EngineInfo, device_id: int = 0):
+        try:
+            import vaststreamx as vsx  # noqa: F401 - vendor runtime, from Vastai's developer centre only
+        except ImportError as exc:
+            raise PipelineError(f"{info.path}: a vamc engine runs only on the vendor runtime vaststreamx, which does "
+                                f"not import here ({exc}); install Vastai's vaststreamx wheel and driver on a "
+                                f"machine with a VACC card, or evaluate the ort engines (BACKEND=ort)") from None
+        self.vsx = vsx
+        self.info = info
+        self.device_id = device_id
+        vdsp = json.loads((info.path / "vdsp_params.json").read_text(encoding="utf-8"))
+        config = vdsp.get("OpConfig", {})
+        self.height, self.width = int(config["IimageHeight"]), int(config["IimageWidth"])
+        if vsx.set_device(device_id) != 0:
+            raise PipelineError(f"vaststreamx: cannot open VACC device {device_id}")
+        self.model = vsx.Model(str(info.path / "mod"), 1)
+        self.model_op = vsx.ModelOperator(self.model)
+        self.preproc_ops = vsx.Operator.load_ops_from_json_file(str(info.path / "vdsp_params.json"))
+        if not self.preproc_ops:
+            raise PipelineError(f"{info.path / 'vdsp_params.json'}: vaststreamx loaded no preprocessing op from it")
+        self.graph = vsx.Graph(vsx.GraphOutputType.GRAPH_OUTPUT_TYPE_NCHW_HOST)
+        self.graph.add_operators(*self.preproc_ops, self.model_op)
+        self.stream = vsx.Stream(self.graph, vsx.StreamBalanceMode.ONCE)
+        self.stream.register_operator_output(self.model_op)
+        self.stream.build()
+
+    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
+        resize = next(op for op in cfg.dataset.process_ops if isinstance(op, Resize))
+        if tuple(resize.size) != (self.height, self.width):
+            raise PipelineError(f"{cfg.source}: Resize {list(resize.size)} differs from the engine's vdsp input "
+                                f"{self.height}x{self.width}")
+        bgr = cv2.resize(decode_bgr(path), (self.width, self.height),
+                         interpolation=INTERPOLATION[resize.interpolation])
+        return np.ascontiguousarray(bgr.transpose(2, 0, 1))  # planar, still BGR: the fused op converts
+
+    def infer(self, prepared: np.ndarray) -> np.ndarray:
+        vsx = self.vsx
+        image = vsx.create_image(prepared, vsx.ImageFormat.RGB_PLANAR, self.width, self.height, self.device_id)
+        outputs = self.stream.run_sync([image])
+        alpha = np.asarray(vsx.as_numpy(outputs[0][0]), dtype=np.float32)
+        return alpha.reshape(alpha.shape[-2:])
+
+    def close(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None and hasattr(stream, "close_input"):
+            stream.close_input()
+            stream.wait_until_done()
+
+
+def open_runner(engine: str | Path) -> Runner:
+    info = describe(engine)
+    if info.backend == "vamc":
+        return VaststreamxRunner(info)
+    return OnnxRunner(info)
