@@ -50,6 +50,16 @@ def cmd_demo_data(args) -> None:
     print(f"wrote {len(names)} generated portraits and mattes to {args.out}")
 
 
+def cmd_calib(args) -> None:
+    from .calibrate import default_list_path, make_calibration_set
+    cfg = _config(args.config)
+    list_path = Path(args.list) if args.list else default_list_path(cfg)
+    manifest = make_calibration_set(cfg, args.data, args.out, list_path, redraw=args.redraw,
+                                    progress=lambda it, total=None: progress(it, "calibration set", total))
+    how = "reused" if manifest["list"]["reused"] else "drew"
+    print(f"wrote {args.out}: {manifest['count']} images ({how} {list_path})")
+
+
 def cmd_build(args) -> None:
     from .backends import build_engine
     cfg = _config(args.config)
@@ -117,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="exported ONNX")
     p.add_argument("--out", required=True, help="simplified ONNX to write (and OUT.json beside it)")
     p.set_defaults(func=cmd_simplify)
+
+    p = sub.add_parser("calib", help="draw the deterministic calibration subset and preprocess it")
+    p.add_argument("--config", required=True, help="int8 build config YAML (seed, get_data_num, suffix, process_ops)")
+    p.add_argument("--data", required=True, help="PPM-100-shaped folder (images in DATA/image/)")
+    p.add_argument("--list", help="committed record of the subset (default: calib/<config name>.txt)")
+    p.add_argument("--out", required=True, help="calibration folder to write")
+    p.add_argument("--redraw", action="store_true", help="draw anew and rewrite --list instead of reusing it")
+    p.set_defaults(func=cmd_calib)
 
     p = sub.add_parser("build", help="compile the simplified ONNX into an fp16 or int8 engine")
     p.add_argument("--config", required=True, help="build config YAML (fp16 or int8)")
