@@ -87,6 +87,42 @@ $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALI
 		$(STAMP)
 	$(PY) -m pipeline build --config $(CONFIG_INT8) --onnx $< --calib $(CALIB_DIR) --backend $(BACKEND) --out $(@D)
 
+##@ Evaluation
+LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
+EVAL := $(ART)/eval
+EVAL_FP32 := $(EVAL)/fp32
+EVAL_FP16 := $(EVAL)/fp16-$(BACKEND)
+EVAL_INT8 := $(EVAL)/int8-$(BACKEND)
+FP32_ONNX := $(ART)/onnx/$(FP16).sim.onnx
+EVAL_CODE := pipeline/evaluate.py pipeline/metrics.py pipeline/runners.py pipeline/preprocess.py pipeline/dataset.py \
+	pipeline/config.py
+REPORT_CODE := pipeline/report.py pipeline/flops.py pipeline/metrics.py
+EVAL_ARGS = --data $(DATA) $(if $(LIMIT),--limit $(LIMIT))
+ENGINE_ARGS = --fp32 $(EVAL_FP32) --engine fp16 $(EVAL_FP16) $(CONFIG_FP16) --engine int8 $(EVAL_INT8) $(CONFIG_INT8)
+# The report says so prominently when DATA is the generated demo set.
+DEMO_FLAG = $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),--demo)
+
+$(ART)/inputs/limit.txt: FORCE
+	$(call remember,$(LIMIT))
+
+EVAL_INPUTS := $(ART)/inputs/data.path $(ART)/inputs/limit.txt $(EVAL_CODE) $(STAMP)
+$(EVAL_FP32)/metrics.json: $(FP32_ONNX) $(CONFIG_FP16) $(EVAL_INPUTS)
+	$(PY) -m pipeline evaluate --config $(CONFIG_FP16) --engine $(FP32_ONNX) $(EVAL_ARGS) --out $(@D)
+$(EVAL_FP16)/metrics.json: $(ENGINE_FP16)/manifest.json $(CONFIG_FP16) $(EVAL_INPUTS)
+	$(PY) -m pipeline evaluate --config $(CONFIG_FP16) --engine $(ENGINE_FP16) $(EVAL_ARGS) --out $(@D)
+$(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_INPUTS)
+	$(PY) -m pipeline evaluate --config $(CONFIG_INT8) --engine $(ENGINE_INT8) $(EVAL_ARGS) --out $(@D)
+
+# The report is written whatever the gate says (it shows the gate's outcome); the gate is the `eval` recipe
+# below, so a failing gate fails `make eval` without deleting the report.
+$(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
+		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
+	$(PY) -m pipeline report $(ENGINE_ARGS) --config $(CONFIG_FP16) --onnx $(FP32_ONNX) --data $(DATA) \
+		$(DEMO_FLAG) --out $(ART)/report.md --png $(ART)/report.png
+
+eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
+	$(PY) -m pipeline gate $(ENGINE_ARGS)
+
 ##@ Demo and tests
 DEMO := artifacts/demo
 DEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt
@@ -107,7 +143,7 @@ demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated
 		CALIB_LIST=$(DEMO)/calib_list/$(INT8).txt demo-stages
 
 # The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
-demo-stages: calib fp16 int8
+demo-stages: calib fp16 int8 eval
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
@@ -122,4 +158,4 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 eval demo demo-ckpt demo-data demo-stages test clean help FORCE
