@@ -1,0 +1,197 @@
+"""`evaluate`, `report` and `gate` on tiny generated data (small-shape ONNX from conftest, photos at 0.1 scale)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import small_config_dict, write_config
+from pipeline import metrics
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.evaluate import evaluate
+from pipeline.flops import count
+from pipeline.report import Evaluated, gate, gate_failures, write_report
+
+KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from pipeline.demo_data import write_demo_data
+    root = tmp_path_factory.mktemp("data") / "PPM-100"
+    write_demo_data(root, 3, seed=1, scale=0.1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ort_engine(tmp_path_factory, small_sim_onnx) -> Path:
+    folder = tmp_path_factory.mktemp("engine") / "ort"
+    folder.mkdir()
+    shutil.copy2(small_sim_onnx, folder / "model.onnx")
+    (folder / "manifest.json").write_text(json.dumps({"backend": "ort", "dtype": "fp16"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, small_config, small_sim_onnx, ort_engine, data):
+    cfg = load_config(small_config)
+    out = tmp_path_factory.mktemp("eval")
+    fp32 = evaluate(cfg, small_sim_onnx, data, out / "fp32", keep=2)
+    fp16 = evaluate(cfg, ort_engine, data, out / "fp16", keep=2)
+    return cfg, out, fp32, fp16
+
+
+def test_metrics_json_has_the_card_figures_and_the_engine_hash(evaluated, ort_engine):
+    cfg, out, fp32, fp16 = evaluated
+    written = json.loads((out / "fp16" / "metrics.json").read_text())
+    assert KEYS <= set(written)
+    assert written["images"] == 3 and len(written["per_image"]) == 3
+    from pipeline.fileio import sha256_file
+    assert written["manifest_sha256"] == sha256_file(ort_engine / "manifest.json")
+    assert sorted(p.name for p in (out / "fp16" / "preds").iterdir()) == sorted(written["predictions"])
+    assert len(written["predictions"]) == 2
+    # the same model behind both runners gives the same figures
+    for key in ("mse", "mad", "sad", "grad", "conn", "miou"):
+        assert written[key] == pytest.approx(fp32[key], abs=1e-12)
+    t = written["timing"]
+    assert 0 <= t["share_outside_inference"] <= 1 and t["images_per_second"] > 0
+
+
+def test_per_image_rows_are_the_metrics_of_the_saved_prediction(evaluated, data):
+    cfg, out, fp32, _ = evaluated
+    name = fp32["predictions"][0]
+    pred = cv2.imread(str(out / "fp32" / "preds" / name), cv2.IMREAD_GRAYSCALE)
+    row = next(r for r in fp32["per_image"] if Path(r["name"]).stem == Path(name).stem)
+    matte = cv2.imread(str(data / "matte" / row["name"]), cv2.IMREAD_GRAYSCALE)
+    gt = cv2.resize(matte, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+    assert pred.shape == (cfg.height, cfg.width)
+    assert row["mad"] == pytest.approx(float(np.mean(np.abs(pred / 255.0 - gt / 255.0))))
+    # dataset mIoU comes from the summed confusion matrix
+    c = fp32["confusion"]
+    assert fp32["miou"] == pytest.approx((c["tp"] / (c["tp"] + c["fp"] + c["fn"]) +
+                                          c["tn"] / (c["tn"] + c["fp"] + c["fn"])) / 2)
+
+
+def test_missing_matte_is_an_error_naming_it(tmp_path, small_config, small_sim_onnx, data, capsys):
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    victim = sorted((broken / "matte").iterdir())[1]
+    victim.unlink()
+    with pytest.raises(PipelineError, match=victim.name):
+        evaluate(load_config(small_config), small_sim_onnx, broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    rc = main(["evaluate", "--config", str(small_config), "--engine", str(small_sim_onnx), "--data", str(broken),
+               "--out", str(tmp_path / "out")])
+    assert rc == 2 and victim.name in capsys.readouterr().err
+
+
+def test_unreadable_matte_is_an_error_naming_it(tmp_path, small_config, small_sim_onnx, data):
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    victim = sorted((broken / "matte").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(PipelineError, match=f"{victim.name}: cannot read this matte"):
+        evaluate(load_config(small_config), small_sim_onnx, broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vamc_engine_without_vaststreamx_is_a_clear_error(tmp_path, small_config, data):
+    engine = tmp_path / "vamc"
+    engine.mkdir()
+    for name in ("mod.so", "mod.json", "mod.params", "vdsp_params.json"):
+        (engine / name).write_text("{}")
+    (engine / "manifest.json").write_text(json.dumps({"backend": "vamc", "dtype": "int8"}))
+    with pytest.raises(PipelineError, match="vaststreamx"):
+        evaluate(load_config(small_config), engine, data, tmp_path / "out")
+
+
+def test_not_an_engine(tmp_path, small_config, data):
+    with pytest.raises(PipelineError, match="not an engine"):
+        evaluate(load_config(small_config), tmp_path, data, tmp_path / "out")
+
+
+def _gate_config(tmp_path: Path, mse: float, mad: float, miou: float) -> Path:
+    raw = small_config_dict()
+    raw["pipeline"]["gate"] = {"max_mse_increase": mse, "max_mad_increase": mad, "max_miou_drop": miou}
+    return write_config(tmp_path / f"gate_{mse}_{mad}_{miou}.yaml", raw)
+
+
+def _ev(label, m, cfg=None):
+    return Evaluated(label, Path(label), {"images": 10, **m}, cfg)
+
+
+def test_gate_passes_within_limits_and_fails_naming_engine_and_metric(tmp_path):
+    ref = _ev("fp32", {"mse": 0.010, "mad": 0.015, "miou": 0.97})
+    limits = load_config(_gate_config(tmp_path, 0.001, 0.002, 0.002))
+    ok = _ev("fp16", {"mse": 0.0105, "mad": 0.0165, "miou": 0.9685}, limits)  # +0.0005, +0.0015, -0.0015
+    assert gate_failures(gate(ref, [ok])) is None
+    # improvements never fail
+    better = _ev("fp16", {"mse": 0.001, "mad": 0.001, "miou": 0.99}, limits)
+    assert gate_failures(gate(ref, [better])) is None
+    bad = _ev("int8", {"mse": 0.0105, "mad": 0.0185, "miou": 0.9685}, limits)  # MAD +0.0035 > 0.002
+    failure = gate_failures(gate(ref, [ok, bad]))
+    assert failure is not None and "int8 MAD increase 0.00350 > 0.002" in failure
+    assert "fp16" not in failure and "mIoU" not in failure and "max_mad_increase" in failure
+    drop = _ev("int8", {"mse": 0.010, "mad": 0.015, "miou": 0.96}, limits)  # mIoU -0.01 > 0.002
+    assert "int8 mIoU drop 0.01000 > 0.002" in gate_failures(gate(ref, [drop]))
+
+
+def test_gate_cli_exit_codes(evaluated, tmp_path, capsys):
+    _, out, _, _ = evaluated
+    loose = _gate_config(tmp_path, 1.0, 1.0, 1.0)
+    assert main(["gate", "--fp32", str(out / "fp32"), "--engine", "fp16", str(out / "fp16"), str(loose)]) == 0
+    tampered = tmp_path / "int8"
+    shutil.copytree(out / "fp16", tampered)
+    m = json.loads((tampered / "metrics.json").read_text())
+    m["mse"] += 0.5
+    (tampered / "metrics.json").write_text(json.dumps(m))
+    strict = _gate_config(tmp_path, 0.001, 0.002, 0.002)
+    assert main(["gate", "--fp32", str(out / "fp32"), "--engine", "int8", str(tampered), str(strict)]) == 2
+    assert "int8 MSE increase 0.50000 > 0.001" in capsys.readouterr().err
+
+
+def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, data):
+    cfg, out, _, _ = evaluated
+    from pipeline.report import load_metrics
+    fp32 = Evaluated("fp32", out / "fp32", load_metrics(out / "fp32"), None)
+    engines = [Evaluated(label, out / "fp16", load_metrics(out / "fp16"), cfg) for label in ("fp16", "int8")]
+    rows = write_report(fp32, engines, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
+                        tmp_path / "report.png")
+    assert all(r["ok"] for r in rows)
+    text = (tmp_path / "report.md").read_text()
+    assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
+    assert "modnet vacc int8 kl (vendor, published, PPM-100) | - | - | 0.01915 | 0.02453" in text
+    assert "random weights" in text and "generated demo set" in text
+    assert "ours int8 (ort engine" in text and "3x128x96" in text
+    sheet = cv2.imread(str(tmp_path / "report.png"))
+    tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
+    assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
+    assert sheet.shape[0] == 28 + 2 * tile_h  # header + the 2 saved predictions
+
+
+def test_flops_and_params_of_a_tiny_graph_by_hand(tmp_path):
+    # Conv 3->4, 3x3, pad 1 on 1x3x8x8: MACs = 1*4*8*8 (outputs) * 3*3*3 = 6912; params 4*3*3*3 + 4 = 112.
+    # MatMul (1, 256) x (256, 2): MACs = 2 * 256 = 512; params 512. FLOPs = 2 * 7424. Int64 shape: not counted.
+    w = numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    m = numpy_helper.from_array(np.zeros((256, 2), np.float32), "m")
+    shape = numpy_helper.from_array(np.array([1, 256], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("Reshape", ["y", "shape"], ["f"]),
+         helper.make_node("MatMul", ["f", "m"], ["z"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2])], [w, b, m, shape])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    counted = count(path)
+    assert counted["by_op"] == {"Conv": 6912, "MatMul": 512}
+    assert counted["flops"] == 2 * 7424 and counted["params"] == 112 + 512
