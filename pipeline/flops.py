@@ -7,7 +7,9 @@ Counting rule (stated in the report too):
 - Params = number of elements of every floating-point initializer (weights, biases, and the scale/bias/running
   statistics of the BatchNorms that onnxsim could not fold into a convolution). Integer initializers (shapes,
   Slice indices) are not counted. A BatchNorm folded into the convolution before it contributes its C biases
-  instead of its 2C affine parameters, so the total is a little below PyTorch's `parameters()` count.
+  instead of its 2C affine parameters, so the total is a little below PyTorch's `parameters()` count; so are the
+  layers used only in training (MODNet's semantic and detail prediction heads), which the exported inference
+  graph does not contain.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, Tenso
 COUNTING_RULE = ("MACs of Conv, MatMul and Gemm from the ONNX shapes at the static input shape (other ops not "
                  "counted), FLOPs = 2 x MACs; params = elements of all floating-point initializers of the "
                  "simplified ONNX (BatchNorms that follow a convolution are folded into it; the unfolded "
-                 "IBNorm BatchNorms count their scale, bias, mean and variance)")
+                 "IBNorm BatchNorms count their scale, bias, mean and variance; layers used only in training, "
+                 "absent from the exported inference graph, are not counted)")
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

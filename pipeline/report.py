@@ -105,7 +105,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
               "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |",
               "|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
     for row in VENDOR_ROWS:
-        lines.append(f"| {row['model']} (vendor, published, PPM-100) | {row['flops']} | {row['params']} | "
+        lines.append(f"| vendor (published, PPM-100): {row['model']} | {row['flops']} | {row['params']} | "
                      f"{row['mse']:.5f} | {row['mad']:.5f} | - | - | - | {row['miou']:.6f} | 3x480x288 |")
     for i, ev in enumerate([fp32, *engines]):
         m, engine = ev.metrics, ev.metrics["engine"]
@@ -113,7 +113,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
         backend = "simplified ONNX" if engine["backend"] == "onnx" else f"{engine['backend']} engine"
         fl = f"{counted['flops'] / 1e9:.3f}" if i == 0 else "-"
         pa = f"{counted['params'] / 1e6:.3f}" if i == 0 else "-"
-        lines.append(f"| ours {ev.label} ({backend}, {runtime}; {data_label}) | {fl} | {pa} | {_f(m['mse'])} | "
+        lines.append(f"| ours ({data_label}): {ev.label}, {backend} on {runtime} | {fl} | {pa} | {_f(m['mse'])} | "
                      f"{_f(m['mad'])} | {_f(m['sad'], 3)} | {_f(m['grad'], 3)} | {_f(m['conn'], 3)} | "
                      f"{_f(m['miou'], 6)} | {_shape(m)} |")
     lines += ["", f"FLOPs and params of ours are counted from `{onnx}`: {counted['rule']}. "

@@ -168,9 +168,9 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     assert all(r["ok"] for r in rows)
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
-    assert "modnet vacc int8 kl (vendor, published, PPM-100) | - | - | 0.01915 | 0.02453" in text
+    assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
     assert "random weights" in text and "generated demo set" in text
-    assert "ours int8 (ort engine" in text and "3x128x96" in text
+    assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
     sheet = cv2.imread(str(tmp_path / "report.png"))
     tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
     assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
