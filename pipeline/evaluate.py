@@ -4,7 +4,8 @@ Every image of ROOT/image (the config's suffix) with its matte ROOT/matte/<same 
 and resizes the next images, and scores finished predictions, while the engine runs; only model-size arrays are
 kept (the decoded full-resolution photo is dropped as soon as it is resized). Writes, atomically, REPORT_DIR/
 metrics.json (dataset figures, per-image figures, the engine's hash, timings) and REPORT_DIR/preds/<stem>.png,
-the 8-bit predictions of the first `keep` images, which the report's contact sheet shows.
+the 8-bit prediction of every image, from which the report measures each engine's agreement with fp32 and draws
+its contact sheet (the first `sheet` images).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .fileio import atomic_dir, dumps_json
 from .runners import Runner, open_runner
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
-KEEP_PREDICTIONS = 4
+SHEET_IMAGES = 4
 
 
 def read_matte(path: Path) -> np.ndarray:
@@ -56,7 +57,7 @@ def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[P
 
 
 def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | Path, limit: int | None = None,
-             keep: int = KEEP_PREDICTIONS, progress=None, runner: Runner | None = None) -> dict:
+             sheet: int = SHEET_IMAGES, progress=None, runner: Runner | None = None) -> dict:
     todo = pairs(cfg, data, limit)
     runner = runner or open_runner(engine)
     progress = progress or (lambda iterable, total=None: iterable)
@@ -81,7 +82,7 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                     ahead.append(pool.submit(load, *nxt))
 
             scored: list[tuple[str, Future]] = []
-            kept = []
+            saved: list[tuple[str, Future]] = []
             top_up()
             for index, (image, _) in enumerate(progress(todo, total=len(todo))):
                 prepared, gt = ahead.popleft().result()
@@ -93,13 +94,14 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                 if pred.shape != gt.shape:
                     raise PipelineError(f"{runner.info.path}: output {pred.shape} is not the model size "
                                         f"{gt.shape} of {cfg.source}")
-                if index < keep:
-                    name = f"{image.stem}.png"
-                    cv2.imwrite(str(tmp / "preds" / name), pred)
-                    kept.append(name)
+                name = f"{image.stem}.png"
+                saved.append((name, pool.submit(cv2.imwrite, str(tmp / "preds" / name), pred)))
                 scored.append((image.name, pool.submit(metrics.image_metrics, pred, gt)))
             for name, future in scored:
                 acc.add(name, future.result())
+            for name, future in saved:
+                if not future.result():
+                    raise PipelineError(f"{out}: could not write the prediction preds/{name}")
             total_seconds = time.perf_counter() - started
             summary = acc.summary()
             report = {
@@ -112,7 +114,8 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                 "config": str(cfg.source),
                 "input_shape": list(cfg.input_shape),
                 "limit": limit,
-                "predictions": kept,
+                "predictions": [name for name, _ in saved],
+                "sheet": [name for name, _ in saved[:sheet]],
                 "timing": {"seconds": total_seconds, "inference_seconds": infer_seconds,
                            "images_per_second": len(todo) / total_seconds if total_seconds else None,
                            "share_outside_inference": 1 - infer_seconds / total_seconds if total_seconds else None,

@@ -80,6 +80,26 @@ def gate_failures(rows: list[dict]) -> str | None:
         for r in failed)
 
 
+# --- agreement with fp32 --------------------------------------------------------------------------------------
+
+def agreement(fp32: Evaluated, engine: Evaluated) -> dict | None:
+    """How far an engine's predictions are from fp32's on the same images (not gated: metrics against the ground
+    truth can stay put while the predictions move, e.g. with random weights). None if predictions are missing."""
+    names = [n for n in fp32.metrics.get("predictions", []) if (engine.folder / "preds" / n).is_file()]
+    if not names:
+        return None
+    total = flipped = pixels = 0
+    worst = 0
+    for name in names:
+        a, b = _pred(fp32, name).astype(np.int16), _pred(engine, name).astype(np.int16)
+        diff = np.abs(a - b)
+        total += int(diff.sum())
+        worst = max(worst, int(diff.max()))
+        flipped += int(np.sum((a >= 128) != (b >= 128)))
+        pixels += diff.size
+    return {"images": len(names), "mad": total / 255 / pixels, "max": worst / 255, "flipped": flipped / pixels}
+
+
 # --- report.md ---------------------------------------------------------------------------------------------------
 
 def _f(value, digits: int = 5) -> str:
@@ -128,6 +148,17 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
                      f"{'pass' if r['ok'] else '**FAIL**'} |")
     failure = gate_failures(gate_rows)
     lines += ["", f"Gate: {'FAILED: ' + failure.split(': ', 1)[1] if failure else 'passed'}.", ""]
+    agreements = [(ev.label, agreement(fp32, ev)) for ev in engines]
+    if any(a for _, a in agreements):
+        lines += ["## Agreement with fp32 (informational, not gated)", "",
+                  "Mean and largest |engine - fp32| of the 8-bit predictions (as alpha), and the share of pixels "
+                  "whose foreground/background label (>= 128) differs from fp32's.", "",
+                  "| Engine | Images | Mean abs diff | Max abs diff | Label flips |", "|:--|--:|--:|--:|--:|"]
+        for label, a in agreements:
+            if a:
+                lines.append(f"| {label} | {a['images']} | {a['mad']:.5f} | {a['max']:.4f} | "
+                             f"{100 * a['flipped']:.3f}% |")
+        lines += [""]
     lines += ["## Engines", "", "| Engine | Path | Hash of | sha256 | images/s |", "|:--|:--|:--|:--|--:|"]
     for ev in [fp32, *engines]:
         e, t = ev.metrics["engine"], ev.metrics.get("timing", {})
@@ -163,7 +194,7 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
     from .evaluate import load_gt
     height, width = cfg.height, cfg.width
     by_stem = {Path(row["name"]).stem: row["name"] for row in fp32.metrics["per_image"]}
-    names = [n for n in fp32.metrics.get("predictions", [])
+    names = [n for n in fp32.metrics.get("sheet", [])
              if all((ev.folder / "preds" / n).is_file() for ev in engines)]
     if not names:
         raise PipelineError(f"{fp32.folder}: no saved predictions shared by every engine; nothing to show")

@@ -44,8 +44,8 @@ def ort_engine(tmp_path_factory, small_sim_onnx) -> Path:
 def evaluated(tmp_path_factory, small_config, small_sim_onnx, ort_engine, data):
     cfg = load_config(small_config)
     out = tmp_path_factory.mktemp("eval")
-    fp32 = evaluate(cfg, small_sim_onnx, data, out / "fp32", keep=2)
-    fp16 = evaluate(cfg, ort_engine, data, out / "fp16", keep=2)
+    fp32 = evaluate(cfg, small_sim_onnx, data, out / "fp32", sheet=2)
+    fp16 = evaluate(cfg, ort_engine, data, out / "fp16", sheet=2)
     return cfg, out, fp32, fp16
 
 
@@ -57,7 +57,7 @@ def test_metrics_json_has_the_card_figures_and_the_engine_hash(evaluated, ort_en
     from pipeline.fileio import sha256_file
     assert written["manifest_sha256"] == sha256_file(ort_engine / "manifest.json")
     assert sorted(p.name for p in (out / "fp16" / "preds").iterdir()) == sorted(written["predictions"])
-    assert len(written["predictions"]) == 2
+    assert len(written["predictions"]) == 3 and written["sheet"] == written["predictions"][:2]
     # the same model behind both runners gives the same figures
     for key in ("mse", "mad", "sad", "grad", "conn", "miou"):
         assert written[key] == pytest.approx(fp32[key], abs=1e-12)
@@ -67,7 +67,7 @@ def test_metrics_json_has_the_card_figures_and_the_engine_hash(evaluated, ort_en
 
 def test_per_image_rows_are_the_metrics_of_the_saved_prediction(evaluated, data):
     cfg, out, fp32, _ = evaluated
-    name = fp32["predictions"][0]
+    name = fp32["predictions"][1]
     pred = cv2.imread(str(out / "fp32" / "preds" / name), cv2.IMREAD_GRAYSCALE)
     row = next(r for r in fp32["per_image"] if Path(r["name"]).stem == Path(name).stem)
     matte = cv2.imread(str(data / "matte" / row["name"]), cv2.IMREAD_GRAYSCALE)
@@ -171,6 +171,8 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
     assert "random weights" in text and "generated demo set" in text
     assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    # same model behind fp32 and the 'engines': they agree exactly on every image
+    assert "| fp16 | 3 | 0.00000 | 0.0000 | 0.000% |" in text
     sheet = cv2.imread(str(tmp_path / "report.png"))
     tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
     assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
