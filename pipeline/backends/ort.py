@@ -202,17 +202,22 @@ def collect_ranges(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progre
     input_name = session.get_inputs()[0].name
 
     tensors = np.load(calib / "tensors.npy", mmap_mode="r")
-    if tuple(tensors.shape[1:]) != tuple(cfg.input_shape[1:]):
+    if tuple(tensors.shape[1:]) != tuple(cfg.input_shape[1:]) or tensors.dtype != np.float32:
         raise PipelineError(f"{calib}/tensors.npy holds {list(tensors.shape[1:])} inputs but {cfg.source} expects "
                             f"{list(cfg.input_shape[1:])} (rerun `make calib`)")
+    offset, count = tensors.offset, tensors.shape[0]
+    del tensors  # read image by image with plain reads: mapped pages would count in RSS and grow with N
+    per_image = int(np.prod(cfg.input_shape[1:]))
     stats = {n: ActivationStats() for n in names}
     histogram = mode != "max"
     start = time.perf_counter()
-    for index in progress(range(tensors.shape[0]), total=tensors.shape[0]):
-        batch = np.ascontiguousarray(tensors[index:index + 1], dtype=np.float32)
-        for name, value in zip(out_names, session.run(None, {input_name: batch})):
-            if name in wanted:
-                stats[name].add(value, histogram)
+    with open(calib / "tensors.npy", "rb") as handle:
+        for index in progress(range(count), total=count):
+            handle.seek(offset + index * per_image * 4)
+            batch = np.fromfile(handle, dtype=np.float32, count=per_image).reshape(1, *cfg.input_shape[1:])
+            for name, value in zip(out_names, session.run(None, {input_name: batch})):
+                if name in wanted:
+                    stats[name].add(value, histogram)
     collect_s = time.perf_counter() - start
     del session
     _SCRATCH.clear()
@@ -228,7 +233,7 @@ def collect_ranges(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progre
         t = float(np.float32(t)) if t > 0 else float(np.float32(1e-8))
         ranges[name] = (-t, t)
     summary = {
-        "images": int(tensors.shape[0]),
+        "images": int(count),
         "method": {"kl_divergence": "entropy (KL divergence, TensorRT-style, on a streaming |x| histogram)",
                    "max": "max |x| (streaming min/max)",
                    "percentile": f"percentile {quantize.calibrate_range} of |x| (streaming histogram)"}[mode],
