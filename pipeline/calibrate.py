@@ -145,16 +145,17 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
     _, _, height, width = cfg.input_shape
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
-        tensors = np.lib.format.open_memmap(tmp / TENSORS, mode="w+", dtype=np.float32,
-                                            shape=(len(entries), 3, height, width))
         placed = set()
-        items = progress(enumerate(entries), total=len(entries)) if progress else enumerate(entries)
-        for index, (name, digest) in items:
-            src = folder / name
-            tensors[index] = load_input(cfg, src)[0]  # an undecodable file is an error naming it
-            placed.add(_place(src, tmp / "images" / name))
-        tensors.flush()
-        del tensors
+        items = progress(entries, total=len(entries)) if progress else entries
+        # Written image by image with plain writes: a memory map's dirty pages would count in RSS and grow with N.
+        with open(tmp / TENSORS, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                          "fortran_order": False,
+                                                          "shape": (len(entries), 3, height, width)})
+            for name, _ in items:
+                src = folder / name
+                load_input(cfg, src).tofile(handle)  # an undecodable file is an error naming it
+                placed.add(_place(src, tmp / "images" / name))
         manifest = {
             "config_name": cfg.name,
             "config": str(cfg.source),
