@@ -3,7 +3,8 @@
 Every image of ROOT/image (the config's suffix) with its matte ROOT/matte/<same name>. A small thread pool decodes
 and resizes the next images, and scores finished predictions, while the engine runs; only model-size arrays are
 kept (the decoded full-resolution photo is dropped as soon as it is resized). Writes, atomically, REPORT_DIR/
-metrics.json (dataset figures, per-image figures, the engine's hash, timings) and REPORT_DIR/preds/<stem>.png,
+metrics.json (dataset and per-image figures, the engine's identity: reproducible to the byte), run.json (paths and
+timings of this run) and REPORT_DIR/preds/<stem>.png,
 the 8-bit prediction of every image, from which the report measures each engine's agreement with fp32 and draws
 its contact sheet (the first `sheet` images).
 """
@@ -21,7 +22,7 @@ from . import metrics
 from .config import BuildConfig
 from .dataset import list_images, matte_path
 from .errors import PipelineError
-from .fileio import atomic_dir, dumps_json
+from .fileio import atomic_dir, dumps_json, sha256_file
 from .runners import Runner, open_runner
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
@@ -104,24 +105,31 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                     raise PipelineError(f"{out}: could not write the prediction preds/{name}")
             total_seconds = time.perf_counter() - started
             summary = acc.summary()
+            # metrics.json holds only what the same engine on the same data reproduces exactly; where and how
+            # fast this run happened goes to run.json
             report = {
                 **summary,
                 "confusion": acc.confusion(),
                 "per_image": acc.per_image,
                 "engine": runner.info.to_json(),
                 "manifest_sha256": runner.info.sha256,
-                "data": str(Path(data).resolve()),
-                "config": str(cfg.source),
+                "config": {"file": cfg.source.name, "sha256": sha256_file(cfg.source)},
                 "input_shape": list(cfg.input_shape),
                 "limit": limit,
                 "predictions": [name for name, _ in saved],
                 "sheet": [name for name, _ in saved[:sheet]],
+            }
+            run = {
+                "engine_path": str(runner.info.path),
+                "data": str(Path(data).resolve()),
+                "config": str(cfg.source),
                 "timing": {"seconds": total_seconds, "inference_seconds": infer_seconds,
                            "images_per_second": len(todo) / total_seconds if total_seconds else None,
                            "share_outside_inference": 1 - infer_seconds / total_seconds if total_seconds else None,
                            "workers": WORKERS},
             }
             (tmp / "metrics.json").write_text(dumps_json(report), encoding="utf-8")
+            (tmp / "run.json").write_text(dumps_json(run), encoding="utf-8")
     finally:
         runner.close()
-    return report
+    return {**report, **run}

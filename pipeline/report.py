@@ -117,7 +117,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
     if demo:
         lines += [DEMO_WARNING, ""]
     m0 = fp32.metrics
-    lines += [f"Data: {data_label} ({m0['images']} images, `{m0['data']}`). Measured as the vendor measured its "
+    lines += [f"Data: {data_label} ({m0['images']} images). Measured as the vendor measured its "
               f"table (modnet-model-card.md, \"How the vendor measures it\"): OpenCV decode, bilinear resize to "
               f"288x480, `(x - 127.5) / 127.5`; ground truth = matte as grey, INTER_AREA to 288x480; prediction = "
               f"`(alpha * 255).astype(uint8)` at 480x288; no trimap; mIoU from one confusion matrix over the "
@@ -136,7 +136,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
         lines.append(f"| ours ({data_label}): {ev.label}, {backend} on {runtime} | {fl} | {pa} | {_f(m['mse'])} | "
                      f"{_f(m['mad'])} | {_f(m['sad'], 3)} | {_f(m['grad'], 3)} | {_f(m['conn'], 3)} | "
                      f"{_f(m['miou'], 6)} | {_shape(m)} |")
-    lines += ["", f"FLOPs and params of ours are counted from `{onnx}`: {counted['rule']}. "
+    lines += ["", f"FLOPs and params of ours are counted from `{Path(onnx).name}`: {counted['rule']}. "
               f"That gives {counted['macs'] / 1e9:.3f} GMACs ({counted['flops'] / 1e9:.3f} GFLOPs) and "
               f"{counted['params']:,} params; the card gives 6.49 M params and about 8.16 GMACs for the official "
               f"model. The vendor's published 24.011 G / 8.700 M follow no rule we could reproduce.", ""]
@@ -159,12 +159,12 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
                 lines.append(f"| {label} | {a['images']} | {a['mad']:.5f} | {a['max']:.4f} | "
                              f"{100 * a['flipped']:.3f}% |")
         lines += [""]
-    lines += ["## Engines", "", "| Engine | Path | Hash of | sha256 | images/s |", "|:--|:--|:--|:--|--:|"]
+    lines += ["## Engines", "", "The files that computed each row (paths and timings of the runs: eval/*/run.json).", "",
+              "| Engine | Backend | File | sha256 |", "|:--|:--|:--|:--|"]
     for ev in [fp32, *engines]:
-        e, t = ev.metrics["engine"], ev.metrics.get("timing", {})
-        ips = t.get("images_per_second")
-        lines.append(f"| {ev.label} | `{e['path']}` | {e['hash_of']} | `{e['sha256'][:16]}…` | "
-                     f"{'-' if ips is None else f'{ips:.2f}'} |")
+        e = ev.metrics["engine"]
+        for name, digest in e["model_files"].items():
+            lines.append(f"| {ev.label} | {e['backend']} | {name} | `{digest[:16]}…` |")
     if sheet:
         lines += ["", "## Contact sheet", "",
                   f"Columns: input, ground truth, fp32, {', '.join(ev.label for ev in engines)}, and "

@@ -33,17 +33,20 @@ class EngineInfo:
     hash_of: str  # which file `sha256` is the hash of
     sha256: str
     manifest: dict | None
+    model_files: dict  # name -> sha256 of the files that compute the output (reproducible, unlike a manifest)
 
     def to_json(self) -> dict:
-        return {"path": str(self.path), "backend": self.backend, "dtype": self.dtype,
-                "hash_of": self.hash_of, "sha256": self.sha256}
+        """Identity of the engine, without its path, so the same engine evaluated anywhere records the same."""
+        return {"backend": self.backend, "dtype": self.dtype, "hash_of": self.hash_of, "sha256": self.sha256,
+                "model_files": self.model_files}
 
 
 def describe(engine: str | Path) -> EngineInfo:
     """What ENGINE is, from its file name or manifest.json; a clear error for anything else."""
     engine = Path(engine)
     if engine.is_file() and engine.suffix == ".onnx":
-        return EngineInfo(engine, "onnx", "fp32", engine.name, sha256_file(engine), None)
+        digest = sha256_file(engine)
+        return EngineInfo(engine, "onnx", "fp32", engine.name, digest, None, {engine.name: digest})
     manifest_path = engine / "manifest.json"
     if not engine.is_dir() or not manifest_path.is_file():
         raise PipelineError(f"{engine}: not an engine (expected a simplified .onnx file, or an engine folder with "
@@ -60,7 +63,8 @@ def describe(engine: str | Path) -> EngineInfo:
     missing = [name for name in needed if not (engine / name).is_file()]
     if missing:
         raise PipelineError(f"{engine}: incomplete {backend} engine, missing {', '.join(missing)} (rebuild it)")
-    return EngineInfo(engine, backend, dtype, "manifest.json", sha256_file(manifest_path), manifest)
+    model_files = {name: sha256_file(engine / name) for name in needed}
+    return EngineInfo(engine, backend, dtype, "manifest.json", sha256_file(manifest_path), manifest, model_files)
 
 
 class Runner:

@@ -54,7 +54,8 @@ def simplify_onnx(cfg: BuildConfig, src: str | Path, out: str | Path) -> dict:
         "ops_before": op_counts(original), "ops_after": op_counts(simplified),
         "nodes_before": len(original.graph.node), "nodes_after": len(simplified.graph.node),
         "sha256": {"input": sha256_file(src), "output": hashlib.sha256(data).hexdigest()},
-        "input_shape": list(cfg.input_shape), "config": str(cfg.source),
+        "input_shape": list(cfg.input_shape),
+        "config": {"file": cfg.source.name, "sha256": sha256_file(cfg.source)},  # no path: reproducible anywhere
     }
     if report["parity"]["max_abs"] > cfg.pipeline.parity_tolerance:
         raise PipelineError(f"simplified model differs from {src}: max abs {report['parity']['max_abs']:.3g} > "

@@ -61,7 +61,11 @@ def test_metrics_json_has_the_card_figures_and_the_engine_hash(evaluated, ort_en
     # the same model behind both runners gives the same figures
     for key in ("mse", "mad", "sad", "grad", "conn", "miou"):
         assert written[key] == pytest.approx(fp32[key], abs=1e-12)
-    t = written["timing"]
+    assert written["engine"]["model_files"] == {"model.onnx": sha256_file(ort_engine / "model.onnx")}
+    assert "timing" not in written and "path" not in written["engine"]  # metrics.json must reproduce to the byte
+    run = json.loads((out / "fp16" / "run.json").read_text())
+    assert run["engine_path"] == str(ort_engine)
+    t = run["timing"]
     assert 0 <= t["share_outside_inference"] <= 1 and t["images_per_second"] > 0
 
 
