@@ -123,6 +123,22 @@ $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/met
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
 
+##@ Release
+RELEASE_ROOT ?= $(ART)/release## where `make release` puts NAME-HASH/ bundles
+RELEASE ?= ## the bundle `make verify` rebuilds and compares, e.g. artifacts/release/official_modnet-0123abcd4567
+
+release: fp16 int8 eval ## bundle engines, ONNX, configs, calibration list, report + MANIFEST.json (never overwrites)
+	$(PY) -m pipeline release --config-fp16 $(CONFIG_FP16) --config-int8 $(CONFIG_INT8) --ckpt $(CKPT) \
+		--data $(DATA) --backend $(BACKEND) --calib-list $(CALIB_LIST) --calib $(CALIB_DIR) \
+		--onnx-fp16 $(ART)/onnx/$(FP16).sim.onnx --onnx-int8 $(ART)/onnx/$(INT8).sim.onnx \
+		--engine-fp16 $(ENGINE_FP16) --engine-int8 $(ENGINE_INT8) --eval-dir $(EVAL) \
+		--report $(ART)/report.md $(ART)/report.png --out-root $(RELEASE_ROOT)
+
+verify: $(STAMP) ## rebuild RELEASE from its manifest in a scratch folder and compare every file
+	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))
+	@mkdir -p $(ART)/verify
+	$(PY) -m pipeline verify --release $(RELEASE) --scratch-root $(ART)/verify
+
 ##@ Demo and tests
 DEMO := artifacts/demo
 DEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt
@@ -143,7 +159,7 @@ demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated
 		CALIB_LIST=$(DEMO)/calib_list/$(INT8).txt demo-stages
 
 # The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
-demo-stages: calib fp16 int8 eval
+demo-stages: calib fp16 int8 eval release
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
@@ -158,4 +174,4 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 eval demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 eval release verify demo demo-ckpt demo-data demo-stages test clean help FORCE

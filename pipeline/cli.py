@@ -112,6 +112,59 @@ def _engine_args(p) -> None:
                         "pipeline.gate holds its limits); repeat for each engine")
 
 
+def cmd_release(args) -> None:
+    import os
+
+    from .config import load_config
+    from .release import ReleaseInputs, assemble
+    fp16, int8 = load_config(args.config_fp16), load_config(args.config_int8)
+    name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
+    inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
+                           config_fp16=Path(args.config_fp16), config_int8=Path(args.config_int8),
+                           calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
+                           onnx_int8=Path(args.onnx_int8), engine_fp16=Path(args.engine_fp16),
+                           engine_int8=Path(args.engine_int8), report=tuple(Path(p) for p in args.report),
+                           eval_dir=Path(args.eval_dir))
+    bundle, written = assemble(inputs, Path(args.out_root))
+    print(f"wrote release {bundle}" if written else
+          f"release {bundle} is already there (same inputs); nothing written")
+
+
+def cmd_verify(args) -> None:
+    import os
+    import subprocess
+    import tempfile
+
+    from .release import code_digest, compare, format_table, load_manifest, rebuild_variables, tampered
+    bundle = Path(args.release)
+    manifest = load_manifest(bundle)
+    changed = tampered(bundle, manifest)
+    if manifest["inputs"]["code"] != code_digest():
+        print("note: the pipeline code differs from the release's (inputs.code); differences may come from that")
+    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="verify-", dir=args.scratch_root))
+    variables = rebuild_variables(manifest, bundle.resolve(), scratch.resolve(),
+                                  Path(args.ckpt) if args.ckpt else None, Path(args.data) if args.data else None)
+    print(f"rebuilding {bundle.name} in {scratch} ...", flush=True)
+    done = subprocess.run([os.environ.get("MAKE", "make"), "--no-print-directory", *variables, "release"],
+                          cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above, its files in "
+                            f"{scratch}")
+    rebuilt = scratch / "release" / bundle.name
+    if not rebuilt.is_dir():
+        found = sorted(p.name for p in (scratch / "release").iterdir())
+        raise PipelineError(f"the rebuild produced {found}, not {bundle.name}: its inputs digest differs")
+    rows = compare(bundle, rebuilt)
+    rows = [(rel, status, f"{note}; changed since release (MANIFEST.json)".lstrip("; ") if rel in changed else note)
+            for rel, status, note in rows]
+    print(format_table(rows))
+    bad = [rel for rel, status, _ in rows if status not in ("equal", "expected")]
+    equal = sum(status == "equal" for _, status, _ in rows)
+    if bad:
+        raise PipelineError(f"{len(bad)} file(s) of {bundle.name} differ from the rebuild: {', '.join(bad)}")
+    print(f"verified: {equal} files identical, {len(rows) - equal} expected differences")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -167,6 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gate", help="fail if an engine's MSE/MAD/mIoU change against fp32 exceeds its config's gate")
     _engine_args(p)
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("release", help="assemble the release bundle named by its inputs")
+    for flag, text in (("--config-fp16", "fp16 build config"), ("--config-int8", "int8 build config"),
+                       ("--ckpt", "the checkpoint the ONNX came from"), ("--data", "PPM-100-shaped folder used"),
+                       ("--backend", "backend of both engines"), ("--calib-list", "committed calibration list"),
+                       ("--calib", "calibration folder"), ("--onnx-fp16", "simplified ONNX of the fp16 engine"),
+                       ("--onnx-int8", "simplified ONNX of the int8 engine"), ("--engine-fp16", "fp16 engine folder"),
+                       ("--engine-int8", "int8 engine folder"), ("--eval-dir", "evaluation folder (metrics.json)"),
+                       ("--out-root", "folder that receives NAME-HASH/")):
+        p.add_argument(flag, required=True, help=text)
+    p.add_argument("--report", nargs="+", required=True, help="report files (report.md, report.png)")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("verify", help="rebuild a release bundle from its manifest and compare it file by file")
+    p.add_argument("--release", required=True, help="bundle folder (artifacts/release/NAME-HASH)")
+    p.add_argument("--ckpt", help="checkpoint, if it moved since the release (its sha256 must match)")
+    p.add_argument("--data", help="PPM-100-shaped folder, if it moved since the release")
+    p.add_argument("--scratch", help="folder for the rebuild (default: a new one under --scratch-root)")
+    p.add_argument("--scratch-root", default=None, help="where the default scratch folder is made")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
     p.add_argument("--out", required=True)

@@ -22,10 +22,14 @@ MANIFEST = "MANIFEST.json"
 SHORT_HASH = 12
 # The code whose change can change an artifact: every module of the package, the recipe and the pinned tools.
 CODE_GLOBS = ("pipeline/**/*.py", "Makefile", "requirements.txt")
-# Files a rebuild is not expected to reproduce byte for byte, and why. Everything else must be identical.
+# Files a rebuild is not expected to reproduce byte for byte, why, and (for JSON) the only keys allowed to differ;
+# None means the whole file may differ. Every other file must come back identical.
 EXPECTED_DIFFERENCES = {
-    "engines/*/*/manifest.json": "records the build's wall time, peak memory and absolute input paths",
-    "engines/*/vamc/vamc.log": "vamc's own console log (timings, progress), not an input to the engine",
+    "engines/*/*/manifest.json": ("records the build's wall time, peak memory and absolute input paths", None),
+    "engines/*/vamc/vamc.log": ("vamc's own console log (timings, progress), not an input to the engine", None),
+    "report/eval/*/run.json": ("paths and wall-clock timings of the evaluation run", None),
+    "report/eval/*/metrics.json": ("names the engine's manifest.json by hash (which records build times); all "
+                                   "other fields, every metric included, are equal", ("manifest_sha256", "engine.sha256")),
 }
 
 
@@ -153,24 +157,48 @@ def load_manifest(bundle: Path) -> dict:
         raise PipelineError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def expected_difference(rel: str) -> str | None:
-    return next((why for pattern, why in EXPECTED_DIFFERENCES.items() if fnmatch.fnmatch(rel, pattern)), None)
+def _without(doc: dict, dotted_keys: tuple[str, ...]) -> dict:
+    doc = json.loads(json.dumps(doc))
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        node = doc
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return doc
 
 
-def compare(recorded: dict[str, str], rebuilt: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(file, status, note) for every file of either side; status is equal, expected, DIFFERENT, MISSING or EXTRA."""
+def explain_difference(rel: str, ours: Path, theirs: Path) -> str | None:
+    """Why REL may differ between two builds, or None if this difference is not expected."""
+    for pattern, (why, keys) in EXPECTED_DIFFERENCES.items():
+        if fnmatch.fnmatch(rel, pattern):
+            if keys is None:
+                return why
+            try:
+                same = _without(json.loads(ours.read_text()), keys) == _without(json.loads(theirs.read_text()), keys)
+            except (OSError, ValueError):
+                return None
+            return why if same else None
+    return None
+
+
+def compare(bundle: Path, rebuilt: Path) -> list[tuple[str, str, str]]:
+    """(file, status, note) for every file of either bundle; status is equal, expected, DIFFERENT, MISSING or
+    EXTRA. Files are compared as they are now, not as MANIFEST.json says they were."""
+    ours, theirs = file_hashes(bundle), file_hashes(rebuilt)
     rows = []
-    for rel in sorted(set(recorded) | set(rebuilt)):
-        if rel not in rebuilt:
+    for rel in sorted(set(ours) | set(theirs)):
+        if rel not in theirs:
             rows.append((rel, "MISSING", "not produced by the rebuild"))
-        elif rel not in recorded:
+        elif rel not in ours:
             rows.append((rel, "EXTRA", "produced by the rebuild, not in the bundle"))
-        elif recorded[rel] == rebuilt[rel]:
+        elif ours[rel] == theirs[rel]:
             rows.append((rel, "equal", ""))
-        elif expected_difference(rel):
-            rows.append((rel, "expected", expected_difference(rel)))
         else:
-            rows.append((rel, "DIFFERENT", f"{recorded[rel][:12]} != {rebuilt[rel][:12]}"))
+            why = explain_difference(rel, bundle / rel, rebuilt / rel)
+            rows.append((rel, "expected", why) if why else
+                        (rel, "DIFFERENT", f"{ours[rel][:12]} != {theirs[rel][:12]}"))
     return rows
 
 

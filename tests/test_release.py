@@ -130,15 +130,29 @@ def test_missing_outputs_are_named(fake_build, tmp_path):
     assert not (tmp_path / "release").exists() or list((tmp_path / "release").iterdir()) == []
 
 
-def test_compare_classifies_every_file():
-    recorded = {"engines/a/ort/model.onnx": "1", "engines/a/ort/manifest.json": "2", "onnx/x.onnx": "3",
-                "report/report.md": "4", "gone.txt": "5"}
-    rebuilt = {"engines/a/ort/model.onnx": "1", "engines/a/ort/manifest.json": "X", "onnx/x.onnx": "Y",
-               "report/report.md": "4", "new.txt": "6"}
-    rows = {rel: status for rel, status, _ in compare(recorded, rebuilt)}
+def test_compare_classifies_every_file(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    metrics = {"mad": 0.1, "manifest_sha256": "a", "engine": {"sha256": "a", "model_files": {"model.onnx": "m"}}}
+    files = {
+        "engines/a/ort/model.onnx": (b"1", b"1"),
+        "engines/a/ort/manifest.json": (b"{\"time\": 1}", b"{\"time\": 2}"),
+        "onnx/x.onnx": (b"3", b"Y"),
+        "report/eval/fp32/metrics.json": (json.dumps(metrics).encode(),
+                                          json.dumps({**metrics, "manifest_sha256": "b",
+                                                      "engine": {**metrics["engine"], "sha256": "b"}}).encode()),
+        "report/eval/int8/metrics.json": (json.dumps(metrics).encode(), json.dumps({**metrics, "mad": 0.2}).encode()),
+        "gone.txt": (b"5", None),
+        "new.txt": (None, b"6"),
+    }
+    for rel, (a, b) in files.items():
+        if a is not None:
+            _write(ours / rel, a)
+        if b is not None:
+            _write(theirs / rel, b)
+    rows = {rel: status for rel, status, _ in compare(ours, theirs)}
     assert rows == {"engines/a/ort/model.onnx": "equal", "engines/a/ort/manifest.json": "expected",
-                    "onnx/x.onnx": "DIFFERENT", "report/report.md": "equal", "gone.txt": "MISSING",
-                    "new.txt": "EXTRA"}
+                    "onnx/x.onnx": "DIFFERENT", "report/eval/fp32/metrics.json": "expected",
+                    "report/eval/int8/metrics.json": "DIFFERENT", "gone.txt": "MISSING", "new.txt": "EXTRA"}
 
 
 def test_tampering_is_detected_against_the_bundle_manifest(fake_build, tmp_path):
