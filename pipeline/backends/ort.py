@@ -193,13 +193,22 @@ def collect_ranges(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progre
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     outputs = {o.name for o in augmented.graph.output}
-    augmented.graph.output.extend(infos[n] for n in names if n not in outputs)
+    input_name = model.graph.input[0].name  # its statistics come from the batch itself, not from an output
+    augmented.graph.output.extend(infos[n] for n in names if n not in outputs and n != input_name)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    out_names = [o.name for o in session.get_outputs()]
-    wanted = set(names)
-    input_name = session.get_inputs()[0].name
+    # Every activation is written into a buffer allocated once, not ~0.5 GB of fresh outputs per image: the same
+    # time per image (memory traffic bounds it either way), 54 MB less peak RSS (bench/calibration.py).
+    binding = session.io_binding()
+    buffers: dict[str, np.ndarray] = {}
+    for out in session.get_outputs():
+        dims = infos[out.name].type.tensor_type.shape.dim
+        shape = [d.dim_value for d in dims]  # [] for a scalar
+        if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            raise PipelineError(f"{out.name}: no static shape in the simplified ONNX; calibration needs one")
+        buffers[out.name] = np.empty(shape, np.float32)
+        binding.bind_output(out.name, "cpu", 0, np.float32, shape, buffers[out.name].ctypes.data)
 
     tensors = np.load(calib / "tensors.npy", mmap_mode="r")
     if tuple(tensors.shape[1:]) != tuple(cfg.input_shape[1:]) or tensors.dtype != np.float32:
@@ -215,11 +224,15 @@ def collect_ranges(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progre
         for index in progress(range(count), total=count):
             handle.seek(offset + index * per_image * 4)
             batch = np.fromfile(handle, dtype=np.float32, count=per_image).reshape(1, *cfg.input_shape[1:])
-            for name, value in zip(out_names, session.run(None, {input_name: batch})):
-                if name in wanted:
+            binding.bind_cpu_input(input_name, batch)
+            session.run_with_iobinding(binding)
+            if input_name in stats:
+                stats[input_name].add(batch, histogram)
+            for name, value in buffers.items():
+                if name in stats:
                     stats[name].add(value, histogram)
     collect_s = time.perf_counter() - start
-    del session
+    del session, binding, buffers
     _SCRATCH.clear()
 
     ranges = {}
