@@ -23,6 +23,7 @@ from .config import BuildConfig
 from .dataset import list_images, matte_path
 from .errors import PipelineError
 from .fileio import atomic_dir, dumps_json, sha256_file
+from .preprocess import decode_bgr
 from .runners import Runner, open_runner
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
@@ -41,6 +42,16 @@ def read_matte(path: Path) -> np.ndarray:
 
 def load_gt(path: Path, cfg: BuildConfig) -> np.ndarray:
     return metrics.gt_from_matte(read_matte(path), cfg.height, cfg.width)
+
+
+def load_pair(cfg: BuildConfig, runner: Runner, image: Path, matte: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's input and the ground truth; a matte whose size differs from its photo's is an error, since
+    both would be resized to the model size and silently scored against each other."""
+    bgr, matte_grey = decode_bgr(image), read_matte(matte)
+    if bgr.shape[:2] != matte_grey.shape:
+        raise PipelineError(f"{matte}: {matte_grey.shape[1]}x{matte_grey.shape[0]} does not match its image "
+                            f"{image.name} ({bgr.shape[1]}x{bgr.shape[0]}); a matte must be the same size as its photo")
+    return runner.prepare(cfg, bgr), metrics.gt_from_matte(matte_grey, cfg.height, cfg.width)
 
 
 def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[Path, Path]]:
@@ -66,9 +77,6 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
     infer_seconds = 0.0
     started = time.perf_counter()
 
-    def load(image: Path, matte: Path):
-        return runner.prepare(cfg, image), load_gt(matte, cfg)
-
     try:
         with atomic_dir(out) as tmp, ThreadPoolExecutor(WORKERS) as pool:
             (tmp / "preds").mkdir()
@@ -80,7 +88,7 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                     nxt = next(upcoming, None)
                     if nxt is None:
                         return
-                    ahead.append(pool.submit(load, *nxt))
+                    ahead.append(pool.submit(load_pair, cfg, runner, *nxt))
 
             scored: list[tuple[str, Future]] = []
             saved: list[tuple[str, Future]] = []

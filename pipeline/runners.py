@@ -20,7 +20,7 @@ import numpy as np
 from .config import BuildConfig, Resize
 from .errors import PipelineError
 from .fileio import sha256_file
-from .preprocess import INTERPOLATION, apply_ops, decode_bgr
+from .preprocess import INTERPOLATION, apply_ops
 
 VAMC_FILES = ("mod.so", "mod.json", "mod.params", "vdsp_params.json")
 
@@ -71,7 +71,8 @@ class Runner:
     """Loads an engine; `prepare` runs on the loader threads (decode + resize), `infer` on the caller's thread."""
     info: EngineInfo
 
-    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
+    def prepare(self, cfg: BuildConfig, bgr: np.ndarray) -> np.ndarray:
+        """The engine's input from a decoded 8-bit BGR photo."""
         raise NotImplementedError
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
@@ -96,8 +97,8 @@ class OnnxRunner(Runner):
             raise PipelineError(f"{model}: ONNX Runtime cannot load it ({first})") from None
         self.input_name = self.session.get_inputs()[0].name
 
-    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
-        return apply_ops(cfg, decode_bgr(path))
+    def prepare(self, cfg: BuildConfig, bgr: np.ndarray) -> np.ndarray:
+        return apply_ops(cfg, bgr)
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: prepared})[0]
@@ -138,12 +139,12 @@ class VaststreamxRunner(Runner):
         self.stream.register_operator_output(self.model_op)
         self.stream.build()
 
-    def prepare(self, cfg: BuildConfig, path: Path) -> np.ndarray:
+    def prepare(self, cfg: BuildConfig, bgr: np.ndarray) -> np.ndarray:
         resize = next(op for op in cfg.dataset.process_ops if isinstance(op, Resize))
         if tuple(resize.size) != (self.height, self.width):
             raise PipelineError(f"{cfg.source}: Resize {list(resize.size)} differs from the engine's vdsp input "
                                 f"{self.height}x{self.width}")
-        bgr = cv2.resize(decode_bgr(path), (self.width, self.height),
+        bgr = cv2.resize(bgr, (self.width, self.height),
                          interpolation=INTERPOLATION[resize.interpolation])
         return np.ascontiguousarray(bgr.transpose(2, 0, 1))  # planar, still BGR: the fused op converts
 

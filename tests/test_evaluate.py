@@ -107,6 +107,19 @@ def test_unreadable_matte_is_an_error_naming_it(tmp_path, small_config, small_si
     assert not (tmp_path / "out").exists()
 
 
+def test_matte_of_another_size_is_an_error_naming_it(tmp_path, small_config, small_sim_onnx, data):
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    victim = sorted((broken / "matte").iterdir())[2]
+    grey = cv2.imread(str(victim), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    cv2.imwrite(str(victim), cv2.resize(grey, (w // 2, h // 2)))
+    with pytest.raises(PipelineError, match=rf"{victim.name}: {w // 2}x{h // 2} does not match its image "
+                                            rf"{victim.name} \({w}x{h}\)"):
+        evaluate(load_config(small_config), small_sim_onnx, broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_vamc_engine_without_vaststreamx_is_a_clear_error(tmp_path, small_config, data):
     engine = tmp_path / "vamc"
     engine.mkdir()
