@@ -137,6 +137,10 @@ def kl_threshold(hist: np.ndarray, top: float, absmax: float) -> float:
     if used <= QUANT_LEVELS:
         return absmax
     hist = hist.astype(np.float64)
+    # The exact zeros of ReLU / ReLU6 outputs (often half the tensor) pile up in bin 0; left there, that spike
+    # dominates the divergence and drives the threshold far down. NVIDIA's entropy calibrator levels it with
+    # bin 1 before the search (pytorch-quantization's _compute_amax_entropy); so do we.
+    hist[0] = hist[1]
     stride = max(1, (used - QUANT_LEVELS) // MAX_CANDIDATES)
     best_i, best_kl = used, np.inf
     for i in range(QUANT_LEVELS, used + 1, stride):
