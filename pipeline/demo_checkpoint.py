@@ -6,13 +6,14 @@ Its values are random: nothing measured with it says anything about MODNet's acc
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import DATAPARALLEL_PREFIX
-from .fileio import atomic_path
+from .fileio import write_bytes
 from .model import MODNet
 
 
@@ -47,5 +48,8 @@ def demo_state_dict(seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_demo_checkpoint(out: str | Path, seed: int) -> None:
-    with atomic_path(out) as tmp:
-        torch.save(demo_state_dict(seed), tmp)
+    # Serialised in memory: saved to a path, torch names the archive's root folder after the (temporary) file
+    # name, and the same seed would give different bytes, hence a different release name.
+    buffer = io.BytesIO()
+    torch.save(demo_state_dict(seed), buffer)
+    write_bytes(out, buffer.getvalue())

@@ -1,0 +1,31 @@
+"""The generated stand-ins for the official checkpoint and PPM-100 are deterministic and shaped like the real ones."""
+from __future__ import annotations
+
+import cv2
+
+from pipeline.demo_checkpoint import write_demo_checkpoint
+from pipeline.demo_data import write_demo_data
+
+
+def test_demo_checkpoint_bytes_follow_the_seed(tmp_path):
+    for name, seed in (("a.ckpt", 0), ("b.ckpt", 0), ("c.ckpt", 1)):
+        write_demo_checkpoint(tmp_path / name, seed)
+    a, b, c = ((tmp_path / n).read_bytes() for n in ("a.ckpt", "b.ckpt", "c.ckpt"))
+    assert a == b and a != c
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "c.ckpt"]  # no temp files left
+
+
+def test_demo_data_is_deterministic_and_ppm100_shaped(tmp_path):
+    names = write_demo_data(tmp_path / "one", count=3, seed=5, scale=1.0)
+    again = write_demo_data(tmp_path / "two", count=3, seed=5, scale=1.0)
+    assert names == again and len(set(names)) == 3
+    for sub in ("image", "matte"):
+        assert sorted(p.name for p in (tmp_path / "one" / sub).iterdir()) == names
+        for name in names:
+            assert (tmp_path / "one" / sub / name).read_bytes() == (tmp_path / "two" / sub / name).read_bytes()
+    for name in names:
+        image = cv2.imread(str(tmp_path / "one" / "image" / name), cv2.IMREAD_UNCHANGED)
+        matte = cv2.imread(str(tmp_path / "one" / "matte" / name), cv2.IMREAD_UNCHANGED)
+        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1080  # photo-sized
+        assert matte.ndim == 2 and matte.shape == image.shape[:2]  # 8-bit grey, same size
+        assert matte.min() < 10 and matte.max() > 245 and ((matte > 20) & (matte < 235)).any()  # soft edges
