@@ -4,7 +4,7 @@
 
 Generated data only: a seeded PPM-100-shaped folder (images shrunk to about 600 px; preprocessing resizes them to
 the config's 480x288 anyway), the int8 config with get_data_num = N, `python -m pipeline calib` and
-`python -m pipeline build --backend ort` each in a child process whose own peak RSS is read with wait4. The ONNX
+`python -m pipeline build --backend ort` each in a child process that reports its own peak RSS (VmHWM). The ONNX
 is the demo model (`make demo` writes it); without it the demo checkpoint is exported and simplified here.
 For comparison, N plain fp32 forward passes of the same ONNX on the same tensors are timed in this process.
 Targets: build peak RSS at N=50 under 3 GB and flat in N; build time under 3x the N forward passes plus a fixed
@@ -13,9 +13,9 @@ overhead.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,15 +27,24 @@ sys.path.insert(0, str(REPO))
 PY = sys.executable
 
 
+# Runs `python -m pipeline ARGS` and, at exit, writes the process's own peak RSS (VmHWM) to a file. wait4's
+# ru_maxrss would also count this benchmark's memory at the moment it spawned the child.
+CHILD = ("import atexit, runpy, sys\n"
+         "from pipeline.backends.ort import peak_rss_mb\n"
+         "report = sys.argv.pop(1)\n"
+         "atexit.register(lambda: open(report, 'w').write(str(peak_rss_mb())))\n"
+         "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n")
+
+
 def run(args: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
-    start = time.perf_counter()
-    child = subprocess.Popen([PY, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: python -m pipeline {' '.join(args)}")
-    return wall, usage.ru_maxrss / 1024.0
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        start = time.perf_counter()
+        done = subprocess.run([PY, "-c", CHILD, report.name, *args], cwd=REPO, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"failed: python -m pipeline {' '.join(args)}")
+        return wall, float(report.read())
 
 
 def main() -> None:

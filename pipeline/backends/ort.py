@@ -36,7 +36,18 @@ SUPPORTED_MODES = ("kl_divergence", "max", "percentile")
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    """Peak resident set size of this process's own memory so far.
+
+    VmHWM, where /proc has it: ru_maxrss also counts the parent's memory at the moment it spawned us (Python
+    spawns with vfork, and exec keeps the old high-water mark), so a build started from a large process would
+    be charged for it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
