@@ -115,9 +115,8 @@ def _engine_args(p) -> None:
 def cmd_release(args) -> None:
     import os
 
-    from .config import load_config
     from .release import ReleaseInputs, assemble
-    fp16, int8 = load_config(args.config_fp16), load_config(args.config_int8)
+    fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
     name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
     inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
                            config_fp16=Path(args.config_fp16), config_int8=Path(args.config_int8),
