@@ -13,7 +13,7 @@ from . import flops as flops_count
 from .config import BuildConfig
 from .dataset import matte_path
 from .errors import PipelineError
-from .fileio import atomic_path, write_text
+from .fileio import write_bytes, write_text
 from .preprocess import decode_bgr
 
 # The vendor's published rows (modnet-model-card.md, "Published accuracy"), as published.
@@ -226,8 +226,7 @@ def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, on
     ok, buf = cv2.imencode(".png", sheet)
     if not ok:
         raise PipelineError(f"{out_png}: could not encode the contact sheet")
-    with atomic_path(out_png) as tmp:
-        tmp.write_bytes(buf.tobytes())
+    write_bytes(out_png, buf.tobytes())
     rel = Path(out_png).name if Path(out_png).parent == Path(out_md).parent else str(out_png)
     write_text(out_md, markdown(fp32, engines, counted, onnx, data_label, demo, gate_rows, rel))
     return gate_rows
