@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO))
 
 FP16_CONFIG = REPO / "build_configs" / "official_modnet_fp16.yaml"
 INT8_CONFIG = REPO / "build_configs" / "official_modnet_int8.yaml"
-LAYOUT = REPO.parent / "shared" / "reference" / "modnet_checkpoint_layout.json"
+# The official tensor names and shapes (data, kept in the repository: a clone has nothing beside it).
+LAYOUT = REPO / "tests" / "data" / "modnet_checkpoint_layout.json"
 SMALL_HW = (128, 96)  # a static shape MODNet accepts (multiples of 32) that keeps tests fast
 
 

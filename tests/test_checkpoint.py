@@ -135,3 +135,12 @@ def test_cli_export_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path):
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert "not the official MODNet layout: 1 missing" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
+
+
+def test_the_layout_and_every_test_input_live_in_the_repository():
+    assert LAYOUT.is_file() and LAYOUT.resolve().is_relative_to(REPO.resolve())
+    # nothing a user runs may read a folder beside the clone (needles split so this file does not match itself)
+    for path in [REPO / "Makefile", *sorted((REPO / ".ci").iterdir())]:
+        assert ".." + "/shared" not in path.read_text(), path
+    for path in sorted((REPO / "tests").glob("*.py")):
+        assert '"shared"' + " / " not in path.read_text(), path
