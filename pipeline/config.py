@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import PipelineError
+from .names import name_problem
 
 CALIBRATE_MODES = ("kl_divergence", "max", "percentile", "mse")
 BACKEND_DTYPES = ("fp16", "int8")
@@ -164,6 +165,13 @@ class _Reader:
             raise self.fail(where, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
+    def file_name(self, value: Any, where: str) -> str:
+        """A string the pipeline joins to a folder (engine and list names, image suffixes): it must stay inside."""
+        problem = name_problem(self.str_(value, where))
+        if problem:
+            raise self.fail(where, f"{value!r} {problem}")
+        return value
+
     def int_(self, value: Any, where: str, minimum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"expected an integer, got {_kind(value)}")
@@ -212,6 +220,9 @@ def _frontend(r: _Reader, raw: Any) -> Frontend:
     where = f"frontend.shape.{input_name}"
     dims = r.list_(dims, where, 4)
     shape = tuple(r.int_(v, f"{where}[{i}]", minimum=1) for i, v in enumerate(dims))
+    if shape[0] != 1:
+        raise r.fail(f"{where}[0]", f"batch size must be 1 (calibration and evaluation feed one image at a time), "
+                                    f"got {shape[0]}")
     if shape[1] != 3:
         raise r.fail(f"{where}[1]", f"MODNet takes 3 channels (RGB), got {shape[1]}")
     if shape[2] % 32 or shape[3] % 32:
@@ -268,11 +279,12 @@ def _backend(r: _Reader, raw: Any) -> Backend:
                    quantize=quantize)
 
 
-def _numbers3(r: _Reader, value: Any, where: str, nonzero: bool = False) -> tuple[float, float, float]:
+def _numbers3(r: _Reader, value: Any, where: str, positive: bool = False) -> tuple[float, float, float]:
     items = r.list_(value, where, 3)
     out = tuple(r.float_(v, f"{where}[{i}]") for i, v in enumerate(items))
-    if nonzero and any(v == 0 for v in out):
-        raise r.fail(where, f"a std of 0 would divide by zero: {list(out)}")
+    if positive and any(v <= 0 for v in out):
+        raise r.fail(where, f"every std must be > 0 (a std of 0 divides by zero, a negative one flips the input): "
+                            f"{list(out)}")
     return out
 
 
@@ -292,7 +304,7 @@ def _process_op(r: _Reader, raw: Any, where: str) -> ProcessOp:
         d = r.mapping(raw, where, ("type", "mean", "std"), ("div255",))
         return Normalize(div255=r.bool_(d.get("div255", True), f"{where}.div255"),
                          mean=_numbers3(r, d["mean"], f"{where}.mean"),
-                         std=_numbers3(r, d["std"], f"{where}.std", nonzero=True))
+                         std=_numbers3(r, d["std"], f"{where}.std", positive=True))
     if kind == "CvtColor":
         d = r.mapping(raw, where, ("type", "code"))
         return CvtColor(code=r.str_(d["code"], f"{where}.code", CVT_CODES))
@@ -322,17 +334,18 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
     return Dataset(
         type=r.str_(d["type"], "dataset.type"),
         path=r.str_(d["path"], "dataset.path"),
-        suffix=r.str_(s["suffix"], "dataset.sampler.suffix"),
+        suffix=r.file_name(s["suffix"], "dataset.sampler.suffix"),
         get_data_num=r.int_(s["get_data_num"], "dataset.sampler.get_data_num", minimum=1),
         process_ops=ops,
     )
 
 
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
-    d = r.mapping(raw if raw is not None else {}, "pipeline", (), ("seed", "opset", "parity_tolerance", "gate"))
-    g = r.mapping(d.get("gate", {}), "pipeline.gate", (), ("max_mse_increase", "max_mad_increase", "max_miou_drop"))
-    gate = Gate(**{k: r.float_(g.get(k, 1.0), f"pipeline.gate.{k}", 0.0, 1.0)
-                   for k in ("max_mse_increase", "max_mad_increase", "max_miou_drop")})
+    # The gate's limits are required: a default loose enough for any config would be a gate that never fails.
+    d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance"))
+    limits = ("max_mse_increase", "max_mad_increase", "max_miou_drop")
+    g = r.mapping(d["gate"], "pipeline.gate", limits)
+    gate = Gate(**{k: r.float_(g[k], f"pipeline.gate.{k}", 0.0, 1.0) for k in limits})
     return PipelineSettings(
         seed=r.int_(d.get("seed", 0), "pipeline.seed", minimum=0),
         opset=r.int_(d.get("opset", 17), "pipeline.opset", minimum=11),
@@ -349,7 +362,7 @@ def parse_config(raw: Any, source: str | Path) -> BuildConfig:
     vamc = copy.deepcopy({k: v for k, v in d.items() if k != "pipeline"})
     return BuildConfig(
         source=Path(source),
-        name=r.str_(d["name"], "name"),
+        name=r.file_name(d["name"], "name"),
         frontend=frontend,
         backend=_backend(r, d["backend"]),
         dataset=_dataset(r, d["dataset"], frontend.shape),

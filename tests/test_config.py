@@ -60,6 +60,17 @@ BAD = [
     (("backend", "dtype"), "int4", "backend.dtype", "not one of fp16, int8"),
     (("pipeline", "parity_tolerance"), "1e-4", "pipeline.parity_tolerance", "write 1.0e-4"),
     (("pipeline", "seed"), True, "pipeline.seed", "expected an integer"),
+    # issue 9: batch 1 only, a positive std, a gate that can fail, names that stay inside their folders
+    (("frontend", "shape", "input"), [2, 3, 480, 288], "frontend.shape.input[0]", "batch size must be 1"),
+    (("dataset", "process_ops", 2, "std"), [127.5, -1.0, 127.5], "dataset.process_ops[2].std", "must be > 0"),
+    (("pipeline", "gate"), KeyError, "pipeline.gate", "missing required key"),
+    (("pipeline",), KeyError, "pipeline.gate", "missing required key"),
+    (("pipeline", "gate", "max_mad_increase"), KeyError, "pipeline.gate.max_mad_increase", "missing required key"),
+    (("name",), "../outside", "name", "path separator"),
+    (("name",), "..", "name", "starts with a dot"),
+    (("name",), ".hidden", "name", "starts with a dot"),
+    (("name",), "a..b", "name", "holds `..`"),
+    (("dataset", "sampler", "suffix"), "jpg/../../x", "dataset.sampler.suffix", "path separator"),
 ]
 
 
