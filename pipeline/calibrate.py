@@ -25,6 +25,7 @@ Output folder DIR (written atomically, nothing is left on failure):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -35,6 +36,7 @@ from .config import BuildConfig
 from .dataset import image_dir, list_images
 from .errors import PipelineError
 from .fileio import atomic_dir, sha256_file, write_json, write_text
+from .names import check_name
 from .preprocess import load_input
 
 RULE = ("rank every candidate file name NAME by the hex sha256 of \"{seed}:{NAME}\" (ties by name) and take the "
@@ -84,7 +86,7 @@ def parse_list(path: Path) -> tuple[dict, list[tuple[str, str]]]:
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
             raise PipelineError(f"{path}:{number}: expected `<sha256>  <file name>`, got {line!r}")
-        entries.append((name, digest))
+        entries.append((check_name(name, f"{path}:{number}"), digest))
     if not entries:
         raise PipelineError(f"{path}: the calibration list names no files (delete it or use REDRAW=1 to draw anew)")
     names = [n for n, _ in entries]
@@ -174,4 +176,50 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
         if not reused:  # before manifest.json, so Make sees the list older than the folder it produced
             write_text(list_path, format_list(cfg, entries))
         write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def read_calibration_folder(cfg: BuildConfig, calib: Path) -> dict:
+    """CALIB's manifest, once its tensors file is checked whole against it and against CFG's input shape.
+
+    A build reads these tensors (or these images) as they are: a truncated or stale folder would calibrate on
+    garbage or end in a low-level error, so every mismatch is one line naming the file and `make calib`.
+    """
+    redo = "rerun `make calib`"
+    path = calib / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        count, images, tensors = manifest["count"], manifest["images"], manifest["tensors"]
+        names = [entry["name"] for entry in images]
+        recorded = (tensors["file"], tuple(tensors["shape"]), tensors["sha256"])
+    except FileNotFoundError:
+        raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: not a calibration manifest ({type(exc).__name__}: {exc}); {redo}") from None
+    for name in names:
+        check_name(name, f"{path}: images")
+    file, shape, digest = recorded
+    check_name(file, f"{path}: tensors.file")
+    expected = (count, *cfg.input_shape[1:])
+    if shape != expected or len(names) != count:
+        raise PipelineError(f"{path}: records {len(names)} images and tensors of shape {list(shape)}, but "
+                            f"{cfg.source} needs {list(expected)}; {redo}")
+    array = calib / file
+    try:
+        with open(array, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            header_shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{array}: not a readable .npy file ({exc}); {redo}") from None
+    if tuple(header_shape) != expected or dtype != np.float32:
+        raise PipelineError(f"{array}: holds {dtype} {list(header_shape)}, not float32 {list(expected)}; {redo}")
+    size, needed = array.stat().st_size, offset + int(np.prod(expected)) * 4
+    if size != needed:
+        raise PipelineError(f"{array}: {size} bytes, but float32 {list(expected)} needs {needed} (truncated or "
+                            f"padded); {redo}")
+    if sha256_file(array) != digest:
+        raise PipelineError(f"{array}: content differs from the sha256 in {path}; {redo}")
     return manifest

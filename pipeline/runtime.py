@@ -1,10 +1,24 @@
-"""ONNX Runtime sessions and seeded probe inputs, shared by every stage that runs a model on the CPU."""
+"""ONNX files, ONNX Runtime sessions and seeded probe inputs, shared by every stage that runs a model on the CPU."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+
+from .errors import PipelineError
+
+
+def read_onnx(path: str | Path, hint: str) -> onnx.ModelProto:
+    """The model in PATH, checked whole; a truncated or corrupt file is one line naming it (HINT: how to redo it)."""
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError: both mean the file is unusable
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: not a valid ONNX model ({first}); {hint}") from None
+    return model
 
 
 def session(model: str | Path | bytes) -> ort.InferenceSession:

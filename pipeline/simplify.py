@@ -36,7 +36,7 @@ def simplify_onnx(cfg: BuildConfig, src: str | Path, out: str | Path) -> dict:
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise PipelineError(f"{src}: no such ONNX file (run `make onnx` first)")
-    original = onnx.load(str(src))
+    original = runtime.read_onnx(src, "re-export it with `make onnx`")
     input_name = cfg.frontend.input_name
     if [i.name for i in original.graph.input] != [input_name]:
         raise PipelineError(f"{src}: expected one input named {input_name!r} (from {cfg.source}), found "
@@ -61,6 +61,7 @@ def simplify_onnx(cfg: BuildConfig, src: str | Path, out: str | Path) -> dict:
         raise PipelineError(f"simplified model differs from {src}: max abs {report['parity']['max_abs']:.3g} > "
                             f"tolerance {cfg.pipeline.parity_tolerance:g} (pipeline.parity_tolerance in "
                             f"{cfg.source}); nothing written")
-    write_bytes(out, data)
+    # The record first: OUT is the target Make checks, so a kill in between leaves no finished-looking model.
     write_json(Path(f"{out}.json"), report)
+    write_bytes(out, data)
     return report

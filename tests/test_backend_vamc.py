@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -139,8 +140,18 @@ def standin(tmp_path, monkeypatch):
 def onnx_file(tmp_path) -> Path:
     path = tmp_path / "onnx" / "official_modnet.sim.onnx"
     path.parent.mkdir()
-    path.write_bytes(b"tiny stand-in ONNX bytes: vamc's stand-in does not parse it")
+    onnx.save(tiny_model(), str(path))  # build checks the file is a whole ONNX model; the stand-in never parses it
     return path
+
+
+def tiny_model():
+    """A valid one-node ONNX with the official input: what `build` checks before any backend runs."""
+    from onnx import TensorProto, helper
+    shape = [1, 3, 480, 288]
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def make_calib(root: Path, count: int = 3) -> Path:
@@ -152,7 +163,10 @@ def make_calib(root: Path, count: int = 3) -> Path:
         path = images / f"pic_{i:02d}.jpg"
         assert cv2.imwrite(str(path), rng.integers(0, 256, (8, 6, 3), dtype=np.uint8))
         entries.append({"name": path.name, "sha256": sha(path)})
-    (root / "manifest.json").write_text(json.dumps({"count": count, "images": entries}))
+    shape = [count, 3, 480, 288]  # the official input: what `make calib` writes for the official int8 config
+    np.save(root / "tensors.npy", np.zeros(shape, np.float32))
+    tensors = {"file": "tensors.npy", "dtype": "float32", "shape": shape, "sha256": sha(root / "tensors.npy")}
+    (root / "manifest.json").write_text(json.dumps({"count": count, "images": entries, "tensors": tensors}))
     return root
 
 
@@ -355,7 +369,8 @@ def test_failure_puts_the_previous_engine_back_and_success_clears_the_old_log(tm
 
 @pytest.mark.parametrize("damage, message", [
     ("extra", r"holds 'notes\.txt', which is not a `\*jpg` image"),
-    ("count", r"holds 3 images but .*manifest\.json lists 4"),
+    ("count", r"manifest\.json: records 3 images and tensors of shape \[3, 3, 480, 288\], but .* needs "
+              r"\[4, 3, 480, 288\]"),
     ("content", r"pic_01\.jpg: content differs from its sha256"),
 ])
 def test_calibration_folder_must_match_its_manifest(tmp_path, standin, onnx_file, calib, damage, message):

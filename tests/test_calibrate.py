@@ -58,8 +58,8 @@ def test_subset_is_exact_and_independent_of_listing_and_times(tmp_path, data):
     images = tmp_path / "calib" / "images"
     assert sorted(p.name for p in images.iterdir()) == sorted(chosen)
     for p in images.iterdir():
-        assert not p.is_symlink() and os.path.samefile(p, data / "image" / p.name) or \
-            p.read_bytes() == (data / "image" / p.name).read_bytes()
+        assert not p.is_symlink()  # a hard link or a copy, never a link out of the folder
+        assert os.path.samefile(p, data / "image" / p.name) or p.read_bytes() == (data / "image" / p.name).read_bytes()
     assert {"config_name", "seed", "count", "rule", "suffix", "source", "images"} <= set(manifest)
     assert manifest["count"] == COUNT and manifest["rule"] == RULE and manifest["source"] == str(data.resolve())
     tensors = np.load(tmp_path / "calib" / "tensors.npy")
@@ -138,3 +138,20 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, data, capsys):
         assert code == 2, label
         assert err.startswith("error: ") and message in err and "\n" not in err, (label, err)
         assert_clean(out, list_path)
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../matte/x.jpg", "holds a path separator"),
+    ("/etc/passwd", "holds a path separator"),
+    ("..", "starts with a dot"),
+    (".hidden.jpg", "starts with a dot"),
+])
+def test_list_names_stay_in_the_image_folder(tmp_path, data, capsys, name, problem):
+    cfg = make_cfg(tmp_path, count=1)
+    list_path = tmp_path / "list.txt"
+    list_path.write_text(format_list(cfg, [(name, "0" * 64)]))
+    out = tmp_path / "out" / "calib"
+    code, err = run_cli(cfg, data, out, list_path, capsys)
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"error: {list_path}:5: {name!r} {problem}")
+    assert not out.parent.exists()

@@ -48,3 +48,27 @@ def test_drift_past_the_tolerance_fails_and_writes_nothing(small_onnx, small_con
 def test_missing_input(small_config, tmp_path):
     with pytest.raises(PipelineError, match=r"no such ONNX file \(run `make onnx` first\)"):
         simplify.simplify_onnx(load_config(small_config), tmp_path / "absent.onnx", tmp_path / "out.onnx")
+
+
+def test_truncated_onnx_is_one_line_and_writes_nothing(small_onnx, small_config, tmp_path, capsys):
+    from pipeline.cli import main
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(small_onnx.read_bytes()[:-1000])
+    out = tmp_path / "out" / "x.sim.onnx"
+    code = main(["simplify", "--config", str(small_config), "--onnx", str(broken), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"error: {broken}: not a valid ONNX model (") and err.endswith("make onnx`")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_record_is_written_before_the_model(small_onnx, small_config, tmp_path, monkeypatch):
+    """Make checks OUT: a run killed between the two writes must not leave OUT without OUT.json."""
+    def killed(dest, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simplify, "write_bytes", killed)
+    out = tmp_path / "x.sim.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        simplify.simplify_onnx(load_config(small_config), small_onnx, out)
+    assert not out.exists() and (tmp_path / "x.sim.onnx.json").is_file()

@@ -9,22 +9,25 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from ..calibrate import read_calibration_folder
 from ..config import BuildConfig
 from ..errors import PipelineError
 from ..fileio import sha256_file
 from ..provenance import git_state, versions
+from ..runtime import read_onnx
 
 BACKENDS = ("ort", "vamc")
 
 
 def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
+    """Refuse, before any backend runs, an ONNX file or a calibration folder that is missing, truncated or stale."""
     if not onnx.is_file():
         raise PipelineError(f"{onnx}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
+    read_onnx(onnx, f"rebuild it with `make simplify CONFIG={cfg.source}`")
     if cfg.backend.dtype == "int8":
         if calib is None:
             raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")
-        if not (calib / "manifest.json").is_file():
-            raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)")
+        read_calibration_folder(cfg, calib)
 
 
 def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None) -> dict:
