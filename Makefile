@@ -1,4 +1,7 @@
 # MODNet -> VACC release pipeline. `make help` lists every target and variable.
+ifeq ($(filter grouped-target,$(.FEATURES)),)
+$(error GNU Make 4.3 or later is needed (grouped targets `&:`); this is make $(MAKE_VERSION))
+endif
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -19,6 +22,27 @@ CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record 
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
 
+# Path variables are data that reach recipes: refuse, in one line, any character the shell or Make would
+# interpret (checked on the raw text, so `$(shell ...)` is never expanded). Single quotes in recipes do the rest.
+define newline
+
+
+endef
+unsafe_chars := $$ ` ' " ; & | < > ( ) { } [ ] * ? ~ \ % \#
+unsafe = $(strip $(foreach c,$(unsafe_chars),$(if $(findstring $c,$(value $1)),$c)) \
+	$(if $(findstring $(newline),$(value $1)),newline) $(if $(word 2,x$(value $1)x),space))
+PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE BACKEND VAMC VAMC_COMMAND \
+	PYTHON
+$(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
+	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
+digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,\
+	$(subst 7,,$(subst 8,,$(subst 9,,$(value $1)))))))))))),,yes)
+$(foreach v,LIMIT DEMO_COUNT,$(if $(and $(value $v),$(if $(call digits_only,$v),,x)),\
+	$(error $v=$(value $v) is not a whole number)))
+$(if $(filter-out 1,$(value REDRAW)),$(error REDRAW=$(value REDRAW): set REDRAW=1 or leave it empty))
+
+# A relative VAMC (tools/vamc) names a file here: resolve it once, so vamc run from its work folder finds it.
+override VAMC := $(if $(findstring /,$(VAMC)),$(abspath $(VAMC)),$(VAMC))
 export VAMC VAMC_COMMAND
 
 VENV := .venv
@@ -32,11 +56,20 @@ optional = $(wildcard $(1))
 # Records a variable's value in a file that changes only when the value does, so switching CKPT or DATA to
 # another file rebuilds what depends on it even when that file is older than the outputs.
 define remember
-	@mkdir -p $(@D); printf '%s\n' '$(1)' | cmp -s - $@ || printf '%s\n' '$(1)' > $@
+	@mkdir -p '$(@D)'; printf '%s\n' '$(1)' | cmp -s - '$@' || printf '%s\n' '$(1)' > '$@'
+endef
+# The same for what a command prints (run on every make; the file changes only when the output does).
+define remember_output
+	@mkdir -p '$(@D)'; { $(1); } > '$@.new'; if cmp -s '$@.new' '$@'; then rm '$@.new'; else mv '$@.new' '$@'; fi
 endef
 
-EXPORT_CODE := pipeline/model.py pipeline/checkpoint.py pipeline/export.py pipeline/config.py
-SIMPLIFY_CODE := pipeline/simplify.py pipeline/runtime.py pipeline/config.py
+# The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
+comma := ,
+CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) evaluate report \
+	demo-data)
+code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
+EXPORT_CODE := $(call code,export)
+SIMPLIFY_CODE := $(call code,simplify)
 
 ##@ Setup
 venv: $(STAMP) ## create .venv from requirements.txt (every target does this on first use)
@@ -52,9 +85,9 @@ $(ART)/inputs/ckpt.path: FORCE
 # Per-config rules, instantiated for every config in use.
 define config_rules
 $(ART)/onnx/$(call name,$(1)).onnx: $(1) $(call optional,$(CKPT)) $(ART)/inputs/ckpt.path $(EXPORT_CODE) $(STAMP)
-	$(PY) -m pipeline export --config $(1) --ckpt $(CKPT) --out $$@
+	$(PY) -m pipeline export --config '$(1)' --ckpt '$(CKPT)' --out '$$@'
 $(ART)/onnx/$(call name,$(1)).sim.onnx: $(ART)/onnx/$(call name,$(1)).onnx $(1) $(SIMPLIFY_CODE) $(STAMP)
-	$(PY) -m pipeline simplify --config $(1) --onnx $$< --out $$@
+	$(PY) -m pipeline simplify --config '$(1)' --onnx '$$<' --out '$$@'
 endef
 $(foreach c,$(sort $(CONFIG) $(CONFIG_FP16) $(CONFIG_INT8)),$(eval $(call config_rules,$(c))))
 
@@ -70,22 +103,30 @@ INT8 := $(call name,$(CONFIG_INT8))
 CALIB_DIR := $(ART)/calib/$(INT8)
 ENGINE_FP16 := $(ART)/engines/$(FP16)/$(BACKEND)
 ENGINE_INT8 := $(ART)/engines/$(INT8)/$(BACKEND)
-BUILD_CODE := pipeline/backends/__init__.py pipeline/backends/$(BACKEND).py pipeline/config.py
+BUILD_CODE := $(call code,build:$(BACKEND))
+# vamc engines depend on the compiler too: which file VAMC is, its --version line and sha256, and VAMC_COMMAND.
+COMPILER := $(if $(filter vamc,$(BACKEND)),$(ART)/inputs/vamc.txt)
 
+$(ART)/inputs/vamc.txt: FORCE
+	$(call remember_output,exe=$$(command -v '$(VAMC)' || true); printf '%s\n' "$$exe" '$(VAMC_COMMAND)'; \
+		if [ -n "$$exe" ]; then timeout 20 "$$exe" --version 2>&1 | head -n 1 || true; sha256sum "$$exe"; fi)
+
+# A missing list is rewritten by the stage that writes it (a new draw: same seed and data, same subset).
 calib: $(CALIB_DIR)/manifest.json ## draw the calibration subset of DATA (artifacts/calib/NAME/; REDRAW=1 draws anew)
-$(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(call optional,$(CALIB_LIST)) $(ART)/inputs/data.path \
-		pipeline/calibrate.py pipeline/preprocess.py pipeline/dataset.py $(STAMP) $(if $(REDRAW),FORCE)
-	$(PY) -m pipeline calib --config $(CONFIG_INT8) --data $(DATA) --list $(CALIB_LIST) --out $(CALIB_DIR) \
+$(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(if $(wildcard $(CALIB_LIST)),$(CALIB_LIST),FORCE) $(ART)/inputs/data.path \
+		$(call code,calib) $(STAMP) $(if $(REDRAW),FORCE)
+	$(PY) -m pipeline calib --config '$(CONFIG_INT8)' --data '$(DATA)' --list '$(CALIB_LIST)' --out '$(CALIB_DIR)' \
 		$(if $(REDRAW),--redraw)
 
 fp16: $(ENGINE_FP16)/manifest.json ## build the fp16 engine (artifacts/engines/NAME/BACKEND/)
-$(ENGINE_FP16)/manifest.json: $(ART)/onnx/$(FP16).sim.onnx $(CONFIG_FP16) $(BUILD_CODE) $(STAMP)
-	$(PY) -m pipeline build --config $(CONFIG_FP16) --onnx $< --backend $(BACKEND) --out $(@D)
+$(ENGINE_FP16)/manifest.json: $(ART)/onnx/$(FP16).sim.onnx $(CONFIG_FP16) $(BUILD_CODE) $(COMPILER) $(STAMP)
+	$(PY) -m pipeline build --config '$(CONFIG_FP16)' --onnx '$<' --backend '$(BACKEND)' --out '$(@D)'
 
 int8: $(ENGINE_INT8)/manifest.json ## calibrate and build the int8 engine (artifacts/engines/NAME/BACKEND/)
 $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(BUILD_CODE) \
-		$(STAMP)
-	$(PY) -m pipeline build --config $(CONFIG_INT8) --onnx $< --calib $(CALIB_DIR) --backend $(BACKEND) --out $(@D)
+		$(COMPILER) $(STAMP)
+	$(PY) -m pipeline build --config '$(CONFIG_INT8)' --onnx '$<' --calib '$(CALIB_DIR)' --backend '$(BACKEND)' \
+		--out '$(@D)'
 
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
@@ -94,31 +135,36 @@ EVAL_FP32 := $(EVAL)/fp32
 EVAL_FP16 := $(EVAL)/fp16-$(BACKEND)
 EVAL_INT8 := $(EVAL)/int8-$(BACKEND)
 FP32_ONNX := $(ART)/onnx/$(FP16).sim.onnx
-EVAL_CODE := pipeline/evaluate.py pipeline/metrics.py pipeline/runners.py pipeline/preprocess.py pipeline/dataset.py \
-	pipeline/config.py
-REPORT_CODE := pipeline/report.py pipeline/flops.py pipeline/metrics.py
-EVAL_ARGS = --data $(DATA) $(if $(LIMIT),--limit $(LIMIT))
-ENGINE_ARGS = --fp32 $(EVAL_FP32) --engine fp16 $(EVAL_FP16) $(CONFIG_FP16) --engine int8 $(EVAL_INT8) $(CONFIG_INT8)
+EVAL_CODE := $(call code,evaluate)
+REPORT_CODE := $(call code,report)
+EVAL_ARGS = --data '$(DATA)' $(if $(LIMIT),--limit '$(LIMIT)')
+ENGINE_ARGS = --fp32 '$(EVAL_FP32)' --engine fp16 '$(EVAL_FP16)' '$(CONFIG_FP16)' \
+	--engine int8 '$(EVAL_INT8)' '$(CONFIG_INT8)'
 # The report says so prominently when DATA is the generated demo set.
 DEMO_FLAG = $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),--demo)
 
 $(ART)/inputs/limit.txt: FORCE
 	$(call remember,$(LIMIT))
 
-EVAL_INPUTS := $(ART)/inputs/data.path $(ART)/inputs/limit.txt $(EVAL_CODE) $(STAMP)
+# What DATA holds (name, size and modification time of every image and matte): changes only when the files do.
+$(ART)/inputs/data.contents: FORCE
+	$(call remember_output,cd '$(DATA)' 2>/dev/null && find -L image matte -type f -printf '%p\t%s\t%T@\n' \
+		2>/dev/null | LC_ALL=C sort || true)
+
+EVAL_INPUTS := $(ART)/inputs/data.path $(ART)/inputs/data.contents $(ART)/inputs/limit.txt $(EVAL_CODE) $(STAMP)
 $(EVAL_FP32)/metrics.json: $(FP32_ONNX) $(CONFIG_FP16) $(EVAL_INPUTS)
-	$(PY) -m pipeline evaluate --config $(CONFIG_FP16) --engine $(FP32_ONNX) $(EVAL_ARGS) --out $(@D)
+	$(PY) -m pipeline evaluate --config '$(CONFIG_FP16)' --engine '$(FP32_ONNX)' $(EVAL_ARGS) --out '$(@D)'
 $(EVAL_FP16)/metrics.json: $(ENGINE_FP16)/manifest.json $(CONFIG_FP16) $(EVAL_INPUTS)
-	$(PY) -m pipeline evaluate --config $(CONFIG_FP16) --engine $(ENGINE_FP16) $(EVAL_ARGS) --out $(@D)
+	$(PY) -m pipeline evaluate --config '$(CONFIG_FP16)' --engine '$(ENGINE_FP16)' $(EVAL_ARGS) --out '$(@D)'
 $(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_INPUTS)
-	$(PY) -m pipeline evaluate --config $(CONFIG_INT8) --engine $(ENGINE_INT8) $(EVAL_ARGS) --out $(@D)
+	$(PY) -m pipeline evaluate --config '$(CONFIG_INT8)' --engine '$(ENGINE_INT8)' $(EVAL_ARGS) --out '$(@D)'
 
 # The report is written whatever the gate says (it shows the gate's outcome); the gate is the `eval` recipe
 # below, so a failing gate fails `make eval` without deleting the report.
 $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
 		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
-	$(PY) -m pipeline report $(ENGINE_ARGS) --config $(CONFIG_FP16) --onnx $(FP32_ONNX) --data $(DATA) \
-		$(DEMO_FLAG) --out $(ART)/report.md --png $(ART)/report.png
+	$(PY) -m pipeline report $(ENGINE_ARGS) --config '$(CONFIG_FP16)' --onnx '$(FP32_ONNX)' --data '$(DATA)' \
+		$(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
 
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
@@ -127,17 +173,17 @@ eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND
 RELEASE_ROOT ?= $(ART)/release## where `make release` puts NAME-HASH/ bundles
 RELEASE ?= ## the bundle `make verify` rebuilds and compares, e.g. artifacts/release/official_modnet-0123abcd4567
 
-release: fp16 int8 eval ## bundle engines, ONNX, configs, calibration list, report + MANIFEST.json (never overwrites)
-	$(PY) -m pipeline release --config-fp16 $(CONFIG_FP16) --config-int8 $(CONFIG_INT8) --ckpt $(CKPT) \
-		--data $(DATA) --backend $(BACKEND) --calib-list $(CALIB_LIST) --calib $(CALIB_DIR) \
-		--onnx-fp16 $(ART)/onnx/$(FP16).sim.onnx --onnx-int8 $(ART)/onnx/$(INT8).sim.onnx \
-		--engine-fp16 $(ENGINE_FP16) --engine-int8 $(ENGINE_INT8) --eval-dir $(EVAL) \
-		--report $(ART)/report.md $(ART)/report.png --out-root $(RELEASE_ROOT)
+release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, configs, calibration list, report + MANIFEST.json (never overwrites)
+	$(PY) -m pipeline release --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' --ckpt '$(CKPT)' \
+		--data '$(DATA)' --backend '$(BACKEND)' --calib-list '$(CALIB_LIST)' --calib '$(CALIB_DIR)' \
+		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
+		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
+		--report '$(ART)/report.md' '$(ART)/report.png' --out-root '$(RELEASE_ROOT)'
 
 verify: $(STAMP) ## rebuild RELEASE from its manifest in a scratch folder and compare every file
 	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))
-	@mkdir -p $(ART)/verify
-	$(PY) -m pipeline verify --release $(RELEASE) --scratch-root $(ART)/verify
+	@mkdir -p '$(ART)/verify'
+	$(PY) -m pipeline verify --release '$(RELEASE)' --scratch-root '$(ART)/verify'
 
 ##@ Demo and tests
 DEMO := artifacts/demo
@@ -149,14 +195,18 @@ demo-ckpt: $(DEMO_CKPT) ## write the seeded checkpoint in the official layout
 $(DEMO_CKPT): pipeline/demo_checkpoint.py pipeline/model.py $(STAMP)
 	$(PY) -m pipeline demo-ckpt --out $@
 
+$(DEMO)/inputs/demo_count.txt: FORCE
+	$(call remember,$(DEMO_COUNT))
+
+# DEMO_COUNT is an input of the generated folder: a new count writes it anew.
 demo-data: $(DEMO_DATA)/.complete ## write the synthetic PPM-100-shaped folder
-$(DEMO_DATA)/.complete: pipeline/demo_data.py $(STAMP)
-	$(PY) -m pipeline demo-data --out $(DEMO_DATA) --count $(DEMO_COUNT)
-	touch $@
+$(DEMO_DATA)/.complete: $(call code,demo-data) $(DEMO)/inputs/demo_count.txt $(STAMP)
+	$(PY) -m pipeline demo-data --out '$(DEMO_DATA)' --count '$(DEMO_COUNT)'
+	touch '$@'
 
 demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated data (outputs under artifacts/demo)
-	$(MAKE) --no-print-directory ART=$(DEMO) CKPT=$(DEMO_CKPT) DATA=$(DEMO_DATA) BACKEND=ort \
-		CALIB_LIST=$(DEMO)/calib_list/$(INT8).txt demo-stages
+	$(MAKE) --no-print-directory ART='$(DEMO)' CKPT='$(DEMO_CKPT)' DATA='$(DEMO_DATA)' BACKEND=ort \
+		CALIB_LIST='$(DEMO)/calib_list/$(INT8).txt' demo-stages
 
 # The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
 demo-stages: calib fp16 int8 eval release

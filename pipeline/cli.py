@@ -115,7 +115,7 @@ def _engine_args(p) -> None:
 def cmd_release(args) -> None:
     import os
 
-    from .release import ReleaseInputs, assemble
+    from .release import ReleaseInputs, assemble, load_manifest
     fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
     name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
     inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
@@ -123,10 +123,14 @@ def cmd_release(args) -> None:
                            calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
                            onnx_int8=Path(args.onnx_int8), engine_fp16=Path(args.engine_fp16),
                            engine_int8=Path(args.engine_int8), report=tuple(Path(p) for p in args.report),
-                           eval_dir=Path(args.eval_dir))
+                           eval_dir=Path(args.eval_dir), limit=args.limit)
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
+    if written and load_manifest(bundle)["repository"].get("calibration_list_committed") is False:
+        print(f"warning: {args.calib_list} is not committed in this repository, so MANIFEST.json says "
+              f"repository.clean: false; commit it to make the release reproducible from the repository alone",
+              file=sys.stderr)
 
 
 def cmd_verify(args) -> None:
@@ -134,34 +138,49 @@ def cmd_verify(args) -> None:
     import subprocess
     import tempfile
 
-    from .release import code_digest, compare, format_table, load_manifest, rebuild_variables, tampered
+    from .fileio import remove_tree
+    from .release import (code_digest, compare, copy_list, format_table, load_manifest, make_environment,
+                          rebuild_variables, tampered)
+    repo = Path(__file__).resolve().parent.parent
     bundle = Path(args.release)
     manifest = load_manifest(bundle)
     changed = tampered(bundle, manifest)
     if manifest["inputs"]["code"] != code_digest():
         print("note: the pipeline code differs from the release's (inputs.code); differences may come from that")
-    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="verify-", dir=args.scratch_root))
+    root = Path(args.scratch_root) if args.scratch_root else None
+    if args.scratch is None and root is not None and not root.is_dir():
+        raise PipelineError(f"{root}: no such folder for verify's scratch rebuild (create it, or pass --scratch)")
+    if args.scratch is not None and not Path(args.scratch).parent.is_dir():
+        raise PipelineError(f"{Path(args.scratch).parent}: no such folder for verify's scratch rebuild")
+    # A folder we make is ours to remove once the rebuild matches; one the caller names is the caller's.
+    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="verify-", dir=root))
     variables = rebuild_variables(manifest, bundle.resolve(), scratch.resolve(),
                                   Path(args.ckpt) if args.ckpt else None, Path(args.data) if args.data else None)
+    copy_list(manifest, bundle, scratch)
     print(f"rebuilding {bundle.name} in {scratch} ...", flush=True)
-    done = subprocess.run([os.environ.get("MAKE", "make"), "--no-print-directory", *variables, "release"],
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(["make", "--no-print-directory", *variables, "release"], cwd=repo,
+                          env=make_environment(dict(os.environ), repo / "Makefile"))
+    kept = f"; the rebuild is kept in {scratch}"
     if done.returncode != 0:
-        raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above, its files in "
-                            f"{scratch}")
+        raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above{kept}")
     rebuilt = scratch / "release" / bundle.name
     if not rebuilt.is_dir():
         found = sorted(p.name for p in (scratch / "release").iterdir())
-        raise PipelineError(f"the rebuild produced {found}, not {bundle.name}: its inputs digest differs")
+        raise PipelineError(f"the rebuild produced {found}, not {bundle.name}: its inputs digest differs{kept}")
     rows = compare(bundle, rebuilt)
     rows = [(rel, status, f"{note}; changed since release (MANIFEST.json)".lstrip("; ") if rel in changed else note)
             for rel, status, note in rows]
-    print(format_table(rows))
-    bad = [rel for rel, status, _ in rows if status not in ("equal", "expected")]
     equal = sum(status == "equal" for _, status, _ in rows)
+    shown = [row for row in rows if row[1] != "equal"]
+    if shown:
+        print(format_table(shown))
+    bad = [rel for rel, status, _ in rows if status not in ("equal", "expected")]
     if bad:
-        raise PipelineError(f"{len(bad)} file(s) of {bundle.name} differ from the rebuild: {', '.join(bad)}")
-    print(f"verified: {equal} files identical, {len(rows) - equal} expected differences")
+        raise PipelineError(f"{len(bad)} file(s) of {bundle.name} differ from the rebuild: {', '.join(bad)}{kept}")
+    if args.scratch is None:
+        remove_tree(scratch)
+    print(f"verified: {equal} files identical, {len(rows) - equal} expected differences (listed above)"
+          + ("" if args.scratch else "; scratch rebuild removed"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--engine-int8", "int8 engine folder"), ("--eval-dir", "evaluation folder (metrics.json)"),
                        ("--out-root", "folder that receives NAME-HASH/")):
         p.add_argument(flag, required=True, help=text)
+    p.add_argument("--limit", type=int, help="LIMIT the evaluation ran with (part of the release's identity)")
     p.add_argument("--report", nargs="+", required=True, help="report files (report.md, report.png)")
     p.set_defaults(func=cmd_release)
 

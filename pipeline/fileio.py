@@ -73,3 +73,11 @@ def dumps_json(obj) -> str:
 
 def write_json(dest: str | os.PathLike, obj) -> None:
     write_text(dest, dumps_json(obj))
+
+
+def remove_tree(root: str | os.PathLike) -> None:
+    """Delete ROOT even where it holds read-only folders (a release bundle): make each writable first."""
+    root = Path(root)
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        os.chmod(folder, 0o755)
+    shutil.rmtree(root)

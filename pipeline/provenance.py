@@ -20,15 +20,28 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _git(*args: str) -> str | None:
+    """git's output in this repository, or None where git is unavailable or refuses."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def committed(path: Path) -> bool | None:
+    """Whether PATH is tracked in this repository with no change since HEAD; None where git cannot say."""
+    if _git("rev-parse", "HEAD") is None:
+        return None
+    path = Path(path).resolve()
+    if not path.is_relative_to(REPO):
+        return False
+    rel = path.relative_to(REPO).as_posix()
+    return _git("ls-files", "--error-unmatch", "--", rel) is not None and _git("status", "--porcelain", "--", rel) == ""
+
+
 def git_state() -> dict:
     """Commit of this repository and whether tracked files differ from it (None where git is unavailable)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "clean": None if status is None else status == ""}

@@ -1,8 +1,14 @@
 """Stage `release`: one folder to ship, named by its inputs; and `verify`: rebuild it and compare file by file.
 
 A bundle is `RELEASE_ROOT/<name>-<short hash>/`, where the short hash is the start of the inputs digest: sha256
-over the checkpoint, both configs, the calibration list, the pipeline's own code and the backend. The same inputs
-give the same name, so an existing bundle is never overwritten and a changed input always gets a new folder.
+over everything that can change what it ships: the checkpoint, both configs, the calibration list, the pipeline's
+own code, the backend, the evaluation data (name and sha256 of every image and matte scored), LIMIT, and for vamc
+the compiler (its --version line and sha256) and VAMC_COMMAND. The same inputs give the same name, so an existing
+bundle is never overwritten and a changed input always gets a new folder.
+
+A bundle ships only what this run produced (the eval folders of fp32 and of this backend's fp16 and int8), and is
+assembled only when the engine manifests, the metrics and the report refer, by sha256, to the very files it
+ships. Its files and folders are read-only.
 """
 from __future__ import annotations
 
@@ -10,13 +16,16 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dataset import matte_path
 from .errors import PipelineError
 from .fileio import atomic_dir, dumps_json, sha256_file
-from .provenance import REPO, git_state, versions
+from .names import check_name, check_path
+from .provenance import REPO, committed, git_state, versions
 
 MANIFEST = "MANIFEST.json"
 SHORT_HASH = 12
@@ -49,6 +58,12 @@ class ReleaseInputs:
     engine_int8: Path
     report: tuple[Path, ...]
     eval_dir: Path
+    limit: int | None = None
+
+
+def eval_folders(backend: str) -> dict[str, str]:
+    """Label -> folder under the eval dir of this run's three evaluations (the Makefile's EVAL_* names)."""
+    return {"fp32": "fp32", "fp16": f"fp16-{backend}", "int8": f"int8-{backend}"}
 
 
 def code_digest(repo: Path = REPO) -> str:
@@ -57,6 +72,61 @@ def code_digest(repo: Path = REPO) -> str:
                     and "__pycache__" not in p.parts})
     lines = [f"{p.relative_to(repo).as_posix()} {sha256_file(p)}" for p in files]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; `make release` needs the outputs of `make fp16 int8 eval`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable {what} ({type(exc).__name__}); rebuild it") from None
+    if not isinstance(doc, dict):
+        raise PipelineError(f"{path}: not a {what} (expected a JSON object)")
+    return doc
+
+
+def scored_names(inputs: ReleaseInputs) -> list[str]:
+    """Names of the images every evaluation of this run scored (the same ones, or the release is refused)."""
+    found = {}
+    for label, folder in eval_folders(inputs.backend).items():
+        path = inputs.eval_dir / folder / "metrics.json"
+        metrics = _read_json(path, "metrics file")
+        try:
+            names = [check_name(row["name"], f"{path}: per_image") for row in metrics["per_image"]]
+            limit = metrics["limit"]
+        except (KeyError, TypeError) as exc:
+            raise PipelineError(f"{path}: not a metrics file (missing {exc}); rerun `make eval`") from None
+        if limit != inputs.limit:
+            raise PipelineError(f"{path}: evaluated with LIMIT={limit or ''} but this release has "
+                                f"LIMIT={inputs.limit or ''}; rerun `make eval` with the same LIMIT")
+        found[label] = names
+    if len({tuple(names) for names in found.values()}) != 1:
+        raise PipelineError(f"{inputs.eval_dir}: fp32, fp16 and int8 were scored on different images; rerun `make eval`")
+    return found["fp32"]
+
+
+def data_record(data: Path, names: list[str]) -> list[dict]:
+    """Name and sha256 of every image and matte that was scored, as they are in DATA now."""
+    rows = []
+    for name in names:
+        image = data / "image" / name
+        matte = matte_path(image)
+        for path in (image, matte):
+            if not path.is_file():
+                raise PipelineError(f"{path}: scored by `make eval` but no longer in the data folder; rerun `make eval`")
+        rows.append({"name": name, "image_sha256": sha256_file(image), "matte_sha256": sha256_file(matte)})
+    return rows
+
+
+def compiler_record(backend: str) -> dict | None:
+    """For vamc: which compiler built the engines (VAMC resolved, its --version line and sha256) and how."""
+    if backend != "vamc":
+        return None
+    from .backends.vamc import vamc_command, vamc_executable, vamc_version
+    executable = vamc_executable()
+    return {"executable": executable, "version": vamc_version(executable), "sha256": sha256_file(executable),
+            "command": vamc_command()}
 
 
 def inputs_record(inputs: ReleaseInputs) -> dict:
@@ -71,15 +141,20 @@ def inputs_record(inputs: ReleaseInputs) -> dict:
         "calibration_list": {"file": inputs.calib_list.name, "sha256": sha256_file(inputs.calib_list)},
         "code": code_digest(),
         "backend": inputs.backend,
+        "data": data_record(inputs.data, scored_names(inputs)),
+        "limit": inputs.limit,
+        "compiler": compiler_record(inputs.backend),
     }
 
 
 def inputs_digest(record: dict) -> str:
     """Paths are left out on purpose: the same files from another folder are the same inputs."""
+    compiler = record["compiler"]
     keyed = {"checkpoint": record["checkpoint"]["sha256"],
              "configs": {dtype: c["sha256"] for dtype, c in record["configs"].items()},
              "calibration_list": record["calibration_list"]["sha256"], "code": record["code"],
-             "backend": record["backend"]}
+             "backend": record["backend"], "data": record["data"], "limit": record["limit"],
+             "compiler": compiler and {k: compiler[k] for k in ("version", "sha256", "command")}}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
@@ -109,10 +184,80 @@ def file_hashes(bundle: Path) -> dict[str, str]:
 
 
 def _calibration_images(calib_dir: Path) -> list[dict]:
-    manifest = calib_dir / "manifest.json"
-    if not manifest.is_file():
-        raise PipelineError(f"{manifest}: missing (run `make calib`)")
-    return json.loads(manifest.read_text())["images"]
+    path = calib_dir / "manifest.json"
+    images = _read_json(path, "calibration manifest").get("images")
+    if not isinstance(images, list) or not all(isinstance(i, dict) and {"name", "sha256"} <= set(i) for i in images):
+        raise PipelineError(f"{path}: not a calibration manifest (no images list of name and sha256); run `make calib`")
+    for image in images:
+        check_name(image["name"], f"{path}: images")
+    return images
+
+
+def _mismatch(rel: str, what: str, recorded: str, other: str, actual: str) -> PipelineError:
+    return PipelineError(f"{rel} (in the bundle being assembled) records {what} {str(recorded)[:12]}..., but the "
+                         f"bundled {other} has sha256 {actual[:12]}...: these outputs come from different runs; "
+                         f"rerun `make fp16 int8 eval`, then `make release`")
+
+
+def check_references(staged: Path, inputs: ReleaseInputs) -> None:
+    """The engine manifests, metrics and report of STAGED refer, by sha256, to the files STAGED holds."""
+    sha = {rel: digest for rel, digest in file_hashes(staged).items()}
+    onnx = {"fp16": f"onnx/{inputs.onnx_fp16.name}", "int8": f"onnx/{inputs.onnx_int8.name}"}
+    configs = {"fp32": f"configs/{inputs.config_fp16.name}", "fp16": f"configs/{inputs.config_fp16.name}",
+               "int8": f"configs/{inputs.config_int8.name}"}
+    engines = {"fp16": f"engines/{inputs.engine_fp16.parent.name}/{inputs.engine_fp16.name}",
+               "int8": f"engines/{inputs.engine_int8.parent.name}/{inputs.engine_int8.name}"}
+    report = (staged / "report" / "report.md").read_text(encoding="utf-8", errors="replace") \
+        if (staged / "report" / "report.md").is_file() else None
+    for label, folder in eval_folders(inputs.backend).items():
+        rel = f"report/eval/{folder}/metrics.json"
+        metrics = _read_json(staged / rel, "metrics file")
+        try:
+            engine, config = metrics["engine"], metrics["config"]["sha256"]
+            model_files = engine["model_files"]
+            pairs = [(f"the model file {name}", digest, name) for name, digest in model_files.items()]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PipelineError(f"{staged / rel}: not a metrics file (missing {exc}); rerun `make eval`") from None
+        if config != sha[configs[label]]:
+            raise _mismatch(rel, "its config as", config, configs[label], sha[configs[label]])
+        if label == "fp32":
+            if engine.get("sha256") != sha[onnx["fp16"]]:
+                raise _mismatch(rel, "its model as", engine.get("sha256"), onnx["fp16"], sha[onnx["fp16"]])
+        else:
+            manifest_rel = f"{engines[label]}/manifest.json"
+            if metrics.get("manifest_sha256") != sha.get(manifest_rel, ""):
+                raise _mismatch(rel, "its engine manifest as", metrics.get("manifest_sha256"), manifest_rel,
+                                sha.get(manifest_rel, "(missing)"))
+            for what, digest, name in pairs:
+                if digest != sha.get(f"{engines[label]}/{name}", ""):
+                    raise _mismatch(rel, what + " as", digest, f"{engines[label]}/{name}",
+                                    sha.get(f"{engines[label]}/{name}", "(missing)"))
+            built = _read_json(staged / manifest_rel, "engine manifest")
+            recorded = built.get("onnx", {}).get("sha256") if isinstance(built.get("onnx"), dict) else None
+            if recorded != sha[onnx[label]]:
+                raise _mismatch(manifest_rel, "its ONNX as", recorded, onnx[label], sha[onnx[label]])
+        if report is not None:
+            for name, digest in model_files.items():
+                if str(digest)[:16] not in report:
+                    raise PipelineError(f"report/report.md does not list {label}'s {name} ({str(digest)[:12]}...) "
+                                        f"that the bundle ships: the report is from another run; rerun `make eval`")
+
+
+def _read_only(root: Path) -> None:
+    """Files and folders, deepest first, so the walk is never locked out of a folder it still has to visit."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)
+    os.chmod(root, 0o555)
+
+
+def repository_record(calib_list: Path) -> dict:
+    """This repository's state; not clean when the calibration list the release used is not committed in it."""
+    state = git_state()
+    listed = committed(calib_list)
+    state["calibration_list_committed"] = listed
+    if listed is False:
+        state["clean"] = False
+    return state
 
 
 def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
@@ -129,7 +274,9 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             shutil.copyfile(src, tmp / rel)
         for engine in (inputs.engine_fp16, inputs.engine_int8):
             _copy_tree(engine, tmp / "engines" / engine.parent.name / engine.name)
-        _copy_tree(inputs.eval_dir, tmp / "report" / "eval")
+        for folder in eval_folders(inputs.backend).values():  # this run's only: not other backends', not leftovers
+            _copy_tree(inputs.eval_dir / folder, tmp / "report" / "eval" / folder)
+        check_references(tmp, inputs)
         manifest = {
             "name": bundle.name,
             "inputs_digest": digest,
@@ -138,13 +285,29 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             "calibration_images": _calibration_images(inputs.calib_dir),
             "files": file_hashes(tmp),
             "versions": versions(),
-            "repository": git_state(),
+            "repository": repository_record(inputs.calib_list),
         }
         (tmp / MANIFEST).write_text(dumps_json(manifest))
-        for path in tmp.rglob("*"):  # a shipped bundle is a record: read-only
+        for path in tmp.rglob("*"):  # a shipped bundle is a record: read-only (folders once it is in place)
             if path.is_file():
                 os.chmod(path, 0o444)
+    _read_only(bundle)
     return bundle, True
+
+
+# What `verify` reads from a MANIFEST.json: a bundle missing any of these cannot be rebuilt.
+REQUIRED_KEYS = ("name", "inputs_digest", "data", "files", "inputs.backend", "inputs.code", "inputs.limit",
+                 "inputs.compiler", "inputs.checkpoint.file", "inputs.checkpoint.path", "inputs.checkpoint.sha256",
+                 "inputs.configs.fp16.file", "inputs.configs.int8.file", "inputs.calibration_list.file")
+
+
+def _field(doc: dict, dotted: str):
+    node = doc
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(dotted)
+        node = node[key]
+    return node
 
 
 def load_manifest(bundle: Path) -> dict:
@@ -152,9 +315,22 @@ def load_manifest(bundle: Path) -> dict:
     if not path.is_file():
         raise PipelineError(f"{bundle}: not a release bundle (no {MANIFEST}; bundles live in artifacts/release/)")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read it ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise PipelineError(f"{path}: malformed (expected a JSON object)")
+    for dotted in REQUIRED_KEYS:
+        try:
+            _field(manifest, dotted)
+        except KeyError:
+            raise PipelineError(f"{path}: malformed: no {dotted} (not a bundle of this pipeline's "
+                                f"`make release`)") from None
+    if not isinstance(manifest["files"], dict) or not all(isinstance(v, str) for v in manifest["files"].values()):
+        raise PipelineError(f"{path}: malformed: files must map each file to its sha256")
+    return manifest
 
 
 def _without(doc: dict, dotted_keys: tuple[str, ...]) -> dict:
@@ -209,21 +385,81 @@ def tampered(bundle: Path, manifest: dict) -> list[str]:
 
 
 def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | None, data: Path | None) -> list[str]:
-    """Make variables that rebuild BUNDLE into SCRATCH from the bundle's own configs and calibration list."""
+    """Make variables that rebuild BUNDLE into SCRATCH from the bundle's own configs and calibration list.
+
+    Every value from the manifest is data: a name must be a plain file name, a path must hold nothing the shell
+    or Make would interpret, each refused in one line naming the field. The calibration list is the copy that
+    `scratch_list` makes, so nothing in the rebuild can rewrite the bundle's own.
+    """
+    where = bundle / MANIFEST
     inputs = manifest["inputs"]
-    ckpt = ckpt or Path(inputs["checkpoint"]["path"])
+    backend = inputs["backend"]
+    if backend not in ("ort", "vamc"):
+        raise PipelineError(f"{where}: inputs.backend: {backend!r} is not ort or vamc")
+    limit = inputs["limit"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise PipelineError(f"{where}: inputs.limit: {limit!r} is not empty or a positive integer")
+    configs = {dtype: check_name(_field(inputs, f"configs.{dtype}.file"), f"{where}: inputs.configs.{dtype}.file")
+               for dtype in ("fp16", "int8")}
+    check_name(manifest["name"], f"{where}: name")
+    ckpt_file = check_name(inputs["checkpoint"]["file"], f"{where}: inputs.checkpoint.file")
+    ckpt = Path(check_path(str(ckpt), "--ckpt")) if ckpt else \
+        Path(check_path(inputs["checkpoint"]["path"], f"{where}: inputs.checkpoint.path"))
+    data = Path(check_path(str(data), "--data")) if data else Path(check_path(manifest["data"], f"{where}: data"))
+    check_path(str(bundle), "the bundle's path")
+    check_path(str(scratch), "the scratch folder's path")
     if not ckpt.is_file():
-        raise PipelineError(f"{ckpt}: the release's checkpoint is not there any more; pass CKPT=/path/to/"
-                            f"{inputs['checkpoint']['file']}")
+        raise PipelineError(f"{ckpt}: the release's checkpoint is not there any more; pass CKPT=/path/to/{ckpt_file}")
     if sha256_file(ckpt) != inputs["checkpoint"]["sha256"]:
         raise PipelineError(f"{ckpt}: not the checkpoint this release was built from (sha256 differs from "
-                            f"{inputs['checkpoint']['sha256'][:12]}...)")
-    configs = inputs["configs"]
-    return [f"ART={scratch}", f"CKPT={ckpt}", f"DATA={data or manifest['data']}", f"BACKEND={inputs['backend']}",
-            f"CONFIG_FP16={bundle / 'configs' / configs['fp16']['file']}",
-            f"CONFIG_INT8={bundle / 'configs' / configs['int8']['file']}",
-            f"CALIB_LIST={bundle / 'calib' / inputs['calibration_list']['file']}",
-            f"RELEASE_ROOT={scratch / 'release'}"]
+                            f"{str(inputs['checkpoint']['sha256'])[:12]}...)")
+    variables = [f"ART={scratch}", f"CKPT={ckpt}", f"DATA={data}", f"BACKEND={backend}",
+                 f"CONFIG={bundle / 'configs' / configs['fp16']}",  # the fp16 config also names the exported ONNX
+                 f"CONFIG_FP16={bundle / 'configs' / configs['fp16']}",
+                 f"CONFIG_INT8={bundle / 'configs' / configs['int8']}",
+                 f"CALIB_LIST={scratch_list(manifest, scratch)}", "REDRAW=", f"LIMIT={limit or ''}",
+                 f"RELEASE_ROOT={scratch / 'release'}"]
+    if backend == "vamc":
+        variables += compiler_variables(inputs["compiler"], where)
+    return variables
+
+
+def scratch_list(manifest: dict, scratch: Path) -> Path:
+    """Where the rebuild reads its calibration list: a copy of the bundle's, inside SCRATCH."""
+    return scratch / "calib_list" / manifest["inputs"]["calibration_list"]["file"]
+
+
+def copy_list(manifest: dict, bundle: Path, scratch: Path) -> None:
+    name = check_name(manifest["inputs"]["calibration_list"]["file"], f"{bundle / MANIFEST}: "
+                                                                      f"inputs.calibration_list.file")
+    dest = scratch_list(manifest, scratch)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle / "calib" / name, dest)
+
+
+def compiler_variables(compiler, where: Path) -> list[str]:
+    """VAMC and VAMC_COMMAND of a vamc release: the very compiler it recorded, checked by sha256."""
+    try:
+        executable, digest, command = compiler["executable"], compiler["sha256"], compiler["command"]
+    except (KeyError, TypeError):
+        raise PipelineError(f"{where}: malformed: inputs.compiler needs executable, sha256 and command for a vamc "
+                            f"release") from None
+    check_path(executable, f"{where}: inputs.compiler.executable")
+    if command not in ("compile", "build"):
+        raise PipelineError(f"{where}: inputs.compiler.command: {command!r} is not compile or build")
+    if not Path(executable).is_file() or sha256_file(executable) != digest:
+        raise PipelineError(f"{executable}: not the vamc this release was built with (missing, or its sha256 differs "
+                            f"from {str(digest)[:12]}...); a rebuild with another compiler is another release")
+    return [f"VAMC={executable}", f"VAMC_COMMAND={command}"]
+
+
+def make_environment(environ: dict, makefile: Path) -> dict:
+    """ENVIRON without what would steer the rebuild besides its explicit variables: the caller's MAKEFLAGS and
+    every variable the Makefile reads with `?=` (LIMIT, REDRAW, VAMC, CONFIG...), which Make takes from the
+    environment."""
+    settable = set(re.findall(r"^([A-Za-z0-9_]+) *\?=", makefile.read_text(encoding="utf-8"), flags=re.M))
+    drop = {"MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "MAKEFILES", *settable}
+    return {key: value for key, value in environ.items() if key not in drop}
 
 
 def format_table(rows: list[tuple[str, str, str]]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG
+from pipeline import release
 from pipeline.errors import PipelineError
 from pipeline.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
                               inputs_record, tampered)
@@ -20,6 +21,34 @@ def _write(path: Path, content: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+SCORED = ["p1.jpg", "p2.jpg"]
+
+
+def write_eval(inputs: ReleaseInputs, backend: str = "ort", limit=None, scored=SCORED) -> None:
+    """metrics.json of fp32, fp16 and int8 as `make eval` writes them: naming the engines by sha256, and a report
+    listing their model files."""
+    art = inputs.eval_dir.parent
+    rows = []
+    entries = {"fp32": (inputs.onnx_fp16, None, inputs.config_fp16),
+               "fp16": (inputs.engine_fp16, "model.onnx", inputs.config_fp16),
+               "int8": (inputs.engine_int8, "model.onnx", inputs.config_int8)}
+    for label, (engine, model, config) in entries.items():
+        folder = label if label == "fp32" else f"{label}-{backend}"
+        files = {engine.name: _sha(engine)} if model is None else {model: _sha(engine / model)}
+        metrics = {"mad": 0.1, "limit": limit, "per_image": [{"name": n, "mad": 0.1} for n in scored],
+                   "config": {"file": config.name, "sha256": _sha(config)},
+                   "engine": {"sha256": _sha(engine) if model is None else _sha(engine / "manifest.json"),
+                              "model_files": files},
+                   "manifest_sha256": None if model is None else _sha(engine / "manifest.json")}
+        _write(inputs.eval_dir / folder / "metrics.json", json.dumps(metrics).encode())
+        rows += [f"| {label} | {name} | `{digest[:16]}` |" for name, digest in files.items()]
+    _write(art / "report.md", ("# report\n" + "\n".join(rows) + "\n").encode())
 
 
 @pytest.fixture()
@@ -33,19 +62,24 @@ def fake_build(tmp_path) -> ReleaseInputs:
     images = [{"name": "a.jpg", "sha256": "1" * 64}, {"name": "b.jpg", "sha256": "2" * 64}]
     _write(calib / "manifest.json", json.dumps({"images": images}).encode())
     for name in ("official_modnet_fp16", "official_modnet_int8"):
-        _write(art / "onnx" / f"{name}.sim.onnx", b"onnx-bytes")
+        onnx = _write(art / "onnx" / f"{name}.sim.onnx", f"{name} onnx-bytes".encode())
         _write(art / "onnx" / f"{name}.sim.onnx.json", b"{}")
         _write(art / "engines" / name / "ort" / "model.onnx", f"{name} engine".encode())
-        _write(art / "engines" / name / "ort" / "manifest.json", b"{\"backend\": \"ort\"}")
-    _write(art / "eval" / "fp32" / "metrics.json", b"{\"mad\": 0.1}")
-    return ReleaseInputs(
+        _write(art / "engines" / name / "ort" / "manifest.json",
+               json.dumps({"backend": "ort", "onnx": {"sha256": _sha(onnx)}}).encode())
+    for name in SCORED:
+        _write(tmp_path / "data" / "image" / name, f"photo {name}".encode())
+        _write(tmp_path / "data" / "matte" / name, f"matte {name}".encode())
+    inputs = ReleaseInputs(
         name="official_modnet", ckpt=_write(tmp_path / "ckpt" / "modnet.ckpt", b"weights"), data=tmp_path / "data",
         backend="ort", config_fp16=fp16_cfg, config_int8=int8_cfg,
         calib_list=_write(tmp_path / "lists" / "official_modnet_int8.txt", b"1111  a.jpg\n"), calib_dir=calib,
         onnx_fp16=art / "onnx" / "official_modnet_fp16.sim.onnx", onnx_int8=art / "onnx" / "official_modnet_int8.sim.onnx",
         engine_fp16=art / "engines" / "official_modnet_fp16" / "ort",
         engine_int8=art / "engines" / "official_modnet_int8" / "ort",
-        report=(_write(art / "report.md", b"# report"), _write(art / "report.png", b"png")), eval_dir=art / "eval")
+        report=(art / "report.md", _write(art / "report.png", b"png")), eval_dir=art / "eval")
+    write_eval(inputs)
+    return inputs
 
 
 EXPECTED_FILES = [
@@ -60,7 +94,9 @@ EXPECTED_FILES = [
     "onnx/official_modnet_fp16.sim.onnx.json",
     "onnx/official_modnet_int8.sim.onnx",
     "onnx/official_modnet_int8.sim.onnx.json",
+    "report/eval/fp16-ort/metrics.json",
     "report/eval/fp32/metrics.json",
+    "report/eval/int8-ort/metrics.json",
     "report/report.md",
     "report/report.png",
 ]
@@ -84,8 +120,15 @@ def test_bundle_contents_and_manifest(fake_build, tmp_path):
     assert manifest["calibration_images"] == [{"name": "a.jpg", "sha256": "1" * 64},
                                               {"name": "b.jpg", "sha256": "2" * 64}]
     assert {"torch", "onnxruntime", "numpy"} <= set(manifest["versions"])
-    assert set(manifest["repository"]) == {"commit", "clean"}
-    assert not any(p.stat().st_mode & stat.S_IWUSR for p in bundle.rglob("*") if p.is_file())  # read-only
+    assert set(manifest["repository"]) == {"commit", "clean", "calibration_list_committed"}
+    # the list lives outside the repository: not committed, so the release's repository state is not clean
+    assert manifest["repository"]["calibration_list_committed"] is False and manifest["repository"]["clean"] is False
+    assert manifest["inputs"]["data"] == [{"name": n, "image_sha256": hashlib.sha256(f"photo {n}".encode()).hexdigest(),
+                                           "matte_sha256": hashlib.sha256(f"matte {n}".encode()).hexdigest()}
+                                          for n in SCORED]
+    assert manifest["inputs"]["limit"] is None and manifest["inputs"]["compiler"] is None
+    # files and folders read-only, the bundle itself included
+    assert not any(p.stat().st_mode & 0o222 for p in [bundle, *bundle.rglob("*")])
     assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [bundle.name]  # no temp folder left
 
 
@@ -99,19 +142,112 @@ def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
     assert file_hashes(bundle) == before
 
 
-@pytest.mark.parametrize("change", ["checkpoint", "config", "calibration list", "backend"])
-def test_different_inputs_get_a_different_name(fake_build, tmp_path, change):
-    first, _ = assemble(fake_build, tmp_path / "release")
+COMPILER = {"executable": "/opt/vastai/bin/vamc", "version": "vamc 3.4.1", "sha256": "a" * 64, "command": "compile"}
+VAMC_CHANGES = {"compiler version": ("version", "vamc 3.4.2"), "compiler file": ("sha256", "b" * 64),
+                "VAMC_COMMAND": ("command", "build")}
+
+
+@pytest.mark.parametrize("change", ["checkpoint", "config", "calibration list", "backend", "an image", "a matte",
+                                    "the scored images", "LIMIT", *VAMC_CHANGES])
+def test_different_inputs_get_a_different_name(fake_build, tmp_path, monkeypatch, change):
+    compiler = dict(COMPILER)
+    monkeypatch.setattr(release, "compiler_record", lambda backend: dict(compiler) if backend == "vamc" else None)
+    inputs = fake_build
+    if change in VAMC_CHANGES:
+        inputs = ReleaseInputs(**{**inputs.__dict__, "backend": "vamc"})
+        write_eval(inputs, "vamc")
+    first, _ = assemble(inputs, tmp_path / "release")
     if change == "checkpoint":
-        fake_build.ckpt.write_bytes(b"other weights")
+        inputs.ckpt.write_bytes(b"other weights")
     elif change == "config":
-        fake_build.config_int8.write_text(fake_build.config_int8.read_text().replace("seed: 0", "seed: 1"))
+        inputs.config_int8.write_text(inputs.config_int8.read_text().replace("seed: 0", "seed: 1"))
+        write_eval(inputs)  # as `make eval` would redo it
     elif change == "calibration list":
-        fake_build.calib_list.write_bytes(b"2222  b.jpg\n")
+        inputs.calib_list.write_bytes(b"2222  b.jpg\n")
+    elif change == "backend":
+        inputs = ReleaseInputs(**{**inputs.__dict__, "backend": "vamc"})
+        write_eval(inputs, "vamc")
+    elif change in ("an image", "a matte"):
+        folder = "image" if change == "an image" else "matte"
+        _write(inputs.data / folder / SCORED[1], b"edited")
+    elif change == "the scored images":
+        _write(inputs.data / "image" / "p3.jpg", b"photo 3")
+        _write(inputs.data / "matte" / "p3.jpg", b"matte 3")
+        write_eval(inputs, scored=[*SCORED, "p3.jpg"])
+    elif change == "LIMIT":
+        inputs = ReleaseInputs(**{**inputs.__dict__, "limit": 1})
+        write_eval(inputs, limit=1, scored=SCORED[:1])
     else:
-        fake_build = ReleaseInputs(**{**fake_build.__dict__, "backend": "vamc"})
-    second, written = assemble(fake_build, tmp_path / "release")
+        key, value = VAMC_CHANGES[change]
+        compiler[key] = value
+    second, written = assemble(inputs, tmp_path / "release")
     assert written and second != first and second.name.startswith("official_modnet-")
+
+
+def test_only_this_runs_eval_folders_are_shipped(fake_build, tmp_path):
+    eval_dir = fake_build.eval_dir
+    shutil.copytree(eval_dir / "fp16-ort", eval_dir / "fp16-vamc")  # another backend's evaluation
+    shutil.copytree(eval_dir / "int8-ort", eval_dir / ".int8-ort.x1y2.part")  # an interrupted run's leftover
+    _write(eval_dir / "notes.txt", b"stray")
+    bundle, _ = assemble(fake_build, tmp_path / "release")
+    assert sorted(p.name for p in (bundle / "report" / "eval").iterdir()) == ["fp16-ort", "fp32", "int8-ort"]
+
+
+def _edit_json(path: Path, **changes) -> None:
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("engine rebuilt after eval", r"report/eval/int8-ort/metrics\.json \(in the bundle being assembled\) records its "
+                                  r"engine manifest as [0-9a-f]{12}\.\.\., but the bundled engines/official_modnet_int8/"
+                                  r"ort/manifest\.json has sha256 [0-9a-f]{12}\.\.\.: these outputs come from different "
+                                  r"runs; rerun `make fp16 int8 eval`, then `make release`"),
+    ("onnx re-simplified after build", r"engines/official_modnet_fp16/ort/manifest\.json .* records its ONNX as "
+                                       r".*onnx/official_modnet_fp16\.sim\.onnx has sha256"),
+    ("fp32 onnx changed", r"report/eval/fp32/metrics\.json .* records its model as"),
+    ("report from another run", r"report/report\.md does not list fp32's official_modnet_fp16\.sim\.onnx \([0-9a-f]{12}\.\.\.\) that the "
+                                r"bundle ships: the report is from another run; rerun `make eval`"),
+    ("other LIMIT", r"int8-ort/metrics\.json: evaluated with LIMIT= but this release has LIMIT=2; rerun `make eval` "
+                    r"with the same LIMIT"),
+    ("malformed engine manifest", r"engines/official_modnet_fp16/ort/manifest\.json: not a readable engine manifest "
+                                  r"\(JSONDecodeError\); rebuild it"),
+    ("malformed metrics", r"report/eval/fp16-ort/metrics\.json: not a metrics file \(missing 'engine'\); rerun "
+                          r"`make eval`"),
+    ("scored image gone", r"data/image/p2\.jpg: scored by `make eval` but no longer in the data folder"),
+])
+def test_outputs_must_refer_to_each_other(fake_build, tmp_path, capsys, damage, message):
+    import re
+    inputs = fake_build
+    if damage == "engine rebuilt after eval":
+        _edit_json(inputs.engine_int8 / "manifest.json", build_time_s=2.0)
+    elif damage == "onnx re-simplified after build":
+        inputs.onnx_fp16.write_bytes(b"another simplification")
+        write_eval(inputs)  # eval redone, engine not rebuilt
+    elif damage == "fp32 onnx changed":
+        inputs.onnx_fp16.write_bytes(b"another simplification")
+        _edit_json(inputs.engine_fp16 / "manifest.json", onnx={"sha256": _sha(inputs.onnx_fp16)})
+    elif damage == "report from another run":
+        inputs.report[0].write_text("# an older report\n")
+    elif damage == "other LIMIT":
+        inputs = ReleaseInputs(**{**inputs.__dict__, "limit": 2})
+        os.remove(inputs.eval_dir / "fp32" / "metrics.json")
+        write_eval(inputs, limit=2)
+        _edit_json(inputs.eval_dir / "int8-ort" / "metrics.json", limit=None)
+    elif damage == "malformed engine manifest":
+        (inputs.engine_fp16 / "manifest.json").write_text("{")
+        write_eval(inputs)
+    elif damage == "malformed metrics":
+        doc = json.loads((inputs.eval_dir / "fp16-ort" / "metrics.json").read_text())
+        del doc["engine"]
+        (inputs.eval_dir / "fp16-ort" / "metrics.json").write_text(json.dumps(doc))
+    elif damage == "scored image gone":
+        os.remove(inputs.data / "image" / "p2.jpg")
+    with pytest.raises(PipelineError) as err:
+        assemble(inputs, tmp_path / "release")
+    assert re.search(message, str(err.value)) and "\n" not in str(err.value), str(err.value)
+    assert not (tmp_path / "release").exists() or list((tmp_path / "release").iterdir()) == []
 
 
 def test_digest_ignores_where_inputs_live(fake_build, tmp_path):
@@ -165,3 +301,14 @@ def test_tampering_is_detected_against_the_bundle_manifest(fake_build, tmp_path)
     data[0] ^= 1
     engine.write_bytes(bytes(data))
     assert tampered(bundle, manifest) == ["engines/official_modnet_int8/ort/model.onnx"]
+
+
+def test_a_committed_calibration_list_is_recorded_as_such(fake_build, tmp_path):
+    from conftest import REPO
+    committed_file = REPO / "calib" / "README.md"  # tracked and unchanged: stands in for a committed list
+    inputs = ReleaseInputs(**{**fake_build.__dict__, "calib_list": committed_file})
+    bundle, _ = assemble(inputs, tmp_path / "release")
+    repository = json.loads((bundle / MANIFEST).read_text())["repository"]
+    assert repository["calibration_list_committed"] is True
+    from pipeline.provenance import git_state
+    assert repository["clean"] == git_state()["clean"]
