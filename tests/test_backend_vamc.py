@@ -298,6 +298,20 @@ def test_vamc_and_vamc_command_variables(tmp_path, standin, onnx_file, monkeypat
     assert manifest["vamc"]["version"] is None  # `--version` failed: recorded as unknown
 
 
+def test_relative_vamc_is_resolved_once_against_the_folder_make_runs_in(tmp_path, standin, onnx_file, monkeypatch):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "vamc").write_text(standin.script.read_text())
+    (tools / "vamc").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VAMC", "tools/vamc")  # vamc itself runs in ENGINE_DIR/work, where this path means nothing
+    out = tmp_path / "engine"
+    manifest = run_build(FP16_CONFIG, onnx_file, out)
+    assert manifest["vamc"]["executable"] == str(tools / "vamc")
+    assert {"argv": ["compile", str(out / "vamc.yaml")], "cwd": str(out / "work")} in standin()
+    assert (out / "mod.so").is_file()
+
+
 def test_unknown_vamc_command_is_refused_before_anything_runs(tmp_path, standin, onnx_file, monkeypatch):
     monkeypatch.setenv("VAMC_COMMAND", "convert")
     with pytest.raises(PipelineError, match=r"VAMC_COMMAND='convert'.*compile.*build"):

@@ -55,7 +55,7 @@ def vamc_executable() -> str:
         raise PipelineError(f"the vendor compiler `{name}`{hint} is not on PATH: install the Vastai VAMC toolkit "
                             f"(vendor's developer centre) to build VACC engines, or build the reference engines "
                             f"here with BACKEND=ort")
-    return found
+    return os.path.abspath(found)  # a relative VAMC (tools/vamc) must still work from vamc's own work folder
 
 
 def vamc_version(executable: str) -> str | None:
