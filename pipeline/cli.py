@@ -154,9 +154,14 @@ def cmd_verify(args) -> None:
         raise PipelineError(f"{Path(args.scratch).parent}: no such folder for verify's scratch rebuild")
     # A folder we make is ours to remove once the rebuild matches; one the caller names is the caller's.
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="verify-", dir=root))
-    variables = rebuild_variables(manifest, bundle.resolve(), scratch.resolve(),
-                                  Path(args.ckpt) if args.ckpt else None, Path(args.data) if args.data else None)
-    copy_list(manifest, bundle, scratch)
+    try:
+        variables = rebuild_variables(manifest, bundle.resolve(), scratch.resolve(),
+                                      Path(args.ckpt) if args.ckpt else None, Path(args.data) if args.data else None)
+        copy_list(manifest, bundle, scratch)
+    except BaseException:
+        if args.scratch is None:  # refused before anything ran: leave nothing behind
+            remove_tree(scratch)
+        raise
     print(f"rebuilding {bundle.name} in {scratch} ...", flush=True)
     done = subprocess.run(["make", "--no-print-directory", *variables, "release"], cwd=repo,
                           env=make_environment(dict(os.environ), repo / "Makefile"))

@@ -1,0 +1,110 @@
+"""The Makefile reruns exactly the stages whose inputs changed, beyond export/simplify (test_make.py): calibration,
+fp16/int8, evaluation on a change of DATA's contents, release, a lost calibration list, a BACKEND switch, and the
+vamc compiler (VAMC_COMMAND, its --version). One small pipeline (small shape, 4 images, max calibration), driven
+step by step; each step names the `python -m pipeline` stages Make ran."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import cv2
+import pytest
+
+from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
+
+STANDIN_VAMC = '''#!{python}
+"""Stand-in vendor compiler: prints STANDIN_VERSION for --version, writes placeholder mod.* files."""
+import os, sys
+from pathlib import Path
+import yaml
+if sys.argv[1:] == ["--version"]:
+    print(os.environ.get("STANDIN_VERSION", "vamc stand-in 1.0"))
+    sys.exit(0)
+doc = yaml.safe_load(Path(sys.argv[2]).read_text())
+dest = Path(doc["workspace"]["path"]) / doc["name"]
+for name in ("mod.so", "mod.json", "mod.params"):
+    (dest / name).write_text(name + " by " + sys.argv[1] + "\\n")
+'''
+
+
+def make(variables: dict, *targets: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [f"{k}={v}" for k, v in variables.items()]
+    return subprocess.run(["make", "--no-print-directory", *args, *targets], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def stages(variables: dict, *targets: str, env: dict | None = None) -> Counter:
+    done = make(variables, *targets, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return Counter(line.split()[3] for line in done.stdout.splitlines() if " -m pipeline " in line)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, demo_ckpt):
+    from pipeline.demo_data import write_demo_data
+    root = tmp_path_factory.mktemp("incremental")
+    write_demo_data(root / "PPM-100", count=4, seed=5, scale=0.1)
+    raw = small_config_dict(INT8_CONFIG)
+    raw["dataset"]["sampler"]["get_data_num"] = 2
+    raw["backend"]["quantize"]["calibrate_mode"] = "max"
+    raw["pipeline"]["gate"] = {"max_mse_increase": 1.0, "max_mad_increase": 1.0, "max_miou_drop": 1.0}
+    fp16 = small_config_dict()
+    fp16["pipeline"]["gate"] = raw["pipeline"]["gate"]  # random weights: the gate is not what is tested here
+    vamc = root / "bin" / "vamc"
+    vamc.parent.mkdir()
+    vamc.write_text(STANDIN_VAMC.format(python=sys.executable))
+    vamc.chmod(0o755)
+    variables = {"ART": root / "art", "CKPT": demo_ckpt, "DATA": root / "PPM-100", "BACKEND": "ort",
+                 "CONFIG": write_config(root / "small_fp16.yaml", fp16),
+                 "CONFIG_FP16": root / "small_fp16.yaml", "CONFIG_INT8": write_config(root / "small_int8.yaml", raw),
+                 "CALIB_LIST": root / "small_int8.txt"}
+    return root, variables, vamc
+
+
+EVAL = Counter(evaluate=3, report=1, gate=1)
+
+
+def test_each_change_reruns_exactly_its_stages(setup):
+    root, v, vamc = setup
+    everything = Counter(export=2, simplify=2, calib=1, build=2, release=1) + EVAL
+    assert stages(v, "release") == everything
+    assert stages(v, "release") == Counter(gate=1, release=1)  # nothing changed: the gate and "already there"
+    bundles = set((root / "art" / "release").iterdir())
+
+    # DATA's contents change (one matte edited in place, same path, same size): evaluation and a new release
+    matte = sorted((root / "PPM-100" / "matte").iterdir())[0]
+    cv2.imwrite(str(matte), 255 - cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE))
+    assert stages(v, "release") == EVAL + Counter(release=1)
+    assert len(set((root / "art" / "release").iterdir()) - bundles) == 1  # named by the data it scored
+
+    # a lost calibration list is drawn again by the stage that writes it (then int8 and its evaluation follow)
+    os.remove(root / "small_int8.txt")
+    assert stages(v, "release") == Counter(calib=1, build=1, evaluate=1, report=1, gate=1, release=1)
+    assert (root / "small_int8.txt").is_file()
+
+    # LIMIT is an input of evaluation
+    assert stages({**v, "LIMIT": 2}, "eval") == EVAL
+
+    # BACKEND switch: the vamc engines are built beside the ort ones, nothing upstream reruns
+    vamc_vars = {**v, "BACKEND": "vamc", "VAMC": vamc}
+    assert stages(vamc_vars, "fp16", "int8") == Counter(build=2)
+    assert stages(vamc_vars, "fp16", "int8") == Counter()
+    assert stages(v, "fp16", "int8") == Counter()  # and back: the ort engines are still current
+    # the compiler is an input of vamc engines: another --version, another VAMC_COMMAND
+    assert stages(vamc_vars, "fp16", "int8", env={"STANDIN_VERSION": "vamc stand-in 1.1"}) == Counter(build=2)
+    assert stages({**vamc_vars, "VAMC_COMMAND": "build"}, "fp16", "int8",
+                  env={"STANDIN_VERSION": "vamc stand-in 1.1"}) == Counter(build=2)
+    assert (root / "art" / "engines" / "small_int8" / "vamc" / "mod.so").read_text() == "mod.so by build\n"
+
+
+def test_demo_count_is_honoured(tmp_path):
+    """DEMO_COUNT is an input of the generated folder, recorded like CKPT and DATA (DEMO moved to a scratch place)."""
+    demo = {"DEMO": tmp_path / "demo"}
+    images = tmp_path / "demo" / "inputs" / "PPM-100" / "image"
+    assert stages({**demo, "DEMO_COUNT": 2}, "demo-data") == Counter({"demo-data": 1})
+    assert len(list(images.iterdir())) == 2
+    assert stages({**demo, "DEMO_COUNT": 2}, "demo-data") == Counter()
+    assert stages({**demo, "DEMO_COUNT": 3}, "demo-data") == Counter({"demo-data": 1})
+    assert len(list(images.iterdir())) == 3
