@@ -55,6 +55,8 @@ def describe(engine: str | Path) -> EngineInfo:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineError(f"{manifest_path}: unreadable manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise PipelineError(f"{manifest_path}: malformed engine manifest (expected a JSON object; rebuild the engine)")
     backend, dtype = manifest.get("backend"), manifest.get("dtype")
     if backend not in ("ort", "vamc") or dtype not in ("fp16", "int8"):
         raise PipelineError(f"{manifest_path}: expected \"backend\" ort or vamc and \"dtype\" fp16 or int8, got "

@@ -148,6 +148,22 @@ def test_vamc_engine_without_vaststreamx_is_a_clear_error(tmp_path, small_config
         evaluate(load_config(small_config), engine, data, tmp_path / "out")
 
 
+@pytest.mark.parametrize("text, words", [
+    ("{", "unreadable manifest (JSONDecodeError)"),
+    ("[1, 2]", "malformed engine manifest (expected a JSON object; rebuild the engine)"),
+    ('{"backend": "ort"}', "expected \"backend\" ort or vamc and \"dtype\" fp16 or int8, got 'ort' and None"),
+])
+def test_malformed_engine_manifest_is_one_line(tmp_path, small_config, data, capsys, text, words):
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "manifest.json").write_text(text)
+    code = main(["evaluate", "--config", str(small_config), "--engine", str(engine), "--data", str(data), "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: {engine / 'manifest.json'}: {words}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_an_engine(tmp_path, small_config, data):
     with pytest.raises(PipelineError, match="not an engine"):
         evaluate(load_config(small_config), tmp_path, data, tmp_path / "out")

@@ -44,8 +44,15 @@ def verify(bundle, scratch) -> subprocess.CompletedProcess:
 
 
 def rows(stdout: str) -> dict[str, str]:
-    table = stdout[stdout.index("file "):].splitlines()[2:]
-    return {line.split()[0]: line.split()[1] for line in table if line and not line.startswith("verified")}
+    """file -> status of verify's table (the rebuild's own output comes before it)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines[:-1]) if line.startswith("file ") and lines[i + 1].startswith("---"))
+    found = {}
+    for line in lines[start + 2:]:
+        if not line or line.startswith(("verified", "error")):
+            break
+        found[line.split()[0]] = line.split()[1]
+    return found
 
 
 # What a caller's environment could hold that must not steer the rebuild (Make reads `?=` variables from it).
