@@ -6,16 +6,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from .errors import PipelineError
 
 
+LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log, not a terminal
+
+
 def progress(iterable, desc: str, total: int | None = None):
-    """A progress bar on stderr when it is a terminal; silent in logs and CI."""
+    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds."""
+    if not sys.stderr.isatty():
+        return log_progress(iterable, desc, total, sys.stderr, LOG_PROGRESS_EVERY)
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr, leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit="img", file=sys.stderr, leave=False)
+
+
+def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
+    """Yields ITERABLE's items, writing `DESC: n/N (T s)` to STREAM once EVERY seconds have passed since the last
+    line: a bar's carriage returns would make a log unreadable, and silence looks like a hang."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    start = last = clock()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = clock()
+        if now - last >= every:
+            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=stream,
+                  flush=True)
+            last = now
 
 
 def _config(path: str):
