@@ -111,10 +111,15 @@ def _evaluated(args):
 
 
 def cmd_report(args) -> None:
-    from .report import gate_failures, write_report
+    from .report import described, gate_failures, is_demo_checkpoint, write_report
     fp32, engines = _evaluated(args)
+    out = Path(args.out)
+    before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
     rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
-                        Path(args.out), Path(args.png))
+                        out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
+    now = described(out.read_text(encoding="utf-8"))
+    if before and before != now:
+        print(f"replaced {out}: was {before}, now {now}")
     failure = gate_failures(rows)
     print(f"wrote {args.out} and {args.png} (gate: {'FAILED, see the report' if failure else 'passed'})")
 
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="simplified fp32 ONNX (FLOPs and params are counted on it)")
     p.add_argument("--data", required=True, help="the evaluated folder (inputs and mattes of the contact sheet)")
     p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the report")
+    p.add_argument("--ckpt", help="the checkpoint evaluated: the report says so if it is the demo checkpoint")
     p.add_argument("--out", required=True, help="report.md to write")
     p.add_argument("--png", required=True, help="report.png to write")
     p.set_defaults(func=cmd_report)
