@@ -130,7 +130,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
         lines += [f"**{DEMO_WARNINGS[demo]} Only the vendor's rows are real measurements.**", ""]
     m0 = fp32.metrics
     lines += [f"Data: {data_label} ({m0['images']} images). Measured as the vendor measured its "
-              f"table (docs/model-card.md, \"How the vendor measures it\"): OpenCV decode, bilinear resize to "
+              f"table (docs/model-card.md, \"How the accuracy is measured\"): OpenCV decode, bilinear resize to "
               f"288x480, `(x - 127.5) / 127.5`; ground truth = matte as grey, INTER_AREA to 288x480; prediction = "
               f"`(alpha * 255).astype(uint8)` at 480x288; no trimap; mIoU from one confusion matrix over the "
               f"dataset; the other figures are means over images.", "",
