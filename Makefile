@@ -21,6 +21,7 @@ REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing cal
 CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record of the calibration subset (names + sha256)
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
+PIP_ARGS ?= ## extra pip arguments for creating .venv, e.g. the CPU-only torch index (README, "Installing")
 
 # Path variables are data that reach recipes: refuse, in one line, any character the shell or Make would
 # interpret (checked on the raw text, so `$(shell ...)` is never expanded). Single quotes in recipes do the rest.
@@ -44,6 +45,32 @@ $(if $(filter-out 1,$(value REDRAW)),$(error REDRAW=$(value REDRAW): set REDRAW=
 # A relative VAMC (tools/vamc) names a file here: resolve it once, so vamc run from its work folder finds it.
 override VAMC := $(if $(findstring /,$(VAMC)),$(abspath $(VAMC)),$(VAMC))
 export VAMC VAMC_COMMAND
+
+# The variables are checked before any rule runs, so a typo is one line naming the value and the valid ones,
+# not Make's "No rule to make target". Goals that use none of them (help, clean, test...) skip the checks.
+BACKENDS := vamc ort
+CONFIG_FILES := $(notdir $(wildcard build_configs/*.yaml))
+ifneq ($(filter-out help venv test clean clean-all,$(or $(MAKECMDGOALS),help)),)
+ifneq ($(words $(BACKEND)) $(filter $(BACKENDS),$(BACKEND)),1 $(BACKEND))
+$(error BACKEND=$(BACKEND) is not a backend: use one of $(BACKENDS))
+endif
+no_config = $(1)=$($(1)): no such config file (the configs in build_configs/: $(CONFIG_FILES))
+$(foreach v,CONFIG CONFIG_FP16 CONFIG_INT8,$(if $(wildcard $($(v))),,$(error $(call no_config,$(v)))))
+endif
+# ART is written by every stage and emptied by `make clean`: a folder of its own, never the checkout or above it.
+ART_ABS := $(abspath $(ART))
+ifeq ($(strip $(ART)),)
+$(error ART is empty: set it to the folder for the outputs, e.g. ART=artifacts)
+endif
+ifneq ($(words $(ART)),1)
+$(error ART='$(ART)' must be one folder, without spaces)
+endif
+ifneq ($(filter $(patsubst %/,%,$(ART_ABS))/%,$(CURDIR)/),)
+$(error ART=$(ART) is the checkout or a folder holding it: use a subfolder (ART=artifacts) or a folder elsewhere)
+endif
+ifeq ($(filter /%,$(ART))$(filter $(CURDIR)/%,$(ART_ABS)),)
+$(error ART=$(ART) is outside the project: use a subfolder (ART=artifacts) or an absolute path)
+endif
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -75,7 +102,8 @@ SIMPLIFY_CODE := $(call code,simplify)
 venv: $(STAMP) ## create .venv from requirements.txt (every target does this on first use)
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	@echo "installing requirements.txt into $(VENV) (a few minutes the first time; pip shows each package)"
+	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_ARGS) -r requirements.txt
 	touch $@
 
 ##@ Stages
@@ -164,7 +192,7 @@ $(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_IN
 $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
 		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
 	$(PY) -m pipeline report $(ENGINE_ARGS) --config '$(CONFIG_FP16)' --onnx '$(FP32_ONNX)' --data '$(DATA)' \
-		$(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
+		--ckpt '$(CKPT)' $(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
 
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
@@ -204,9 +232,15 @@ $(DEMO_DATA)/.complete: $(call code,demo-data) $(DEMO)/inputs/demo_count.txt $(S
 	$(PY) -m pipeline demo-data --out '$(DEMO_DATA)' --count '$(DEMO_COUNT)'
 	touch '$@'
 
+# Ends with where to look: the stages' output passes through to the terminal, and the bundle is the last path
+# under $(DEMO)/release/ that `release` printed (written, or already there).
 demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated data (outputs under artifacts/demo)
-	$(MAKE) --no-print-directory ART='$(DEMO)' CKPT='$(DEMO_CKPT)' DATA='$(DEMO_DATA)' BACKEND=ort \
-		CALIB_LIST='$(DEMO)/calib_list/$(INT8).txt' demo-stages
+	@echo "demo: calib fp16 int8 eval release with ART=$(DEMO) BACKEND=ort on the generated checkpoint and data"
+	@bundle=$$($(MAKE) --no-print-directory ART='$(DEMO)' CKPT='$(DEMO_CKPT)' DATA='$(DEMO_DATA)' BACKEND=ort \
+		CALIB_LIST='$(DEMO)/calib_list/$(INT8).txt' demo-stages | tee /dev/stderr | \
+		grep -o '$(DEMO)/release/[^ :;,]*' | tail -n 1 | sed 's/[.]$$//'); \
+	printf '%s\n' "report:  $(DEMO)/report.md and $(DEMO)/report.png" "release: $$bundle" \
+		"verify:  make verify RELEASE=$$bundle"
 
 # The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
 demo-stages: calib fp16 int8 eval release
@@ -214,14 +248,31 @@ demo-stages: calib fp16 int8 eval release
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
 
-clean: ## remove artifacts/ outputs (keeps .venv and artifacts/README.md)
-	find $(ART) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+# Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
+# bundles are what "never overwritten" promises to keep, so only clean-all removes them.
+OUTPUTS := inputs onnx calib calib_list engines eval verify report.md report.png
+CLEAN_ROOTS = $(ART) $(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),$(DEMO))
+RELEASES = $(wildcard $(addsuffix /release,$(CLEAN_ROOTS)))
+
+clean: ## remove the outputs under ART, keeping the release bundles (ART/release) and .venv
+	@echo "removing the outputs in $(CLEAN_ROOTS) ($(OUTPUTS)); keeping $(or $(RELEASES),the release bundles)"
+	@rm -rf $(foreach r,$(CLEAN_ROOTS),$(addprefix $(r)/,$(OUTPUTS)) $(wildcard $(r)/.*.part))
+
+clean-all: clean ## also remove the release bundles: everything the pipeline wrote under ART (keeps .venv)
+	@$(if $(RELEASES),printf 'removing release bundle %s\n' $(wildcard $(addsuffix /*,$(RELEASES))),echo "no release bundles to remove")
+	@$(if $(RELEASES),chmod -R u+w $(RELEASES) && rm -rf $(RELEASES))
+	@$(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),rm -rf $(DEMO))
 
 help: ## list targets and variables
+	@echo "Start here: make demo, make test"
+	@echo "  (demo: the whole pipeline on a generated checkpoint and photos, about 3 minutes; test: the test suite)"
 	@awk 'BEGIN {FS = ":.*## "} \
+	  /^##@ Variables/ {vars = "\n" substr($$0, 5) "\n" vars; next} \
 	  /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2; next} \
-	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
+	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); vars = vars sprintf("  %-14s %s (default: %s)\n", v[1], a[2], v[2])} \
+	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 eval release verify demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 eval release verify demo demo-ckpt demo-data demo-stages test clean \
+	clean-all help FORCE

@@ -12,10 +12,14 @@ names are used instead of a new draw and every file is checked against its sha25
     # seed: 0
     # count: 50
     # rule: <the rule sentence>
+    # data: <the data folder as given>
+    # data names sha256: <sha256 of the sorted candidate names, one per line> (<number> images)
     <sha256>  <file name>
     ...
 
-i.e. `sha256sum` lines (two spaces) in draw order after `#` comment lines.
+i.e. `sha256sum` lines (two spaces) in draw order after `#` comment lines. The two `data` lines (absent from
+lists written before they existed) say where the subset was drawn from, so that a run on another folder is told
+so instead of meeting a missing file.
 
 Output folder DIR (written atomically, nothing is left on failure):
     DIR/images/NAME       exactly the N chosen files (hard links, or copies across file systems)
@@ -58,11 +62,20 @@ def default_list_path(cfg: BuildConfig) -> Path:
     return Path("calib") / f"{cfg.name}.txt"
 
 
-def format_list(cfg: BuildConfig, entries: list[tuple[str, str]]) -> str:
+def names_digest(names) -> str:
+    """Identifies a data folder by the set of its candidate image names (not their contents: that is per file)."""
+    return hashlib.sha256("".join(f"{n}\n" for n in sorted(names)).encode("utf-8")).hexdigest()
+
+
+def format_list(cfg: BuildConfig, entries: list[tuple[str, str]], origin: tuple[str, list[str]] | None = None) -> str:
+    """ORIGIN: (the data folder as given, its candidate names), recorded in two header lines."""
     lines = [f"# calibration subset of {cfg.name} (python -m pipeline calib); sha256sum format, draw order",
              f"# seed: {cfg.pipeline.seed}",
              f"# count: {len(entries)}",
              f"# rule: {RULE}"]
+    if origin is not None:
+        folder, names = origin
+        lines += [f"# data: {folder}", f"# data names sha256: {names_digest(names)} ({len(names)} images)"]
     lines += [f"{digest}  {name}" for name, digest in entries]
     return "\n".join(lines) + "\n"
 
@@ -95,8 +108,9 @@ def parse_list(path: Path) -> tuple[dict, list[tuple[str, str]]]:
     return header, entries
 
 
-def _from_list(cfg: BuildConfig, list_path: Path, folder: Path) -> list[tuple[str, str]]:
+def _from_list(cfg: BuildConfig, list_path: Path, root: Path) -> list[tuple[str, str]]:
     header, entries = parse_list(list_path)
+    folder = image_dir(root)
     count = cfg.dataset.get_data_num
     redo = "(REDRAW=1 / --redraw draws anew and rewrites it)"
     if len(entries) != count:
@@ -108,22 +122,40 @@ def _from_list(cfg: BuildConfig, list_path: Path, folder: Path) -> list[tuple[st
     for name, digest in entries:
         path = folder / name
         if not path.is_file():
+            _check_origin(cfg, header, list_path, root, f"{name} is not in it")
             raise PipelineError(f"{path}: listed in {list_path} but missing from the data folder {redo}")
         actual = sha256_file(path)
         if actual != digest:
+            _check_origin(cfg, header, list_path, root, f"its {name} differs")
             raise PipelineError(f"{path}: sha256 {actual[:12]}... differs from {digest[:12]}... recorded in "
                                 f"{list_path}: the file changed {redo}")
     return entries
 
 
-def _new_draw(cfg: BuildConfig, root: Path) -> list[tuple[str, str]]:
+def _check_origin(cfg: BuildConfig, header: dict, list_path: Path, root: Path, mismatch: str) -> None:
+    """A listed file is missing or changed: if the list was drawn from another folder (another path as given and
+    other image names), that is the cause to name, with the two ways out."""
+    recorded, digest = header.get("data"), header.get("data names sha256", "").split(" ")[0]
+    if recorded is None or recorded == str(root):
+        return
+    if digest == names_digest(p.name for p in list_images(root, cfg.dataset.suffix)):
+        return
+    raise PipelineError(f"{list_path} was drawn from {recorded}, not from {root} ({mismatch}): to calibrate on "
+                        f"{root}, draw anew with REDRAW=1 (--redraw, rewrites {list_path}) or keep a separate "
+                        f"list with CALIB_LIST=FILE (--list FILE)")
+
+
+def _new_draw(cfg: BuildConfig, root: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the drawn (name, sha256) entries, every candidate name)."""
     suffix, count = cfg.dataset.suffix, cfg.dataset.get_data_num
     files = list_images(root, suffix)
     if len(files) < count:
         raise PipelineError(f"{image_dir(root)}: {len(files)} *.{suffix} images, fewer than get_data_num={count} "
-                            f"in {cfg.source}")
+                            f"in {cfg.source}: add images to the folder, or calibrate on fewer with a copy of the "
+                            f"config whose dataset.sampler.get_data_num is at most {len(files)} (CONFIG_INT8=COPY)")
     folder = image_dir(root)
-    return [(name, sha256_file(folder / name)) for name in draw((p.name for p in files), cfg.pipeline.seed, count)]
+    names = [p.name for p in files]
+    return [(name, sha256_file(folder / name)) for name in draw(names, cfg.pipeline.seed, count)], names
 
 
 def _place(src: Path, dest: Path) -> str:
@@ -143,7 +175,10 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
     list_path = Path(list_path) if list_path is not None else default_list_path(cfg)
     folder = image_dir(root)
     reused = list_path.is_file() and not redraw
-    entries = _from_list(cfg, list_path, folder) if reused else _new_draw(cfg, root)
+    if reused:
+        entries, candidates = _from_list(cfg, list_path, root), None
+    else:
+        entries, candidates = _new_draw(cfg, root)
     _, _, height, width = cfg.input_shape
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
@@ -174,7 +209,7 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
                         "process_ops": [type(op).__name__ for op in cfg.dataset.process_ops]},
         }
         if not reused:  # before manifest.json, so Make sees the list older than the folder it produced
-            write_text(list_path, format_list(cfg, entries))
+            write_text(list_path, format_list(cfg, entries, (str(root), candidates)))
         write_json(tmp / "manifest.json", manifest)
     return manifest
 

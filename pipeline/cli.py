@@ -6,16 +6,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from .errors import PipelineError
 
 
+LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log, not a terminal
+
+
 def progress(iterable, desc: str, total: int | None = None):
-    """A progress bar on stderr when it is a terminal; silent in logs and CI."""
+    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds."""
+    if not sys.stderr.isatty():
+        return log_progress(iterable, desc, total, sys.stderr, LOG_PROGRESS_EVERY)
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr, leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit="img", file=sys.stderr, leave=False)
+
+
+def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
+    """Yields ITERABLE's items, writing `DESC: n/N (T s)` to STREAM once EVERY seconds have passed since the last
+    line: a bar's carriage returns would make a log unreadable, and silence looks like a hang."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    start = last = clock()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = clock()
+        if now - last >= every:
+            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=stream,
+                  flush=True)
+            last = now
 
 
 def _config(path: str):
@@ -88,10 +111,15 @@ def _evaluated(args):
 
 
 def cmd_report(args) -> None:
-    from .report import gate_failures, write_report
+    from .report import described, gate_failures, is_demo_checkpoint, write_report
     fp32, engines = _evaluated(args)
+    out = Path(args.out)
+    before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
     rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
-                        Path(args.out), Path(args.png))
+                        out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
+    now = described(out.read_text(encoding="utf-8"))
+    if before and before != now:
+        print(f"replaced {out}: was {before}, now {now}")
     failure = gate_failures(rows)
     print(f"wrote {args.out} and {args.png} (gate: {'FAILED, see the report' if failure else 'passed'})")
 
@@ -236,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="simplified fp32 ONNX (FLOPs and params are counted on it)")
     p.add_argument("--data", required=True, help="the evaluated folder (inputs and mattes of the contact sheet)")
     p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the report")
+    p.add_argument("--ckpt", help="the checkpoint evaluated: the report says so if it is the demo checkpoint")
     p.add_argument("--out", required=True, help="report.md to write")
     p.add_argument("--png", required=True, help="report.png to write")
     p.set_defaults(func=cmd_report)

@@ -386,4 +386,6 @@ def load_config(path: str | Path) -> BuildConfig:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise PipelineError(f"config error: {path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise PipelineError(f"config error: {path} is empty (copy one of build_configs/*.yaml to start from)")
     return parse_config(raw, path)

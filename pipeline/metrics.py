@@ -1,4 +1,4 @@
-"""Matting metrics exactly as the vendor measured its table (modnet-model-card.md, "How the vendor measures it").
+"""Matting metrics exactly as the vendor measured its table (docs/model-card.md, "How the accuracy is measured").
 
 Inputs are 8-bit: `gt` is the matte read as grey and resized to the model's W x H with cv2.INTER_AREA, `pred` is
 `(alpha * 255).astype(uint8)` at the model's size. With `p = pred / 255` and `g = gt / 255` (float64), and no

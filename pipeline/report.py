@@ -3,6 +3,7 @@ the accuracy gate (each engine's change against fp32, limits from that engine's 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from . import flops as flops_count
 from .config import BuildConfig
 from .dataset import matte_path
 from .errors import PipelineError
-from .fileio import write_bytes, write_text
+from .fileio import sha256_file, write_bytes, write_text
 from .preprocess import decode_bgr
 
-# The vendor's published rows (modnet-model-card.md, "Published accuracy"), as published.
+# The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
 VENDOR_ROWS = (
     {"model": "modnet (PyTorch, fp32)", "flops": "24.011", "params": "8.700", "mse": 0.00945, "mad": 0.01456,
      "miou": 0.970898},
@@ -26,8 +27,18 @@ VENDOR_ROWS = (
 )
 HEAT_FULL_SCALE = 0.25  # |int8 - fp32| alpha difference shown as the hottest colour
 TILE_SCALE = 0.5  # contact-sheet tiles at half the model size
-DEMO_WARNING = ("**Generated demo data and a demo checkpoint with random weights: these figures exercise the "
-                "pipeline and say nothing about MODNet's accuracy. Only the vendor's rows are real measurements.**")
+HEADER_H, LABEL_H, FOOTER_H, STAMP_H = 28, 18, 34, 30  # heights (px) of the contact sheet's text bands
+# sha256 of `python -m pipeline demo-ckpt` (seed 0, what `make demo` uses): a run on it is flagged whatever its
+# file is called or wherever it was copied (tests/test_demo_inputs.py checks the value).
+DEMO_CHECKPOINT_SHA256 = "55cebc87b41b46a81ed91d4774595f975f4a263e8f07a8ab73cd6db7b408ab8d"
+_NOT_MODNET = "these figures exercise the pipeline and say nothing about MODNet's accuracy"
+DEMO_WARNINGS = {  # (demo data, demo checkpoint) -> the banner
+    (True, True): f"Generated demo data and a demo checkpoint with random weights: {_NOT_MODNET}.",
+    (True, False): f"Generated demo data, not photos with hand-made mattes: {_NOT_MODNET}.",
+    (False, True): f"A demo checkpoint with random weights, not the official MODNet: {_NOT_MODNET}.",
+}
+DEMO_STAMPS = {(True, True): "DEMO: generated data, random weights", (True, False): "DEMO: generated data",
+               (False, True): "DEMO: random weights"}
 
 
 @dataclass(frozen=True)
@@ -111,14 +122,15 @@ def _shape(m: dict) -> str:
     return f"{c}x{h}x{w}"
 
 
-def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Path, data_label: str, demo: bool,
-             gate_rows: list[dict], sheet: str | None) -> str:
+def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Path, data_label: str,
+             demo: tuple[bool, bool], gate_rows: list[dict], sheet: str | None) -> str:
+    """DEMO: (the data is the generated demo set, the checkpoint is the demo one)."""
     lines = ["# MODNet accuracy report", ""]
-    if demo:
-        lines += [DEMO_WARNING, ""]
+    if any(demo):
+        lines += [f"**{DEMO_WARNINGS[demo]} Only the vendor's rows are real measurements.**", ""]
     m0 = fp32.metrics
     lines += [f"Data: {data_label} ({m0['images']} images). Measured as the vendor measured its "
-              f"table (modnet-model-card.md, \"How the vendor measures it\"): OpenCV decode, bilinear resize to "
+              f"table (docs/model-card.md, \"How the accuracy is measured\"): OpenCV decode, bilinear resize to "
               f"288x480, `(x - 127.5) / 127.5`; ground truth = matte as grey, INTER_AREA to 288x480; prediction = "
               f"`(alpha * 255).astype(uint8)` at 480x288; no trimap; mIoU from one confusion matrix over the "
               f"dataset; the other figures are means over images.", "",
@@ -169,8 +181,15 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
         lines += ["", "## Contact sheet", "",
                   f"Columns: input, ground truth, fp32, {', '.join(ev.label for ev in engines)}, and "
                   f"|{engines[-1].label} - fp32| as a heat map (JET; dark blue = 0, red = an alpha difference of "
-                  f"{HEAT_FULL_SCALE:g} or more).", "", f"![contact sheet]({sheet})"]
+                  f"{HEAT_FULL_SCALE:g} or more, as the colour bar under it shows); each row is headed by its image "
+                  f"name.", "", f"![contact sheet]({sheet})"]
     return "\n".join(lines) + "\n"
+
+
+def described(report_text: str) -> str | None:
+    """`N images of DATA` from a report's `Data:` line, to say what a new report replaced; None if absent."""
+    match = re.search(r"^Data: (.+) \((\d+) images\)\.", report_text, re.MULTILINE)
+    return f"{match.group(2)} images of {match.group(1).strip('`')}" if match else None
 
 
 # --- report.png --------------------------------------------------------------------------------------------------
@@ -190,7 +209,27 @@ def _pred(ev: Evaluated, name: str) -> np.ndarray:
     return image
 
 
-def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, data: Path) -> np.ndarray:
+def _band(height: int, width: int, text: str, colour=(0, 0, 0), scale: float = 0.45, x: int = 6) -> np.ndarray:
+    band = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(band, text, (x, height - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return band
+
+
+def colour_bar(width: int, tile_w: int, column: int, label: str) -> np.ndarray:
+    """A footer whose bar, under heat-map column COLUMN, runs the JET scale from 0 to HEAT_FULL_SCALE."""
+    footer = _band(FOOTER_H, width, label, scale=0.4)
+    x0, x1 = column * tile_w + 6, (column + 1) * tile_w - 6
+    ramp = np.linspace(0, 255, x1 - x0).astype(np.uint8)[None, :]
+    footer[4:18, x0:x1] = cv2.applyColorMap(np.repeat(ramp, 14, axis=0), cv2.COLORMAP_JET)
+    for text, x in (("0", x0), (f"{HEAT_FULL_SCALE:g}+", x1 - 30)):
+        cv2.putText(footer, text, (x, FOOTER_H - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return footer
+
+
+def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, data: Path,
+                  demo: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """Columns: input, ground truth, fp32, each engine, the heat map; a band naming each row's image, a colour bar
+    under the heat map, and a red stamp on top when DEMO (as in `markdown`) says the figures are not MODNet's."""
     from .evaluate import load_gt
     height, width = cfg.height, cfg.width
     by_stem = {Path(row["name"]).stem: row["name"] for row in fp32.metrics["per_image"]}
@@ -208,25 +247,34 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
         preds = [_pred(fp32, name), *[_pred(ev, name) for ev in engines]]
         diff = np.abs(preds[-1].astype(np.int16) - preds[0].astype(np.int16)).astype(np.float64) / 255.0
         heat = cv2.applyColorMap(np.clip(diff / HEAT_FULL_SCALE * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-        rows.append(np.hstack([_tile(t, height, width) for t in [shown, gt, *preds, heat]]))
-    tile_w = rows[0].shape[1] // len(headers)
-    header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
+        tiles = np.hstack([_tile(t, height, width) for t in [shown, gt, *preds, heat]])
+        rows += [_band(LABEL_H, tiles.shape[1], by_stem[Path(name).stem], scale=0.4), tiles]
+    full_w = rows[-1].shape[1]
+    tile_w = full_w // len(headers)
+    header = np.full((HEADER_H, full_w, 3), 255, np.uint8)
     for i, text in enumerate(headers):
         cv2.putText(header, text, (i * tile_w + 6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.vstack([header, *rows])
+    stamp = [_band(STAMP_H, full_w, DEMO_STAMPS[demo], colour=(0, 0, 220), scale=0.6)] if any(demo) else []
+    footer = colour_bar(full_w, tile_w, len(headers) - 1, f"colour scale of {headers[-1]} (alpha difference):")
+    return np.vstack([*stamp, header, *rows, footer])
+
+
+def is_demo_checkpoint(ckpt: Path) -> bool:
+    return Path(ckpt).is_file() and sha256_file(ckpt) == DEMO_CHECKPOINT_SHA256
 
 
 def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, onnx: Path, data: Path,
-                 demo: bool, out_md: Path, out_png: Path) -> list[dict]:
-    """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows."""
+                 demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False) -> list[dict]:
+    """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows.
+    DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is the demo one (random weights)."""
     counted = flops_count.count(onnx)
     gate_rows = gate(fp32, engines)
     data_label = "generated demo set" if demo else "PPM-100" if Path(data).name == "PPM-100" else f"`{data}`"
-    sheet = contact_sheet(fp32, engines, cfg, Path(data))
+    sheet = contact_sheet(fp32, engines, cfg, Path(data), (demo, demo_ckpt))
     ok, buf = cv2.imencode(".png", sheet)
     if not ok:
         raise PipelineError(f"{out_png}: could not encode the contact sheet")
     write_bytes(out_png, buf.tobytes())
     rel = Path(out_png).name if Path(out_png).parent == Path(out_md).parent else str(out_png)
-    write_text(out_md, markdown(fp32, engines, counted, onnx, data_label, demo, gate_rows, rel))
+    write_text(out_md, markdown(fp32, engines, counted, onnx, data_label, (demo, demo_ckpt), gate_rows, rel))
     return gate_rows

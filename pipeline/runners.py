@@ -120,7 +120,7 @@ class VaststreamxRunner(Runner):
             import vaststreamx as vsx  # noqa: F401 - vendor runtime, from Vastai's developer centre only
         except ImportError as exc:
             raise PipelineError(f"{info.path}: a vamc engine runs only on the vendor runtime vaststreamx, which does "
-                                f"not import here ({exc}); install Vastai's vaststreamx wheel and driver on a "
+                                f"not import here ({exc}); install the vaststreamx wheel into .venv, and the driver, on a "
                                 f"machine with a VACC card, or evaluate the ort engines (BACKEND=ort)") from None
         self.vsx = vsx
         self.info = info

@@ -1,7 +1,7 @@
 """The vamc backend, driven against a STAND-IN for the vendor compiler (vamc itself is not installable here).
 
 The stand-in is a small script written by these tests. It checks that the YAML it receives honours the contract
-of ../shared/reference/vamc-build-config.md, records how it was called, and writes three small placeholder
+of docs/vamc-build-config.md, records how it was called, and writes three small placeholder
 files where vamc would put the engine. It builds nothing real: these tests check our side of the contract only.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Calibration subset: exact, deterministic, reusable through the committed list, and failing cleanly."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -102,8 +103,13 @@ def test_committed_list_is_reused_and_checked(tmp_path, data):
     with pytest.raises(PipelineError, match=f"{name}: sha256 .* differs"):
         make_calibration_set(cfg, changed, tmp_path / "calib", list_path)
     (changed / "image" / name).unlink()
-    with pytest.raises(PipelineError, match=f"{name}: listed in .* but missing"):
+    with pytest.raises(PipelineError, match=f"drawn from {data}, not from {changed} \\({name} is not in it\\)"):
         make_calibration_set(cfg, changed, tmp_path / "calib", list_path)
+    # a list written before lists recorded their folder: the file itself is named
+    old_format = tmp_path / "old_format.txt"
+    old_format.write_text(format_list(cfg, [(i["name"], i["sha256"]) for i in redrawn["images"]]))
+    with pytest.raises(PipelineError, match=f"{name}: listed in .* but missing"):
+        make_calibration_set(cfg, changed, tmp_path / "calib", old_format)
     assert sorted(p.name for p in (tmp_path / "calib" / "images").iterdir()) == before
     with pytest.raises(PipelineError, match="lists 3 images but .* get_data_num=2"):
         make_calibration_set(make_cfg(tmp_path, count=2), data, tmp_path / "calib", list_path)
@@ -125,7 +131,9 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, data, capsys):
     (tmp_path / "out").mkdir()
     cases = {
         "no_image_dir": (make_cfg(tmp_path), tmp_path, "image: no such folder"),
-        "too_few": (make_cfg(tmp_path, count=50), data, "7 *.jpg images, fewer than get_data_num=50"),
+        "too_few": (make_cfg(tmp_path, count=50), data, "7 *.jpg images, fewer than get_data_num=50 in "),
+        "too_few_ways_out": (make_cfg(tmp_path, count=50), data, ": add images to the folder, or calibrate on fewer "
+                             "with a copy of the config whose dataset.sampler.get_data_num is at most 7"),
         "suffix": (make_cfg(tmp_path, suffix="png"), data, "no *.png files"),
     }
     broken = tmp_path / "broken"
@@ -155,3 +163,31 @@ def test_list_names_stay_in_the_image_folder(tmp_path, data, capsys, name, probl
     assert code == 2 and "\n" not in err
     assert err.startswith(f"error: {list_path}:5: {name!r} {problem}")
     assert not out.parent.exists()
+
+
+def test_list_records_its_folder_and_another_folder_is_named(tmp_path, data):
+    """A trial on other data (e.g. the demo's) drew the list: a run on the real folder names that as the cause."""
+    cfg = make_cfg(tmp_path)
+    list_path = tmp_path / "list.txt"
+    make_calibration_set(cfg, data, tmp_path / "calib", list_path)
+    header, _ = parse_list(list_path)
+    names = names_of(data)
+    expected = hashlib.sha256("".join(f"{n}\n" for n in sorted(names)).encode()).hexdigest()
+    assert header["data"] == str(data)
+    assert header["data names sha256"] == f"{expected} ({len(names)} images)"
+
+    other = tmp_path / "real" / "PPM-100"
+    from pipeline.demo_data import write_demo_data
+    write_demo_data(other, count=4, seed=7, scale=0.15)
+    with pytest.raises(PipelineError) as err:
+        make_calibration_set(cfg, other, tmp_path / "calib2", list_path)
+    message = str(err.value)
+    assert message.startswith(f"{list_path} was drawn from {data}, not from {other} (")
+    assert "REDRAW=1" in message and "CALIB_LIST=" in message and "\n" not in message
+    assert not (tmp_path / "calib2").exists()
+
+    # the same folder reached by another path (same names, same files) reuses the list
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    again = make_calibration_set(cfg, moved, tmp_path / "calib3", list_path)
+    assert again["list"]["reused"]

@@ -114,6 +114,11 @@ def test_unreadable_files(tmp_path):
     broken.write_text("name: [unclosed\n")
     with pytest.raises(PipelineError, match=r"not valid YAML at line \d"):
         load_config(broken)
+    for empty in ("", "# only a comment\n"):
+        broken.write_text(empty)
+        with pytest.raises(PipelineError) as err:
+            load_config(broken)
+        assert str(err.value) == f"config error: {broken} is empty (copy one of build_configs/*.yaml to start from)"
     broken.write_text("- just\n- a list\n")
     with pytest.raises(PipelineError, match="expected a mapping, got list"):
         load_config(broken)

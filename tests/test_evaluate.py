@@ -144,7 +144,7 @@ def test_vamc_engine_without_vaststreamx_is_a_clear_error(tmp_path, small_config
     for name in ("mod.so", "mod.json", "mod.params", "vdsp_params.json"):
         (engine / name).write_text("{}")
     (engine / "manifest.json").write_text(json.dumps({"backend": "vamc", "dtype": "int8"}))
-    with pytest.raises(PipelineError, match="vaststreamx"):
+    with pytest.raises(PipelineError, match="install the vaststreamx wheel into .venv"):
         evaluate(load_config(small_config), engine, data, tmp_path / "out")
 
 
@@ -217,7 +217,7 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     loose = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0))  # random weights: int8 is far from fp32
     engines = [Evaluated(label, out / label, load_metrics(out / label), loose) for label in ("fp16", "int8")]
     rows = write_report(fp32, engines, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
-                        tmp_path / "report.png")
+                        tmp_path / "report.png", demo_ckpt=True)
     assert all(r["ok"] for r in rows)
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
@@ -236,7 +236,49 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     sheet = cv2.imread(str(tmp_path / "report.png"))
     tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
     assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
-    assert sheet.shape[0] == 28 + 2 * tile_h  # header + the 2 saved predictions
+    # demo stamp 30, header 28, per saved prediction a name band 18 and the tiles, colour bar 34
+    assert sheet.shape[0] == 30 + 28 + 2 * (18 + tile_h) + 34
+    stamp, footer = sheet[:30], sheet[-34:]
+    reddish = (stamp[..., 2] > 150) & (stamp[..., 0] < 100) & (stamp[..., 1] < 100)
+    assert reddish.sum() > 50  # the red DEMO stamp
+    bar = footer[4:18, 5 * tile_w + 6:6 * tile_w - 6]  # under the heat-map column, JET from 0 to full scale
+    jet = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_JET)[0]
+    assert np.array_equal(bar[7, 0], jet[0]) and np.array_equal(bar[7, -1], jet[1])
+    first_name = sheet[58:58 + 18]  # the band naming the first row's image holds dark text
+    assert (first_name.min(axis=2) < 100).sum() > 20
+
+
+def test_report_flags_a_demo_checkpoint_and_says_what_it_replaced(evaluated, tmp_path, small_sim_onnx, data,
+                                                                  demo_ckpt, small_config, capsys):
+    from pipeline.fileio import sha256_file
+    from pipeline.report import DEMO_CHECKPOINT_SHA256, described
+    assert sha256_file(demo_ckpt) == DEMO_CHECKPOINT_SHA256  # seed 0, as `make demo` writes it
+    _, out, _, _ = evaluated
+    engines = ["--engine", "fp16", str(out / "fp16"), str(small_config)]
+    real = tmp_path / "elsewhere" / "PPM-100"
+    shutil.copytree(data, real)
+    md, png = tmp_path / "report.md", tmp_path / "report.png"
+    base = ["report", "--fp32", str(out / "fp32"), *engines, "--config", str(small_config), "--onnx",
+            str(small_sim_onnx), "--out", str(md), "--png", str(png)]
+    copied = tmp_path / "renamed.ckpt"
+    shutil.copy2(demo_ckpt, copied)
+    # real-looking data, but the demo checkpoint (copied under another name): the banner says so
+    assert main([*base, "--data", str(real), "--ckpt", str(copied)]) == 0
+    text = md.read_text()
+    assert "**A demo checkpoint with random weights, not the official MODNet" in text
+    assert "generated demo set" not in text
+    assert described(text) == "3 images of PPM-100"
+    assert "replaced" not in capsys.readouterr().out  # nothing was there before
+    # another checkpoint: no banner; the same data: no "replaced" line
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(copied.read_bytes() + b"\0")
+    assert main([*base, "--data", str(real), "--ckpt", str(other)]) == 0
+    assert "random weights" not in md.read_text() and "replaced" not in capsys.readouterr().out
+    # another data folder: one line says what was replaced by what
+    assert main([*base, "--data", str(data), "--demo", "--ckpt", str(other)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"replaced {md}: was 3 images of PPM-100, now 3 images of generated demo set"
+    assert "**Generated demo data, not photos with hand-made mattes" in md.read_text()
 
 
 def test_flops_and_params_of_a_tiny_graph_by_hand(tmp_path):

@@ -2,7 +2,7 @@
 
 vamc is proprietary (a wheel from Vastai's developer centre) and is not installed on most machines; this module
 only prepares its input, runs it, checks its output and records what went in. The contract it follows is
-../shared/reference/vamc-build-config.md:
+docs/vamc-build-config.md:
 
 - ENGINE_DIR/vamc.yaml is the build config as vamc must see it: our `pipeline:` section removed, every path
   absolute and true once the build is over, everything else passed through as written (keys we do not interpret

@@ -1,0 +1,40 @@
+"""Progress in logs: a line with n/N every few seconds when stderr is not a terminal (CI), instead of silence."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+from conftest import REPO
+from pipeline.cli import log_progress
+
+
+def test_a_line_each_time_the_interval_has_passed():
+    ticks = iter([100.0, 101.0, 104.9, 105.0, 106.0, 111.0, 111.5])  # start, then one reading per item
+    stream = io.StringIO()
+    items = list(log_progress(range(6), "calibration", None, stream, every=5.0, clock=lambda: next(ticks)))
+    assert items == list(range(6))
+    # 5.0 s after the start at the 3rd item, then 6.0 s after that at the 5th; the others are under 5 s apart
+    assert stream.getvalue().splitlines() == ["calibration: 3/6 (5 s)", "calibration: 5/6 (11 s)"]
+
+
+def test_unknown_total_and_given_total():
+    ticks = iter([0.0, 10.0, 20.0])
+    stream = io.StringIO()
+    list(log_progress(iter("ab"), "demo images", None, stream, every=5.0, clock=lambda: next(ticks)))
+    assert stream.getvalue().splitlines() == ["demo images: 1/? (10 s)", "demo images: 2/? (20 s)"]
+    ticks = iter([0.0, 10.0])
+    stream = io.StringIO()
+    list(log_progress(iter("a"), "evaluate", 40, stream, every=5.0, clock=lambda: next(ticks)))
+    assert stream.getvalue() == "evaluate: 1/40 (10 s)\n"
+
+
+def test_the_cli_helper_logs_when_stderr_is_a_pipe():
+    code = ("import time, pipeline.cli as c\n"
+            "c.LOG_PROGRESS_EVERY = 0.0\n"
+            "for _ in c.progress(range(3), 'stage', 3): pass\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["stage: 1/3", "stage: 2/3", "stage: 3/3"]
+    assert "\r" not in done.stderr
