@@ -32,7 +32,7 @@ endef
 unsafe_chars := $$ ` ' " ; & | < > ( ) { } [ ] * ? ~ \ % \#
 unsafe = $(strip $(foreach c,$(unsafe_chars),$(if $(findstring $c,$(value $1)),$c)) \
 	$(if $(findstring $(newline),$(value $1)),newline) $(if $(word 2,x$(value $1)x),space))
-PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE BACKEND VAMC VAMC_COMMAND \
+PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND \
 	PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
@@ -50,12 +50,13 @@ export VAMC VAMC_COMMAND
 # not Make's "No rule to make target". Goals that use none of them (help, clean, test...) skip the checks.
 BACKENDS := vamc ort
 CONFIG_FILES := $(notdir $(wildcard build_configs/*.yaml))
-ifneq ($(filter-out help venv test clean clean-all,$(or $(MAKECMDGOALS),help)),)
-ifneq ($(words $(BACKEND)) $(filter $(BACKENDS),$(BACKEND)),1 $(BACKEND))
-$(error BACKEND=$(BACKEND) is not a backend: use one of $(BACKENDS))
+# BACKEND names files and folders of every goal, so it is checked whatever the goal, on its raw text.
+ifneq ($(words $(value BACKEND)) $(filter $(BACKENDS),$(value BACKEND)),1 $(value BACKEND))
+$(error BACKEND=$(value BACKEND) is not a backend: use one of $(BACKENDS))
 endif
-no_config = $(1)=$($(1)): no such config file (the configs in build_configs/: $(CONFIG_FILES))
-$(foreach v,CONFIG CONFIG_FP16 CONFIG_INT8,$(if $(wildcard $($(v))),,$(error $(call no_config,$(v)))))
+ifneq ($(filter-out help venv test clean clean-all,$(or $(MAKECMDGOALS),help)),)
+no_config = $(1)=$(value $(1)): no such config file (the configs in build_configs/: $(CONFIG_FILES))
+$(foreach v,CONFIG CONFIG_FP16 CONFIG_INT8,$(if $(wildcard $(value $(v))),,$(error $(call no_config,$(v)))))
 endif
 # ART is written by every stage and emptied by `make clean`: a folder of its own, never the checkout or above it.
 ART_ABS := $(abspath $(ART))
