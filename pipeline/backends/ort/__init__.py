@@ -6,9 +6,8 @@ ONNX Runtime so that the effect of a quantization config can be seen without a c
 - stats.py: max |x| and the 8001-bin histogram of every tensor to quantize, streamed over the calibration set;
 - thresholds.py: a threshold per tensor from those statistics, for each calibrate_mode;
 - qdq.py: the Q/DQ model, quantized where TVM quantizes;
-- fp16.py: the float16 model;
-- runner.py: runs an engine (or the fp32 ONNX) for evaluation.
-`build` below ties them together and writes the engine folder.
+- fp16.py: the float16 model.
+`build` below ties them together and writes the engine folder; pipeline/runners.py runs the result.
 """
 from __future__ import annotations
 
