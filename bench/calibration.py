@@ -88,17 +88,19 @@ def main() -> None:
         for i in range(n):
             runtime.run(session, np.ascontiguousarray(tensors[i:i + 1]))
         forward_s = time.perf_counter() - start
-        print(f"N={n:4d}  calib {calib_s:6.1f} s {calib_rss:5.0f} MB | {n} fp32 forwards {forward_s:6.1f} s", flush=True)
+        print(f"N={n:4d}  calib {calib_s:6.1f} s {calib_rss:5.0f} MB | {n} fp32 forwards {forward_s:6.1f} s",
+              flush=True)
         for mode in args.modes:
             raw["backend"]["quantize"]["calibrate_mode"] = mode
             if mode == "percentile":
                 raw["backend"]["quantize"]["calibrate_range"] = 0.99999
             mode_cfg = work / f"int8_n{n}_{mode}.yaml"
             mode_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
-            build_s, build_rss = run(["build", "--config", str(mode_cfg), "--onnx", str(onnx), "--calib", str(calib),
-                                      "--backend", "ort", "--out", str(work / f"engine_n{n}_{mode}")])
+            build_s, build_rss = run(["build", "--config", str(mode_cfg), "--onnx", str(onnx), "--calib",
+                                      str(calib), "--backend", "ort", "--out", str(work / f"engine_n{n}_{mode}")])
             limit = targets[mode] * forward_s + 10
-            print(f"    {mode:13s} build {build_s:6.1f} s (target {limit:5.1f} s: {'ok' if build_s <= limit else 'MISSED'}, "
+            verdict = "ok" if build_s <= limit else "MISSED"
+            print(f"    {mode:13s} build {build_s:6.1f} s (target {limit:5.1f} s: {verdict}, "
                   f"{build_s / forward_s:4.1f}x forwards) peak RSS {build_rss:5.0f} MB "
                   f"({'ok' if build_rss <= 1024 else 'MISSED'})", flush=True)
 

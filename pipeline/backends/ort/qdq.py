@@ -65,50 +65,60 @@ def quantized_tensors(model: onnx.ModelProto, skip: set[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _activation_chain(tensor: str, threshold: float) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Clip(+-127 s) -> QuantizeLinear -> DequantizeLinear of TENSOR (s = T/128), output `TENSOR/dequantized`."""
+    s = scale_of(threshold)
+    constants = [numpy_helper.from_array(s, f"{tensor}/scale"),
+                 numpy_helper.from_array(np.array(0, np.int8), f"{tensor}/zero_point"),
+                 numpy_helper.from_array((-QMAX * s).astype(np.float32), f"{tensor}/clip_min"),
+                 numpy_helper.from_array((QMAX * s).astype(np.float32), f"{tensor}/clip_max")]
+    nodes = [
+        helper.make_node("Clip", [tensor, f"{tensor}/clip_min", f"{tensor}/clip_max"], [f"{tensor}/clipped"],
+                         name=f"{tensor}/Clip"),
+        helper.make_node("QuantizeLinear", [f"{tensor}/clipped", f"{tensor}/scale", f"{tensor}/zero_point"],
+                         [f"{tensor}/int8"], name=f"{tensor}/QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [f"{tensor}/int8", f"{tensor}/scale", f"{tensor}/zero_point"],
+                         [f"{tensor}/dequantized"], name=f"{tensor}/DequantizeLinear"),
+    ]
+    return nodes, constants
+
+
+def _weight_chain(weight: TensorProto, per_channel: bool) -> tuple[onnx.NodeProto, list[TensorProto]]:
+    """WEIGHT as an int8 initializer and its DequantizeLinear, output `NAME/dequantized`."""
+    name = weight.name
+    values, s = quantize_weight(numpy_helper.to_array(weight), per_channel)
+    constants = [numpy_helper.from_array(values, f"{name}/int8"), numpy_helper.from_array(s, f"{name}/scale"),
+                 numpy_helper.from_array(np.zeros(s.shape, np.int8), f"{name}/zero_point")]
+    axis = {"axis": 0} if per_channel else {}
+    node = helper.make_node("DequantizeLinear", [f"{name}/int8", f"{name}/scale", f"{name}/zero_point"],
+                            [f"{name}/dequantized"], name=f"{name}/DequantizeLinear", **axis)
+    return node, constants
+
 
 def write_qdq(model: onnx.ModelProto, thresholds: dict[str, float], skip: set[str], per_channel: bool) -> bytes:
     """MODEL with Q/DQ on the quantized inputs (THRESHOLDS per activation) and int8 weights; serialized."""
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     rewired = {}  # (node index, input index) -> new input name
-    chains: dict[str, list[onnx.NodeProto]] = {}  # tensor -> its Clip/Q/DQ nodes
+    chains: dict[str, list[onnx.NodeProto]] = {}  # tensor -> its Clip/Q/DQ nodes, placed after its producer
+    weight_nodes: dict[str, onnx.NodeProto] = {}
     added: list[TensorProto] = []
     for n, k in quantized_inputs(model, skip):
         tensor = graph.node[n].input[k]
         if tensor not in chains:
-            s = scale_of(thresholds[tensor])
-            added += [numpy_helper.from_array(s, f"{tensor}/scale"),
-                      numpy_helper.from_array(np.array(0, np.int8), f"{tensor}/zero_point"),
-                      numpy_helper.from_array((-QMAX * s).astype(np.float32), f"{tensor}/clip_min"),
-                      numpy_helper.from_array((QMAX * s).astype(np.float32), f"{tensor}/clip_max")]
-            chains[tensor] = [
-                helper.make_node("Clip", [tensor, f"{tensor}/clip_min", f"{tensor}/clip_max"], [f"{tensor}/clipped"],
-                                 name=f"{tensor}/Clip"),
-                helper.make_node("QuantizeLinear", [f"{tensor}/clipped", f"{tensor}/scale", f"{tensor}/zero_point"],
-                                 [f"{tensor}/int8"], name=f"{tensor}/QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{tensor}/int8", f"{tensor}/scale", f"{tensor}/zero_point"],
-                                 [f"{tensor}/dequantized"], name=f"{tensor}/DequantizeLinear"),
-            ]
+            chains[tensor], constants = _activation_chain(tensor, thresholds[tensor])
+            added += constants
         rewired[n, k] = f"{tensor}/dequantized"
-
-    weight_nodes = []
-    quantized_weights: dict[str, str] = {}
     for index, node in enumerate(graph.node):
         if node.op_type != "Conv" or node_name(node, index) in skip:
             continue
         weight = node.input[1]
-        if weight not in quantized_weights:
-            values, s = quantize_weight(numpy_helper.to_array(weights[weight]), per_channel)
-            added += [numpy_helper.from_array(values, f"{weight}/int8"), numpy_helper.from_array(s, f"{weight}/scale"),
-                      numpy_helper.from_array(np.zeros(s.shape, np.int8), f"{weight}/zero_point")]
-            attrs = {"axis": 0} if per_channel else {}
-            weight_nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{weight}/int8", f"{weight}/scale", f"{weight}/zero_point"],
-                [f"{weight}/dequantized"], name=f"{weight}/DequantizeLinear", **attrs))
-            quantized_weights[weight] = f"{weight}/dequantized"
-        rewired[index, 1] = quantized_weights[weight]
+        if weight not in weight_nodes:
+            weight_nodes[weight], constants = _weight_chain(weights[weight], per_channel)
+            added += constants
+        rewired[index, 1] = f"{weight}/dequantized"
 
-    nodes = list(weight_nodes)
+    nodes = list(weight_nodes.values())
     for name in (i.name for i in graph.input):
         nodes += chains.get(name, [])
     for index, node in enumerate(graph.node):
