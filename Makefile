@@ -157,6 +157,9 @@ $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALI
 	$(PY) -m pipeline build --config '$(CONFIG_INT8)' --onnx '$<' --calib '$(CALIB_DIR)' --backend '$(BACKEND)' \
 		--out '$(@D)'
 
+layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX index (for skip_conv_layers)
+	$(PY) -m pipeline layers --config '$(CONFIG_INT8)' --onnx '$<'
+
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
 EVAL := $(ART)/eval
@@ -275,5 +278,5 @@ help: ## list targets and variables
 	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 eval release verify demo demo-ckpt demo-data demo-stages test clean \
-	clean-all help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 layers eval release verify demo demo-ckpt demo-data demo-stages \
+	test clean clean-all help FORCE

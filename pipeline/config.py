@@ -16,6 +16,7 @@ from .errors import PipelineError
 from .names import name_problem
 
 CALIBRATE_MODES = ("kl_divergence", "max", "percentile", "mse")
+CONV_NUMBERINGS = ("vamc", "onnx")  # how skip_conv_layers counts Convs (pipeline/backends/ort/numbering.py)
 BACKEND_DTYPES = ("fp16", "int8")
 FRONTEND_TYPES = ("onnx",)
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
@@ -103,6 +104,7 @@ class PipelineSettings:
     opset: int
     parity_tolerance: float
     gate: Gate
+    conv_numbering: str
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,8 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
     # The gate's limits are required: a default loose enough for any config would be a gate that never fails.
-    d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance"))
+    d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance",
+                                                                        "conv_numbering"))
     limits = ("max_mse_increase", "max_mad_increase", "max_miou_drop")
     g = r.mapping(d["gate"], "pipeline.gate", limits)
     gate = Gate(**{k: r.float_(g[k], f"pipeline.gate.{k}", 0.0, 1.0) for k in limits})
@@ -351,6 +354,7 @@ def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
         opset=r.int_(d.get("opset", 17), "pipeline.opset", minimum=11),
         parity_tolerance=r.float_(d.get("parity_tolerance", 1e-4), "pipeline.parity_tolerance", 0.0, 1.0),
         gate=gate,
+        conv_numbering=r.str_(d.get("conv_numbering", "vamc"), "pipeline.conv_numbering", CONV_NUMBERINGS),
     )
 
 

@@ -71,6 +71,7 @@ BAD = [
     (("name",), ".hidden", "name", "starts with a dot"),
     (("name",), "a..b", "name", "holds `..`"),
     (("dataset", "sampler", "suffix"), "jpg/../../x", "dataset.sampler.suffix", "path separator"),
+    (("pipeline", "conv_numbering"), "tvm", "pipeline.conv_numbering", "not one of vamc, onnx"),
 ]
 
 
@@ -105,6 +106,13 @@ def test_percentile_needs_a_range_and_passthrough_keys_are_kept(tmp_path):
     assert cfg.backend.quantize.calibrate_range == 0.99999
     assert cfg.backend.quantize.skip_conv_layers == (0, 2)
     assert cfg.vamc["backend"]["quantize"]["skip_conv_layers"] == [2, 0]  # vamc gets the file as written
+
+
+def test_conv_numbering_defaults_to_vamc(tmp_path):
+    raw = config_dict(INT8_CONFIG)
+    assert load_config(write_config(tmp_path / "a.yaml", raw)).pipeline.conv_numbering == "vamc"
+    raw["pipeline"]["conv_numbering"] = "onnx"
+    assert load_config(write_config(tmp_path / "b.yaml", raw)).pipeline.conv_numbering == "onnx"
 
 
 def test_unreadable_files(tmp_path):
