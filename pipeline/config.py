@@ -19,6 +19,8 @@ BACKEND_DTYPES = ("fp16", "int8")
 FRONTEND_TYPES = ("onnx",)
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 CVT_CODES = ("COLOR_BGR2RGB", "COLOR_RGB2BGR")
+VSX_INPUT_ORDERS = ("bgr", "rgb")
+VSX_RESIZES = ("host", "card")
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,19 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Vsx:
+    """How the VaststreamxRunner feeds a vamc engine on the card (settled by `make hwcheck`)."""
+    input_order: str  # bgr: planar as OpenCV decodes it (the card's BGR2RGB converts); rgb: converted on the host
+    resize: str  # host: resized to the model size here, like every engine; card: full-size photo, the card resizes
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     seed: int
     opset: int
     parity_tolerance: float
     gate: Gate
+    vsx: Vsx = Vsx(input_order="bgr", resize="host")
 
 
 @dataclass(frozen=True)
@@ -329,15 +339,20 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 
 
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
-    d = r.mapping(raw if raw is not None else {}, "pipeline", (), ("seed", "opset", "parity_tolerance", "gate"))
+    d = r.mapping(raw if raw is not None else {}, "pipeline", (), ("seed", "opset", "parity_tolerance", "gate",
+                                                                   "vsx"))
     g = r.mapping(d.get("gate", {}), "pipeline.gate", (), ("max_mse_increase", "max_mad_increase", "max_miou_drop"))
     gate = Gate(**{k: r.float_(g.get(k, 1.0), f"pipeline.gate.{k}", 0.0, 1.0)
                    for k in ("max_mse_increase", "max_mad_increase", "max_miou_drop")})
+    v = r.mapping(d.get("vsx", {}), "pipeline.vsx", (), ("input_order", "resize"))
+    vsx = Vsx(input_order=r.str_(v.get("input_order", "bgr"), "pipeline.vsx.input_order", VSX_INPUT_ORDERS),
+              resize=r.str_(v.get("resize", "host"), "pipeline.vsx.resize", VSX_RESIZES))
     return PipelineSettings(
         seed=r.int_(d.get("seed", 0), "pipeline.seed", minimum=0),
         opset=r.int_(d.get("opset", 17), "pipeline.opset", minimum=11),
         parity_tolerance=r.float_(d.get("parity_tolerance", 1e-4), "pipeline.parity_tolerance", 0.0, 1.0),
         gate=gate,
+        vsx=vsx,
     )
 
 
@@ -374,3 +389,16 @@ def load_config(path: str | Path) -> BuildConfig:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise PipelineError(f"config error: {path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     return parse_config(raw, path)
+
+
+# `make hwcheck` (pipeline/hwcheck.py): how its verdicts read the differences it measures, alpha in 0..1.
+# The fp16 engine on the right input agrees with ONNX Runtime fp32 to well within this mean |alpha difference|
+# (the ort fp16 engine is at 0.0025 on the random-weights demo model, the worst case we have measured):
+HWCHECK_AGREE_MEAN_ABS = 0.01
+# ...and the wrong channel order must be at least this many times further from fp32 than the right one:
+HWCHECK_SEPARATION = 10.0
+# Numbering: the vamc engine must be closer to one reference engine by this share of the distance between the
+# two references, on this share of the images, and the references must differ by at least this much at all:
+HWCHECK_NUMBERING_MARGIN = 1 / 3
+HWCHECK_NUMBERING_IMAGE_SHARE = 0.8
+HWCHECK_NUMBERING_MIN_GAP = 1.0e-3
