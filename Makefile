@@ -70,7 +70,8 @@ INT8 := $(call name,$(CONFIG_INT8))
 CALIB_DIR := $(ART)/calib/$(INT8)
 ENGINE_FP16 := $(ART)/engines/$(FP16)/$(BACKEND)
 ENGINE_INT8 := $(ART)/engines/$(INT8)/$(BACKEND)
-BUILD_CODE := pipeline/backends/__init__.py pipeline/backends/$(BACKEND).py pipeline/config.py
+BUILD_CODE := pipeline/backends/__init__.py $(wildcard pipeline/backends/$(BACKEND)/*.py pipeline/backends/$(BACKEND).py) \
+	pipeline/config.py
 
 calib: $(CALIB_DIR)/manifest.json ## draw the calibration subset of DATA (artifacts/calib/NAME/; REDRAW=1 draws anew)
 $(CALIB_DIR)/manifest.json: $(CONFIG_INT8) $(call optional,$(CALIB_LIST)) $(ART)/inputs/data.path \

@@ -15,6 +15,7 @@ import yaml
 from .errors import PipelineError
 
 CALIBRATE_MODES = ("kl_divergence", "max", "percentile", "mse")
+CONV_NUMBERINGS = ("vamc", "onnx")  # how skip_conv_layers counts Convs (pipeline/backends/ort/numbering.py)
 BACKEND_DTYPES = ("fp16", "int8")
 FRONTEND_TYPES = ("onnx",)
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
@@ -111,7 +112,8 @@ class PipelineSettings:
     opset: int
     parity_tolerance: float
     gate: Gate
-    vsx: Vsx = Vsx(input_order="bgr", resize="host")
+    conv_numbering: str
+    vsx: Vsx
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,7 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
     d = r.mapping(raw if raw is not None else {}, "pipeline", (), ("seed", "opset", "parity_tolerance", "gate",
-                                                                   "vsx"))
+                                                                    "conv_numbering", "vsx"))
     g = r.mapping(d.get("gate", {}), "pipeline.gate", (), ("max_mse_increase", "max_mad_increase", "max_miou_drop"))
     gate = Gate(**{k: r.float_(g.get(k, 1.0), f"pipeline.gate.{k}", 0.0, 1.0)
                    for k in ("max_mse_increase", "max_mad_increase", "max_miou_drop")})
@@ -352,6 +354,7 @@ def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
         opset=r.int_(d.get("opset", 17), "pipeline.opset", minimum=11),
         parity_tolerance=r.float_(d.get("parity_tolerance", 1e-4), "pipeline.parity_tolerance", 0.0, 1.0),
         gate=gate,
+        conv_numbering=r.str_(d.get("conv_numbering", "vamc"), "pipeline.conv_numbering", CONV_NUMBERINGS),
         vsx=vsx,
     )
 

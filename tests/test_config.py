@@ -60,6 +60,7 @@ BAD = [
     (("backend", "dtype"), "int4", "backend.dtype", "not one of fp16, int8"),
     (("pipeline", "parity_tolerance"), "1e-4", "pipeline.parity_tolerance", "write 1.0e-4"),
     (("pipeline", "seed"), True, "pipeline.seed", "expected an integer"),
+    (("pipeline", "conv_numbering"), "tvm", "pipeline.conv_numbering", "not one of vamc, onnx"),
 ]
 
 
@@ -94,6 +95,13 @@ def test_percentile_needs_a_range_and_passthrough_keys_are_kept(tmp_path):
     assert cfg.backend.quantize.calibrate_range == 0.99999
     assert cfg.backend.quantize.skip_conv_layers == (0, 2)
     assert cfg.vamc["backend"]["quantize"]["skip_conv_layers"] == [2, 0]  # vamc gets the file as written
+
+
+def test_conv_numbering_defaults_to_vamc(tmp_path):
+    raw = config_dict(INT8_CONFIG)
+    assert load_config(write_config(tmp_path / "a.yaml", raw)).pipeline.conv_numbering == "vamc"
+    raw["pipeline"]["conv_numbering"] = "onnx"
+    assert load_config(write_config(tmp_path / "b.yaml", raw)).pipeline.conv_numbering == "onnx"
 
 
 def test_unreadable_files(tmp_path):

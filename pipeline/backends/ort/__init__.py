@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..config import BuildConfig
-from ..errors import PipelineError
-from ..fileio import atomic_dir, sha256_file, write_bytes, write_json
-from . import base_manifest
+from ...config import BuildConfig
+from ...errors import PipelineError
+from ...fileio import atomic_dir, sha256_file, write_bytes, write_json
+from .. import base_manifest
+from .numbering import conv_order
 
 BINS = 2048          # histogram bins of |x| per tensor
 QUANT_LEVELS = 128   # quantized bins of the KL search (TensorRT's choice for int8)
@@ -69,7 +70,7 @@ def resolved_config(cfg: BuildConfig) -> dict:
 def convert_fp16(model: onnx.ModelProto) -> tuple[bytes, dict]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from .. import runtime
+    from ... import runtime
     blocked: list[str] = []
     while True:
         converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked or None,
@@ -296,8 +297,8 @@ def collect_ranges(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progre
     return ranges, summary
 
 
-def conv_names_to_skip(model: onnx.ModelProto, skip: tuple[int, ...], source) -> list[str]:
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+def conv_names_to_skip(model: onnx.ModelProto, skip: tuple[int, ...], numbering: str, source) -> list[str]:
+    convs = conv_order(model, numbering)
     bad = [i for i in skip if i >= len(convs)]
     if bad:
         raise PipelineError(f"{source}: backend.quantize.skip_conv_layers index {bad[0]} is out of range: the "
@@ -316,7 +317,7 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     for index, node in enumerate(model.graph.node):  # quantize_static needs node names; onnxsim keeps them
         if not node.name:
             node.name = f"{node.op_type}_{index}"
-    skip = conv_names_to_skip(model, quantize.skip_conv_layers, cfg.source)
+    skip = conv_names_to_skip(model, quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
     ranges, summary = collect_ranges(cfg, model, calib, progress)
     data = TensorsData(CalibrationMethod.MinMax,
                        {n: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
