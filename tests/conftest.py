@@ -73,17 +73,16 @@ def small_sim_onnx(tmp_path_factory, small_onnx, small_config) -> Path:
     return out
 
 
-@pytest.fixture
-def standin(tmp_path, monkeypatch):
-    """Puts the stand-in for vamc (tests/standin_vamc.py) first on PATH as `vamc`; returns a reader of its
-    recorded calls. STANDIN_VAMC_SOURCE must name the build config each build comes from."""
+def put_standin_on_path(folder: Path, monkeypatch) -> callable:
+    """Puts the stand-in for vamc (tests/standin_vamc.py) first on PATH as `vamc`, in FOLDER/bin; returns a reader
+    of its recorded calls. STANDIN_VAMC_SOURCE must name the build config each build comes from."""
     from standin_vamc import STANDIN
-    bin_dir = tmp_path / "bin"
+    bin_dir = folder / "bin"
     bin_dir.mkdir()
     script = bin_dir / "vamc"
     script.write_text(STANDIN.format(python=sys.executable))
     script.chmod(0o755)
-    record = tmp_path / "standin_calls.jsonl"
+    record = folder / "standin_calls.jsonl"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("STANDIN_VAMC_RECORD", str(record))
     for var in ("VAMC", "VAMC_COMMAND", "STANDIN_VAMC_FAIL", "STANDIN_VAMC_SKIP", "STANDIN_VAMC_NO_VERSION"):
@@ -93,3 +92,8 @@ def standin(tmp_path, monkeypatch):
         return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     calls.script = script
     return calls
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    return put_standin_on_path(tmp_path, monkeypatch)
