@@ -124,6 +124,16 @@ $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/met
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
 
+##@ First run on a card
+HWCHECK_SKIP ?= ## skip_conv_layers list of hwcheck's numbering check, e.g. 54 (empty: hwcheck chooses)
+
+hwcheck: $(STAMP) ## with a VACC card: channel order, resize path, conv numbering, int8 prediction (artifacts/hwcheck/report.md)
+	$(MAKE) --no-print-directory BACKEND=vamc fp16 int8
+	$(PY) -m pipeline hwcheck --config-fp16 $(CONFIG_FP16) --config-int8 $(CONFIG_INT8) \
+		--onnx-fp16 $(ART)/onnx/$(FP16).sim.onnx --onnx-int8 $(ART)/onnx/$(INT8).sim.onnx \
+		--engine-fp16 $(ART)/engines/$(FP16)/vamc --engine-int8 $(ART)/engines/$(INT8)/vamc --calib $(CALIB_DIR) \
+		--data $(DATA) --out $(ART)/hwcheck $(if $(HWCHECK_SKIP),--skip-conv-layers '$(HWCHECK_SKIP)')
+
 ##@ Release
 RELEASE_ROOT ?= $(ART)/release## where `make release` puts NAME-HASH/ bundles
 RELEASE ?= ## the bundle `make verify` rebuilds and compares, e.g. artifacts/release/official_modnet-0123abcd4567
@@ -175,4 +185,4 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 eval release verify demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 eval hwcheck release verify demo demo-ckpt demo-data demo-stages test clean help FORCE

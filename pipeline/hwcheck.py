@@ -388,19 +388,20 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     cfg16, cfg8 = load_config(inputs.config_fp16), load_config(inputs.config_int8)
     images = calibration_images(inputs.calib)
     few = images[:ORDER_IMAGES]
+    model = onnx.load(str(inputs.onnx_int8))
+    orders = {n: conv_order(model, n) for n in ("vamc", "onnx")}
+    bad = [i for i in inputs.skip or () if i >= len(orders["vamc"])]
+    if bad:
+        raise PipelineError(f"--skip-conv-layers {bad[0]} is out of range: {inputs.onnx_int8} has "
+                            f"{len(orders['vamc'])} Conv nodes (0..{len(orders['vamc']) - 1})")
+
     order, resize, rows = check_input(inputs, cfg16, few, progress)
     tables = {"Channel order and resize path (fp16 vamc engine vs ONNX Runtime fp32)": rows}
     vsx = {"input_order": order.value or cfg8.pipeline.vsx.input_order,
            "resize": resize.value or cfg8.pipeline.vsx.resize}
 
-    model = onnx.load(str(inputs.onnx_int8))
-    orders = {n: conv_order(model, n) for n in ("vamc", "onnx")}
     if inputs.skip is not None:
         skip, why = list(inputs.skip), "given on the command line"
-        bad = [i for i in skip if i >= len(orders["vamc"])]
-        if bad:
-            raise PipelineError(f"--skip-conv-layers {bad[0]} is out of range: {inputs.onnx_int8} has "
-                                f"{len(orders['vamc'])} Conv nodes")
     else:
         skip, why = choose_skip_list(model, cfg8, few, progress)
     variants = {n: variant_config(inputs.config_int8, out / "configs" / f"numbering_{n}.yaml", skip, n)

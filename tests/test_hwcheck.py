@@ -273,3 +273,40 @@ def test_fake_quantize_conv_matches_a_direct_computation():
 def test_vamc_engines_only(checked, tmp_path):
     with pytest.raises(PipelineError, match="BACKEND=vamc"):
         hwcheck._open_vamc(checked.out / "engines" / "reference" / "ort")
+
+
+def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+    shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "  hwcheck " in shown and "  HWCHECK_SKIP " in shown
+    art = tmp_path / "art"
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "hwcheck", f"ART={art}", "HWCHECK_SKIP=54"],
+                         cwd=REPO, capture_output=True, text=True)
+    commands = dry.stdout.replace("\\\n", " ")
+    assert "BACKEND=vamc fp16 int8" in commands
+    line = next(line for line in commands.splitlines() if "-m pipeline hwcheck" in line).split()
+    args = dict(zip(line[4::2], line[5::2]))
+    assert args == {
+        "--config-fp16": "build_configs/official_modnet_fp16.yaml",
+        "--config-int8": "build_configs/official_modnet_int8.yaml",
+        "--onnx-fp16": f"{art}/onnx/official_modnet_fp16.sim.onnx",
+        "--onnx-int8": f"{art}/onnx/official_modnet_int8.sim.onnx",
+        "--engine-fp16": f"{art}/engines/official_modnet_fp16/vamc",
+        "--engine-int8": f"{art}/engines/official_modnet_int8/vamc",
+        "--calib": f"{art}/calib/official_modnet_int8", "--data": "datasets/PPM-100", "--out": f"{art}/hwcheck",
+        "--skip-conv-layers": "'54'"}
+
+
+@pytest.mark.parametrize("value, message", [("5x", "expected indices like 54"), ("-1", "expected indices >= 0"),
+                                            ("999", "999 is out of range")])
+def test_bad_skip_list_is_one_line_before_anything_runs(checked, tmp_path, capsys, value, message):
+    i = checked.inputs
+    code = main(["hwcheck", "--config-fp16", str(i.config_fp16), "--config-int8", str(i.config_int8),
+                 "--onnx-fp16", str(i.onnx_fp16), "--onnx-int8", str(i.onnx_int8), "--engine-fp16",
+                 str(i.engine_fp16), "--engine-int8", str(i.engine_int8), "--calib", str(i.calib), "--data",
+                 str(i.data), "--out", str(tmp_path / "out"), "--skip-conv-layers", value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
