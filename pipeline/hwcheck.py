@@ -203,12 +203,20 @@ def summary(verdicts: list[Verdict], report: Path, width: int = 118) -> str:
     lines = [f"hwcheck: {report}"]
     indent = " " * 30
     for v in verdicts:
-        lines += textwrap.wrap(v.finding, width, initial_indent=f"  {v.check:<14} {STATUS_WORD[v.status]:<13}",
-                               subsequent_indent=indent)
+        wrap = {"width": width, "break_on_hyphens": False, "break_long_words": False}
+        lines += textwrap.wrap(v.finding, initial_indent=f"  {v.check:<14} {STATUS_WORD[v.status]:<13}",
+                               subsequent_indent=indent, **wrap)
         if v.action:
-            lines += textwrap.wrap(v.action, width, initial_indent=f"{indent}fix: ", subsequent_indent=indent + "     ")
+            lines += textwrap.wrap(v.action, initial_indent=f"{indent}fix: ", subsequent_indent=indent + "     ",
+                                   **wrap)
     failing = [v.check for v in verdicts if v.failing]
-    lines.append(f"hwcheck: {'needs attention: ' + ', '.join(failing) if failing else 'all settled'}")
+    unsettled = [v.check for v in verdicts if v.status == "inconclusive" and not v.failing]
+    if failing:
+        lines.append(f"hwcheck: needs attention: {', '.join(failing)}")
+    elif unsettled:
+        lines.append(f"hwcheck: nothing to change; not settled, and not needed by these configs: {', '.join(unsettled)}")
+    else:
+        lines.append("hwcheck: all settled")
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +225,9 @@ def markdown(verdicts: list[Verdict], tables: dict[str, list[tuple[str, Agreemen
     out = ["# hwcheck: what the card settled", "",
            "What each verdict means and what to change: docs/first-run-on-a-card.md.", "",
            "| Check | Verdict | Finding | Fix |", "|:--|:--|:--|:--|"]
-    out += [f"| {v.check} | {STATUS_WORD[v.status]} | {v.finding} | {v.action or '-'} |" for v in verdicts]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|") or "-"
+    out += [f"| {v.check} | {STATUS_WORD[v.status]} | {cell(v.finding)} | {cell(v.action)} |" for v in verdicts]
     for title, rows in tables.items():
         out += ["", f"## {title}", "", "| Engine and input | Against | Images | Mean abs diff | Max abs diff | "
                                         "Label flips |", "|:--|:--|--:|--:|--:|--:|"]
@@ -231,7 +241,7 @@ def markdown(verdicts: list[Verdict], tables: dict[str, list[tuple[str, Agreemen
     if scores:
         keys = ("mse", "mad", "sad", "grad", "conn", "miou")
         out += ["", "## Vendor metrics on the calibration images' mattes", "",
-                "| Engine | " + " | ".join(k.upper() if k != "miou" else "mIoU" for k in keys) + " |",
+                "| Engine | MSE | MAD | SAD | Grad | Conn | mIoU |",
                 "|:--|" + "--:|" * len(keys)]
         out += [f"| {label} | " + " | ".join(f"{s[k]:.5f}" for k in keys) + " |" for label, s in scores.items()]
     return "\n".join(out) + "\n"

@@ -310,3 +310,21 @@ def test_bad_skip_list_is_one_line_before_anything_runs(checked, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_summary_and_report_of_hand_made_verdicts(tmp_path):
+    ok = order_verdict(agree(0.002), agree(0.09), "bgr", "A and B")
+    change = numbering_verdict(agree(0.05), agree(0.01), agree(0.05), "vamc", "int8.yaml", matters=False)
+    unsure = numbering_verdict(agree(0.04), agree(0.05), agree(0.05), "vamc", "int8.yaml", matters=False)
+    report = tmp_path / "report.md"
+    text = hwcheck.summary([ok, change], report)
+    assert text.splitlines()[0] == f"hwcheck: {report}"
+    assert "  channel order  OK           host BGR agrees with fp32 (mean |diff| 0.0020), host RGB does not " \
+           "(0.0900, 45x further)\n" in text
+    assert "fix: set `pipeline.conv_numbering: onnx` in int8.yaml\n" in text
+    assert text.endswith("hwcheck: needs attention: numbering\n")
+    assert hwcheck.summary([ok], report).endswith("hwcheck: all settled\n")
+    assert hwcheck.summary([ok, unsure], report).endswith("not needed by these configs: numbering\n")
+    md = hwcheck.markdown([ok, change], {}, {}, {})
+    rows = [line for line in md.splitlines() if line.startswith(("| channel order", "| numbering"))]
+    assert len(rows) == 2 and all(line.replace("\\|", "").count("|") == 5 for line in rows)
