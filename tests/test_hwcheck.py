@@ -328,3 +328,15 @@ def test_summary_and_report_of_hand_made_verdicts(tmp_path):
     md = hwcheck.markdown([ok, change], {}, {}, {})
     rows = [line for line in md.splitlines() if line.startswith(("| channel order", "| numbering"))]
     assert len(rows) == 2 and all(line.replace("\\|", "").count("|") == 5 for line in rows)
+
+
+@pytest.mark.parametrize("converts, order", [(True, "bgr"), (False, "rgb")])
+def test_evaluate_feeds_a_vamc_engine_as_the_config_says(checked, monkeypatch, tmp_path, converts, order):
+    from pipeline.evaluate import evaluate
+    install(monkeypatch, Card(converts=converts))  # no noise: the fake card runs the fp32 model
+    cfg = hwcheck.with_vsx(checked.cfg16, input_order=order)
+    fp32 = evaluate(cfg, checked.inputs.onnx_fp16, checked.inputs.data, tmp_path / "fp32")
+    card = evaluate(cfg, checked.engines["fp16"], checked.inputs.data, tmp_path / "card")
+    assert card["engine"]["backend"] == "vamc" and card["images"] == fp32["images"] == 5
+    for key in ("mse", "mad", "sad", "grad", "conn", "miou"):
+        assert card[key] == pytest.approx(fp32[key], abs=1e-9)
