@@ -183,8 +183,7 @@ def cmd_hwcheck(args) -> None:
     print(text, end="")
     failing = [v.check for v in verdicts if v.failing]
     if failing:
-        raise PipelineError(f"hwcheck: {', '.join(failing)} need attention (the fix is above and in "
-                            f"{Path(args.out) / 'report.md'})")
+        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {Path(args.out) / 'report.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

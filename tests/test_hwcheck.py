@@ -77,7 +77,7 @@ def checked(tmp_path_factory, small_config, small_sim_onnx):
                             calib=calib, data=tmp / "PPM-100")
     return SimpleNamespace(code=code, stdout=stdout.getvalue(), stderr=stderr.getvalue(), out=out, calls=fake.calls,
                            inputs=inputs, cfg16=load_config(small_config), cfg8=cfg8, engines=engines,
-                           images=hwcheck.calibration_images(calib), card=card)
+                           images=hwcheck.calibration_photos(calib), card=card)
 
 
 def test_right_order_and_consistent_numbering_pass(checked):
@@ -340,3 +340,14 @@ def test_evaluate_feeds_a_vamc_engine_as_the_config_says(checked, monkeypatch, t
     assert card["engine"]["backend"] == "vamc" and card["images"] == fp32["images"] == 5
     for key in ("mse", "mad", "sad", "grad", "conn", "miou"):
         assert card[key] == pytest.approx(fp32[key], abs=1e-9)
+
+
+def test_a_setting_to_change_exits_non_zero_after_the_summary(monkeypatch, tmp_path, capsys):
+    change = order_verdict(agree(0.09), agree(0.002), "bgr", "A and B")
+    monkeypatch.setattr(hwcheck, "run", lambda inputs, out, progress: ([change], "SUMMARY\n"))
+    code = main(["hwcheck", *[a for flag in ("--config-fp16", "--config-int8", "--onnx-fp16", "--onnx-int8",
+                                             "--engine-fp16", "--engine-int8", "--calib", "--data")
+                              for a in (flag, "x")], "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "SUMMARY\n"
+    assert err == f"error: hwcheck: channel order: see the fix above and in {tmp_path / 'report.md'}\n"
