@@ -88,6 +88,9 @@ $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALI
 		$(STAMP)
 	$(PY) -m pipeline build --config $(CONFIG_INT8) --onnx $< --calib $(CALIB_DIR) --backend $(BACKEND) --out $(@D)
 
+layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX index (for skip_conv_layers)
+	$(PY) -m pipeline layers --config $(CONFIG_INT8) --onnx $<
+
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
 EVAL := $(ART)/eval
@@ -185,4 +188,4 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 eval hwcheck release verify demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 layers eval hwcheck release verify demo demo-ckpt demo-data demo-stages test clean help FORCE

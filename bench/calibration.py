@@ -1,14 +1,15 @@
-"""Benchmark of the ort int8 build: wall time and peak RSS per number of calibration images (not a test).
+"""Benchmark of the ort int8 build: wall time and peak RSS per calibrate mode and number of images (not a test).
 
-    .venv/bin/python bench/calibration.py [--counts 8 50 200] [--work DIR] [--onnx SIM.onnx]
+    .venv/bin/python bench/calibration.py [--counts 8 50 200] [--modes kl_divergence max percentile mse]
+                                          [--work DIR] [--onnx SIM.onnx]
 
 Generated data only: a seeded PPM-100-shaped folder (images shrunk to about 600 px; preprocessing resizes them to
 the config's 480x288 anyway), the int8 config with get_data_num = N, `python -m pipeline calib` and
 `python -m pipeline build --backend ort` each in a child process that reports its own peak RSS (VmHWM). The ONNX
 is the demo model (`make demo` writes it); without it the demo checkpoint is exported and simplified here.
 For comparison, N plain fp32 forward passes of the same ONNX on the same tensors are timed in this process.
-Targets: build peak RSS at N=50 under 3 GB and flat in N; build time under 3x the N forward passes plus a fixed
-overhead.
+Targets (issue 12): build peak RSS at most 1.0 GB and flat in N; at N=50 a build time of at most 2.5x the N
+forward passes + 10 s for kl_divergence (two passes over the images) and 1.5x + 10 s for max (one pass).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def run(args: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[8, 50, 200])
+    parser.add_argument("--modes", nargs="+", default=["kl_divergence", "max", "percentile", "mse"])
     parser.add_argument("--work", default=str(REPO / "artifacts" / "bench"))
     parser.add_argument("--onnx", default=str(REPO / "artifacts/demo/onnx/official_modnet_int8.sim.onnx"))
     args = parser.parse_args()
@@ -71,31 +73,36 @@ def main() -> None:
 
     from pipeline import runtime
     session = runtime.session(onnx)
-    rows = []
+    targets = {"kl_divergence": 2.5, "percentile": 2.5, "mse": 2.5, "max": 1.5}
     for n in args.counts:
         raw = yaml.safe_load(config_src.read_text())
         raw["dataset"]["sampler"]["get_data_num"] = n
         cfg = work / f"int8_n{n}.yaml"
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
-        calib, engine = work / f"calib_n{n}", work / f"engine_n{n}"
+        calib = work / f"calib_n{n}"
         calib_s, calib_rss = run(["calib", "--config", str(cfg), "--data", str(data), "--list",
                                   str(work / f"list_n{n}.txt"), "--out", str(calib), "--redraw"])
-        build_s, build_rss = run(["build", "--config", str(cfg), "--onnx", str(onnx), "--calib", str(calib),
-                                  "--backend", "ort", "--out", str(engine)])
         tensors = np.load(calib / "tensors.npy", mmap_mode="r")
         runtime.run(session, np.ascontiguousarray(tensors[:1]))  # warm-up
         start = time.perf_counter()
         for i in range(n):
             runtime.run(session, np.ascontiguousarray(tensors[i:i + 1]))
         forward_s = time.perf_counter() - start
-        rows.append((n, calib_s, calib_rss, build_s, build_rss, forward_s))
-        print(f"N={n:4d}  calib {calib_s:6.1f} s {calib_rss:7.0f} MB | int8 build {build_s:6.1f} s "
-              f"peak RSS {build_rss:7.0f} MB | {n} fp32 forwards {forward_s:6.1f} s "
-              f"(build / forwards = {build_s / forward_s:4.1f}x)", flush=True)
-    if len(rows) > 1:
-        (n0, *_, b0, _, f0), (n1, *_, b1, _, f1) = rows[0], rows[-1]
-        print(f"marginal build time per image {(b1 - b0) / (n1 - n0):.2f} s vs forward {(f1 - f0) / (n1 - n0):.2f} s "
-              f"({(b1 - b0) / (f1 - f0):.1f}x); fixed overhead about {b0 - (b1 - b0) / (n1 - n0) * n0:.1f} s")
+        print(f"N={n:4d}  calib {calib_s:6.1f} s {calib_rss:5.0f} MB | {n} fp32 forwards {forward_s:6.1f} s",
+              flush=True)
+        for mode in args.modes:
+            raw["backend"]["quantize"]["calibrate_mode"] = mode
+            if mode == "percentile":
+                raw["backend"]["quantize"]["calibrate_range"] = 0.99999
+            mode_cfg = work / f"int8_n{n}_{mode}.yaml"
+            mode_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+            build_s, build_rss = run(["build", "--config", str(mode_cfg), "--onnx", str(onnx), "--calib",
+                                      str(calib), "--backend", "ort", "--out", str(work / f"engine_n{n}_{mode}")])
+            limit = targets[mode] * forward_s + 10
+            verdict = "ok" if build_s <= limit else "MISSED"
+            print(f"    {mode:13s} build {build_s:6.1f} s (target {limit:5.1f} s: {verdict}, "
+                  f"{build_s / forward_s:4.1f}x forwards) peak RSS {build_rss:5.0f} MB "
+                  f"({'ok' if build_rss <= 1024 else 'MISSED'})", flush=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,24 @@ def cmd_build(args) -> None:
     print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
 
 
+def cmd_layers(args) -> None:
+    import onnx
+
+    from .backends.ort import skipped_convs
+    from .backends.ort.numbering import conv_table, format_conv_table
+    cfg = _config(args.config)
+    if not Path(args.onnx).is_file():
+        raise PipelineError(f"{args.onnx}: no such ONNX file (run `make simplify` first)")
+    model = onnx.load(args.onnx)
+    numbering = cfg.pipeline.conv_numbering
+    skip = cfg.backend.quantize.skip_conv_layers if cfg.backend.quantize else ()
+    skipped = skipped_convs(model, skip, numbering, cfg.source)
+    rows = conv_table(model)
+    print(format_conv_table(rows, set(skipped)))
+    print(f"{len(rows)} Convs. skip_conv_layers {list(skip)} counts in {numbering} order "
+          f"(pipeline.conv_numbering in {cfg.source}): " + (", ".join(skipped) or "nothing") + " stays float.")
+
+
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate
     report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit,
@@ -218,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ort: reference engine on ONNX Runtime; vamc: the vendor compiler")
     p.add_argument("--out", required=True, help="engine folder to write")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("layers", help="list every Conv: vamc and ONNX index (skip_conv_layers), branch, shapes")
+    p.add_argument("--config", required=True, help="build config YAML (skip_conv_layers, pipeline.conv_numbering)")
+    p.add_argument("--onnx", required=True, help="simplified ONNX")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")
     p.add_argument("--config", required=True, help="build config YAML (shape, preprocessing, image suffix)")

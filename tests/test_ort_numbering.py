@@ -58,3 +58,22 @@ def test_modnet_numbering(small_sim_onnx):
     rows = conv_table(model)
     assert {r["branch"] for r in rows} == {"backbone", "lr", "hr", "fusion"}
     assert [r["onnx_node"] for r in rows] == vamc
+
+
+def test_layers_command_marks_the_skipped_conv(tmp_path, small_sim_onnx, capsys):
+    from conftest import INT8_CONFIG, small_config_dict, write_config
+    from pipeline.cli import main
+    raw = small_config_dict(INT8_CONFIG)
+    raw["backend"]["quantize"]["skip_conv_layers"] = [54]
+    config = write_config(tmp_path / "int8.yaml", raw)
+    assert main(["layers", "--config", str(config), "--onnx", str(small_sim_onnx)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["vamc", "onnx", "skip", "branch"] and len(lines) == 1 + 69 + 1
+    assert lines[1 + 54].split() == ["54", "65", "float", "fusion", "5x5", "1x1", "1", "1x32x32x24", "1x32x32x24",
+                                     "/f_branch/conv_lr4x/layers/layers.0/Conv"]
+    assert "float" not in lines[1 + 55]
+    assert lines[-1].endswith("/f_branch/conv_lr4x/layers/layers.0/Conv stays float.")
+    raw["backend"]["quantize"]["skip_conv_layers"] = [69]
+    write_config(config, raw)
+    assert main(["layers", "--config", str(config), "--onnx", str(small_sim_onnx)]) == 2
+    assert "skip_conv_layers index 69 is out of range" in capsys.readouterr().err

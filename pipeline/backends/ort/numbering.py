@@ -96,3 +96,16 @@ def conv_table(model: onnx.ModelProto) -> list[dict]:
             "output_shape": _shape(infos.get(node.output[0])),
         })
     return rows
+
+
+def format_conv_table(rows: list[dict], skipped: set[str] = frozenset()) -> str:
+    """`conv_table` as aligned text; SKIPPED Conv names are marked (they stay float in the int8 build)."""
+    def dims(values) -> str:
+        return "x".join(str(v) for v in values) if values else "?"
+    header = ("vamc", "onnx", "skip", "branch", "kernel", "stride", "groups", "input", "output", "onnx node")
+    lines = [header] + [(str(r["vamc_index"]), str(r["onnx_index"]), "float" if r["onnx_node"] in skipped else "",
+                         r["branch"], dims(r["kernel"]), dims(r["stride"]), str(r["groups"]),
+                         dims(r["input_shape"]), dims(r["output_shape"]), r["onnx_node"]) for r in rows]
+    widths = [max(len(line[k]) for line in lines) for k in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+                     for line in lines)
