@@ -214,7 +214,8 @@ def summary(verdicts: list[Verdict], report: Path, width: int = 118) -> str:
     if failing:
         lines.append(f"hwcheck: needs attention: {', '.join(failing)}")
     elif unsettled:
-        lines.append(f"hwcheck: nothing to change; not settled, and not needed by these configs: {', '.join(unsettled)}")
+        lines.append(f"hwcheck: nothing to change; not settled, and not needed by these configs: "
+                     f"{', '.join(unsettled)}")
     else:
         lines.append("hwcheck: all settled")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
