@@ -32,7 +32,7 @@ endef
 unsafe_chars := $$ ` ' " ; & | < > ( ) { } [ ] * ? ~ \ % \#
 unsafe = $(strip $(foreach c,$(unsafe_chars),$(if $(findstring $c,$(value $1)),$c)) \
 	$(if $(findstring $(newline),$(value $1)),newline) $(if $(word 2,x$(value $1)x),space))
-PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND \
+PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND HWCHECK_SKIP \
 	PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
@@ -201,6 +201,16 @@ $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/met
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
 
+##@ First run on a card
+HWCHECK_SKIP ?= ## skip_conv_layers list of hwcheck's numbering check, e.g. 54 (empty: hwcheck chooses)
+
+hwcheck: $(STAMP) ## with a VACC card: channel order, resize path, conv numbering, int8 prediction (artifacts/hwcheck/report.md)
+	$(MAKE) --no-print-directory BACKEND=vamc fp16 int8
+	$(PY) -m pipeline hwcheck --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' \
+		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
+		--engine-fp16 '$(ART)/engines/$(FP16)/vamc' --engine-int8 '$(ART)/engines/$(INT8)/vamc' --calib '$(CALIB_DIR)' \
+		--data '$(DATA)' --out '$(ART)/hwcheck' $(if $(HWCHECK_SKIP),--skip-conv-layers '$(HWCHECK_SKIP)')
+
 ##@ Release
 RELEASE_ROOT ?= $(ART)/release## where `make release` puts NAME-HASH/ bundles
 RELEASE ?= ## the bundle `make verify` rebuilds and compares, e.g. artifacts/release/official_modnet-0123abcd4567
@@ -278,5 +288,5 @@ help: ## list targets and variables
 	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 layers eval release verify demo demo-ckpt demo-data demo-stages \
-	test clean clean-all help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 layers eval hwcheck release verify demo demo-ckpt demo-data \
+	demo-stages test clean clean-all help FORCE

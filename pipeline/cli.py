@@ -234,6 +234,28 @@ def cmd_verify(args) -> None:
           + ("" if args.scratch else "; scratch rebuild removed"))
 
 
+def cmd_hwcheck(args) -> None:
+    from .hwcheck import Inputs, run
+    skip = None
+    if args.skip_conv_layers is not None:
+        try:
+            skip = tuple(int(v) for v in args.skip_conv_layers.split(",") if v.strip())
+        except ValueError:
+            raise PipelineError(f"--skip-conv-layers {args.skip_conv_layers!r}: expected indices like 54 or "
+                                f"54,60") from None
+        if not skip or min(skip) < 0:
+            raise PipelineError(f"--skip-conv-layers {args.skip_conv_layers!r}: expected indices >= 0")
+    inputs = Inputs(config_fp16=Path(args.config_fp16), config_int8=Path(args.config_int8),
+                    onnx_fp16=Path(args.onnx_fp16), onnx_int8=Path(args.onnx_int8),
+                    engine_fp16=Path(args.engine_fp16), engine_int8=Path(args.engine_int8), calib=Path(args.calib),
+                    data=Path(args.data), skip=skip)
+    verdicts, text = run(inputs, Path(args.out), lambda it, desc, total=None: progress(it, desc, total))
+    print(text, end="")
+    failing = [v.check for v in verdicts if v.failing]
+    if failing:
+        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {Path(args.out) / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -316,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch", help="folder for the rebuild (default: a new one under --scratch-root)")
     p.add_argument("--scratch-root", default=None, help="where the default scratch folder is made")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("hwcheck", help="on a machine with a VACC card: channel order, resize path, skip_conv_layers "
+                                       "numbering and int8 prediction, with the fix for each")
+    for flag, text in (("--config-fp16", "fp16 build config"), ("--config-int8", "int8 build config"),
+                       ("--onnx-fp16", "simplified ONNX of the fp16 config"),
+                       ("--onnx-int8", "simplified ONNX of the int8 config"),
+                       ("--engine-fp16", "fp16 vamc engine folder"), ("--engine-int8", "int8 vamc engine folder"),
+                       ("--calib", "calibration folder from `calib`"),
+                       ("--data", "PPM-100-shaped folder the calibration images come from (their mattes)"),
+                       ("--out", "folder for report.md, the reference engines and configs")):
+        p.add_argument(flag, required=True, help=text)
+    p.add_argument("--skip-conv-layers", help="skip list of the numbering check, e.g. 54 (default: chosen)")
+    p.set_defaults(func=cmd_hwcheck)
 
     p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
     p.add_argument("--out", required=True)

@@ -21,6 +21,8 @@ BACKEND_DTYPES = ("fp16", "int8")
 FRONTEND_TYPES = ("onnx",)
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 CVT_CODES = ("COLOR_BGR2RGB", "COLOR_RGB2BGR")
+VSX_INPUT_ORDERS = ("bgr", "rgb")
+VSX_RESIZES = ("host", "card")
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,20 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Vsx:
+    """How the VaststreamxRunner feeds a vamc engine on the card (settled by `make hwcheck`)."""
+    input_order: str  # bgr: planar as OpenCV decodes it (the card's BGR2RGB converts); rgb: converted on the host
+    resize: str  # host: resized to the model size here, like every engine; card: full-size photo, the card resizes
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     seed: int
     opset: int
     parity_tolerance: float
     gate: Gate
     conv_numbering: str
+    vsx: Vsx
 
 
 @dataclass(frozen=True)
@@ -345,16 +355,20 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
     # The gate's limits are required: a default loose enough for any config would be a gate that never fails.
     d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance",
-                                                                        "conv_numbering"))
+                                                                        "conv_numbering", "vsx"))
     limits = ("max_mse_increase", "max_mad_increase", "max_miou_drop")
     g = r.mapping(d["gate"], "pipeline.gate", limits)
     gate = Gate(**{k: r.float_(g[k], f"pipeline.gate.{k}", 0.0, 1.0) for k in limits})
+    v = r.mapping(d.get("vsx", {}), "pipeline.vsx", (), ("input_order", "resize"))
+    vsx = Vsx(input_order=r.str_(v.get("input_order", "bgr"), "pipeline.vsx.input_order", VSX_INPUT_ORDERS),
+              resize=r.str_(v.get("resize", "host"), "pipeline.vsx.resize", VSX_RESIZES))
     return PipelineSettings(
         seed=r.int_(d.get("seed", 0), "pipeline.seed", minimum=0),
         opset=r.int_(d.get("opset", 17), "pipeline.opset", minimum=11),
         parity_tolerance=r.float_(d.get("parity_tolerance", 1e-4), "pipeline.parity_tolerance", 0.0, 1.0),
         gate=gate,
         conv_numbering=r.str_(d.get("conv_numbering", "vamc"), "pipeline.conv_numbering", CONV_NUMBERINGS),
+        vsx=vsx,
     )
 
 
@@ -393,3 +407,16 @@ def load_config(path: str | Path) -> BuildConfig:
     if raw is None:
         raise PipelineError(f"config error: {path} is empty (copy one of build_configs/*.yaml to start from)")
     return parse_config(raw, path)
+
+
+# `make hwcheck` (pipeline/hwcheck.py): how its verdicts read the differences it measures, alpha in 0..1.
+# The fp16 engine on the right input agrees with ONNX Runtime fp32 to well within this mean |alpha difference|
+# (the ort fp16 engine is at 0.0025 on the random-weights demo model, the worst case we have measured):
+HWCHECK_AGREE_MEAN_ABS = 0.01
+# ...and the wrong channel order must be at least this many times further from fp32 than the right one:
+HWCHECK_SEPARATION = 10.0
+# Numbering: the vamc engine must be closer to one reference engine by this share of the distance between the
+# two references, on this share of the images, and the references must differ by at least this much at all:
+HWCHECK_NUMBERING_MARGIN = 1 / 3
+HWCHECK_NUMBERING_IMAGE_SHARE = 0.8
+HWCHECK_NUMBERING_MIN_GAP = 1.0e-3

@@ -110,10 +110,14 @@ class OnnxRunner(Runner):
 class VaststreamxRunner(Runner):
     """The vendor runtime on a VACC card, as the vendor's own samples drive it: vsx.Model on the prefix `mod`, the
     preprocessing op from vdsp_params.json (fused resize, BGR->RGB, (x - mean) / std on the card), a Graph and a
-    Stream run synchronously. Its input is the image decoded by OpenCV (BGR) and resized to the model's size by
-    the shared preprocessing's Resize (so every engine sees the same pixels), planar, as vdsp_params.json
-    declares (IimageFormat RGB_PLANAR at the model's size). Written against the vendor's documented sample API;
-    it has not run on hardware here (vaststreamx is not installable on these machines)."""
+    Stream run synchronously. Its input is the image decoded by OpenCV, planar, labelled RGB_PLANAR as
+    vdsp_params.json declares, prepared as the config's `pipeline.vsx` says:
+    - input_order bgr (default): the channels as OpenCV decodes them, for the card's BGR2RGB to convert; rgb:
+      converted to RGB on the host first, as the vendor's MODNet sample does;
+    - resize host (default): resized to the model's size by the shared preprocessing's Resize, so every engine
+      sees the same pixels; card: the full-size photo, resized by the card's fused op, as the vendor's sample does.
+    Which of these the card needs is what `make hwcheck` settles. Written against the vendor's documented sample
+    API; it has not run on hardware here (vaststreamx is not installable on these machines)."""
 
     def __init__(self, info: EngineInfo, device_id: int = 0):
         try:
@@ -146,13 +150,18 @@ class VaststreamxRunner(Runner):
         if tuple(resize.size) != (self.height, self.width):
             raise PipelineError(f"{cfg.source}: Resize {list(resize.size)} differs from the engine's vdsp input "
                                 f"{self.height}x{self.width}")
-        bgr = cv2.resize(bgr, (self.width, self.height),
-                         interpolation=INTERPOLATION[resize.interpolation])
-        return np.ascontiguousarray(bgr.transpose(2, 0, 1))  # planar, still BGR: the fused op converts
+        settings = cfg.pipeline.vsx
+        image = bgr
+        if settings.resize == "host":
+            image = cv2.resize(image, (self.width, self.height), interpolation=INTERPOLATION[resize.interpolation])
+        if settings.input_order == "rgb":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return np.ascontiguousarray(image.transpose(2, 0, 1))  # planar, labelled RGB_PLANAR either way
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
         vsx = self.vsx
-        image = vsx.create_image(prepared, vsx.ImageFormat.RGB_PLANAR, self.width, self.height, self.device_id)
+        _, height, width = prepared.shape  # the model's size, or the photo's when the card resizes
+        image = vsx.create_image(prepared, vsx.ImageFormat.RGB_PLANAR, width, height, self.device_id)
         outputs = self.stream.run_sync([image])
         alpha = np.asarray(vsx.as_numpy(outputs[0][0]), dtype=np.float32)
         return alpha.reshape(alpha.shape[-2:])

@@ -5,6 +5,8 @@ Shared by every test module: add fixtures with small edits, do not rewrite this 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,3 +72,29 @@ def small_sim_onnx(tmp_path_factory, small_onnx, small_config) -> Path:
     out = tmp_path_factory.mktemp("sim") / "small.sim.onnx"
     simplify_onnx(load_config(small_config), small_onnx, out)
     return out
+
+
+def put_standin_on_path(folder: Path, monkeypatch) -> callable:
+    """Puts the stand-in for vamc (tests/standin_vamc.py) first on PATH as `vamc`, in FOLDER/bin; returns a reader
+    of its recorded calls. STANDIN_VAMC_SOURCE must name the build config each build comes from."""
+    from standin_vamc import STANDIN
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "vamc"
+    script.write_text(STANDIN.format(python=sys.executable))
+    script.chmod(0o755)
+    record = folder / "standin_calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_VAMC_RECORD", str(record))
+    for var in ("VAMC", "VAMC_COMMAND", "STANDIN_VAMC_FAIL", "STANDIN_VAMC_SKIP", "STANDIN_VAMC_NO_VERSION"):
+        monkeypatch.delenv(var, raising=False)
+
+    def calls() -> list[dict]:
+        return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    calls.script = script
+    return calls
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    return put_standin_on_path(tmp_path, monkeypatch)

@@ -1,8 +1,9 @@
 """The vamc backend, driven against a STAND-IN for the vendor compiler (vamc itself is not installable here).
 
-The stand-in is a small script written by these tests. It checks that the YAML it receives honours the contract
-of docs/vamc-build-config.md, records how it was called, and writes three small placeholder
-files where vamc would put the engine. It builds nothing real: these tests check our side of the contract only.
+The stand-in (tests/standin_vamc.py, put on PATH by conftest's `standin` fixture) is a small script. It checks
+that the YAML it receives honours the contract of docs/vamc-build-config.md, records how it was
+called, and writes three small placeholder files where vamc would put the engine. It builds nothing real: these
+tests check our side of the contract only.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -24,81 +24,6 @@ from pipeline.backends import build_engine
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 
-STANDIN = '''#!{python}
-"""STAND-IN for the vendor compiler, used by tests: checks the contract, builds nothing real.
-
-Env: STANDIN_VAMC_RECORD (JSON-lines file of calls), STANDIN_VAMC_SOURCE (the build config the YAML came from),
-STANDIN_VAMC_FAIL=1 (write mod.so, then exit 3), STANDIN_VAMC_SKIP=FILE (exit 0 without writing FILE),
-STANDIN_VAMC_NO_VERSION=1 (`--version` fails).
-"""
-import copy, json, os, sys
-from pathlib import Path
-import yaml
-
-env = os.environ
-with open(env["STANDIN_VAMC_RECORD"], "a") as rec:
-    rec.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
-if sys.argv[1:] == ["--version"]:
-    if env.get("STANDIN_VAMC_NO_VERSION"):
-        print("unknown option --version")
-        sys.exit(2)
-    print("vamc STAND-IN 0.0 (tests)")
-    print("second line")
-    sys.exit(0)
-
-def violation(msg):
-    print("contract violation: " + msg)
-    sys.exit(9)
-
-if len(sys.argv) != 3 or sys.argv[1] not in ("compile", "build"):
-    violation("expected `vamc compile|build CONFIG.yaml`, got %r" % sys.argv[1:])
-path = Path(sys.argv[2])
-if not path.is_absolute() or not path.is_file():
-    violation("config path not absolute or missing: %s" % path)
-text = path.read_text()
-doc = yaml.safe_load(text)
-with open(env["STANDIN_VAMC_RECORD"], "a") as rec:
-    rec.write(json.dumps({{"yaml": text}}) + "\\n")
-if "pipeline" in doc:
-    violation("the pipeline section reached vamc")
-ckpt = Path(doc["frontend"]["checkpoint"])
-if not ckpt.is_absolute() or not ckpt.is_file():
-    violation("frontend.checkpoint not an absolute existing file: %s" % ckpt)
-if doc["backend"]["dtype"] == "int8":
-    data = Path(doc["dataset"]["path"])
-    if not data.is_absolute() or not data.is_dir():
-        violation("dataset.path not an absolute folder: %s" % data)
-    files = [p for p in data.rglob("*") if p.is_file()]
-    suffix = doc["dataset"]["sampler"]["suffix"]
-    if any(not p.name.endswith(suffix) for p in files):
-        violation("dataset.path holds files other than *%s" % suffix)
-    if len(files) != doc["dataset"]["sampler"]["get_data_num"]:
-        violation("get_data_num %s but %d files" % (doc["dataset"]["sampler"]["get_data_num"], len(files)))
-# every key but the five the pipeline points at its own artifacts must be as written in the source config
-source = yaml.safe_load(Path(env["STANDIN_VAMC_SOURCE"]).read_text())
-source.pop("pipeline", None)
-expected = copy.deepcopy(source)
-expected["name"] = doc["name"]
-expected["frontend"]["checkpoint"] = doc["frontend"]["checkpoint"]
-expected["workspace"]["path"] = doc["workspace"]["path"]
-if doc["backend"]["dtype"] == "int8":
-    expected["dataset"]["path"] = doc["dataset"]["path"]
-    expected["dataset"]["sampler"]["get_data_num"] = doc["dataset"]["sampler"]["get_data_num"]
-if doc != expected:
-    violation("keys changed on the way: %r != %r" % (doc, expected))
-
-print("STAND-IN vamc: contract checked, writing placeholder files")
-print("stderr line from the stand-in", file=sys.stderr)
-dest = Path(doc["workspace"]["path"]) / doc["name"]
-dest.mkdir(parents=True, exist_ok=True)
-if env.get("STANDIN_VAMC_FAIL"):
-    (dest / "mod.so").write_bytes(b"half")
-    print("STAND-IN vamc: failing on purpose")
-    sys.exit(3)
-for name in ("mod.so", "mod.json", "mod.params"):
-    if env.get("STANDIN_VAMC_SKIP") != name:
-        (dest / name).write_bytes(("STAND-IN placeholder " + name + "\\n").encode())
-'''
 
 ENGINE_LISTING = ["manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
 OFFICIAL_VDSP = {
@@ -114,26 +39,6 @@ OFFICIAL_VDSP = {
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def standin(tmp_path, monkeypatch):
-    """Puts the stand-in first on PATH as `vamc`; returns a reader of its recorded calls."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "vamc"
-    script.write_text(STANDIN.format(python=sys.executable))
-    script.chmod(0o755)
-    record = tmp_path / "standin_calls.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("STANDIN_VAMC_RECORD", str(record))
-    for var in ("VAMC", "VAMC_COMMAND", "STANDIN_VAMC_FAIL", "STANDIN_VAMC_SKIP", "STANDIN_VAMC_NO_VERSION"):
-        monkeypatch.delenv(var, raising=False)
-
-    def calls() -> list[dict]:
-        return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    calls.script = script
-    return calls
 
 
 @pytest.fixture
@@ -407,7 +312,11 @@ def test_vdsp_params_follow_the_config(tmp_path):
     raw["dataset"]["process_ops"][2] = {"type": "Normalize", "div255": True, "mean": [0.485, 0.456, 0.406],
                                         "std": [0.229, 0.224, 0.225]}
     params = vdsp_params(load_config(write_config(tmp_path / "imagenet.yaml", raw)))["OpConfig"]
-    assert params["Mean"] == [123.675, 116.28, 103.53] and params["Std"] == [58.395, 57.12, 57.375]
+    # the vendor's convention for div255: its own NormaType, mean and std as written (0..1), not times 255
+    assert params["NormaType"] == "DIV255_MINUSMEAN_DIVSTD"
+    assert params["Mean"] == [0.485, 0.456, 0.406] and params["Std"] == [0.229, 0.224, 0.225]
+    assert {k: v for k, v in params.items() if k not in ("NormaType", "Mean", "Std")} == \
+        {k: v for k, v in OFFICIAL_VDSP["OpConfig"].items() if k not in ("NormaType", "Mean", "Std")}
 
     raw["dataset"]["process_ops"].insert(1, {"type": "CvtColor", "code": "COLOR_RGB2BGR"})
     with pytest.raises(PipelineError, match="end in BGR order"):

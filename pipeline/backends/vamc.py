@@ -138,13 +138,15 @@ def vdsp_params(cfg: BuildConfig) -> dict:
     """The vendor runtime's preprocessing description (a "vdsp params" JSON), derived from dataset.process_ops.
 
     Format: the fused op the vendor's model zoo uses for MODNet (FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR):
-    the runtime is fed the image as OpenCV decodes it (BGR) at the model's size, planar; it resizes, converts
-    the colour order, then computes (x - Mean) / Std per channel. Only the values verified for that op are
-    written; a config needing anything else is refused rather than guessed.
+    the runtime is fed the image planar (see VaststreamxRunner for the channel order and size); it resizes,
+    converts the colour order, then computes (x - Mean) / Std per channel, after x / 255 for a `div255: true`
+    Normalize (NormaType DIV255_MINUSMEAN_DIVSTD, mean and std in 0..1, as the vendor's files for such models
+    write it). Only the values verified for that op are written; a config needing anything else is refused
+    rather than guessed.
     """
     _, _, height, width = cfg.input_shape
     order = "BGR"  # what OpenCV's decode gives; DecodeImage (vamc) and each CvtColor swap it
-    mean = std = None
+    mean = std = norma_type = None
     for op in cfg.dataset.process_ops:
         if isinstance(op, DecodeImage) or isinstance(op, CvtColor):
             order = order[::-1]
@@ -152,9 +154,10 @@ def vdsp_params(cfg: BuildConfig) -> dict:
             raise PipelineError(f"{cfg.source}: vdsp_params.json: Resize interpolation {op.interpolation!r} has no "
                                 f"known vendor-runtime equivalent here (only bilinear: BILINEAR_CV)")
         elif isinstance(op, Normalize):
-            scale = 255.0 if op.div255 else 1.0  # (x/255 - m) / s == (x - 255 m) / (255 s)
-            mean = {c: m * scale for c, m in zip(order, op.mean)}
-            std = {c: s * scale for c, s in zip(order, op.std)}
+            # the vendor's files write div255 as its own NormaType with mean and std as given (0..1)
+            norma_type = "DIV255_MINUSMEAN_DIVSTD" if op.div255 else "MINUSMEAN_DIVSTD"
+            mean = dict(zip(order, op.mean))
+            std = dict(zip(order, op.std))
     if order != "RGB":
         raise PipelineError(f"{cfg.source}: vdsp_params.json: the process_ops end in BGR order; the vendor "
                             f"runtime op known here converts BGR2RGB only")
@@ -170,7 +173,7 @@ def vdsp_params(cfg: BuildConfig) -> dict:
             "IimageHeightPitch": height,
             "Mean": [_number(mean[c]) for c in order],
             "Std": [_number(std[c]) for c in order],
-            "NormaType": "MINUSMEAN_DIVSTD",
+            "NormaType": norma_type,
             "ColorCvtCode": "BGR2RGB",
             "ResizeType": "BILINEAR_CV",
         },
