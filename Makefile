@@ -86,9 +86,10 @@ optional = $(wildcard $(1))
 define remember
 	@mkdir -p '$(@D)'; printf '%s\n' '$(1)' | cmp -s - '$@' || printf '%s\n' '$(1)' > '$@'
 endef
-# The same for what a command prints (run on every make; the file changes only when the output does).
+# The same for what a command prints (run on every make, in a subshell so a `cd` stays inside; the file changes
+# only when the output does).
 define remember_output
-	@mkdir -p '$(@D)'; { $(1); } > '$@.new'; if cmp -s '$@.new' '$@'; then rm '$@.new'; else mv '$@.new' '$@'; fi
+	@mkdir -p '$(@D)'; ( $(1) ) > '$@.new'; if cmp -s '$@.new' '$@'; then rm '$@.new'; else mv '$@.new' '$@'; fi
 endef
 
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).

@@ -108,3 +108,16 @@ def test_demo_count_is_honoured(tmp_path):
     assert stages({**demo, "DEMO_COUNT": 2}, "demo-data") == Counter()
     assert stages({**demo, "DEMO_COUNT": 3}, "demo-data") == Counter({"demo-data": 1})
     assert len(list(images.iterdir())) == 3
+
+
+def test_data_record_with_a_relative_art(tmp_path):
+    """The record's command changes folder; the recipe must still write it under a relative ART (`make demo`)."""
+    (tmp_path / "data" / "image").mkdir(parents=True)
+    (tmp_path / "data" / "matte").mkdir()
+    (tmp_path / "data" / "image" / "a.jpg").write_bytes(b"photo")
+    (tmp_path / "data" / "matte" / "a.jpg").write_bytes(b"matte!")
+    art = os.path.relpath(tmp_path / "art", REPO)
+    done = make({"ART": art, "DATA": tmp_path / "data"}, f"{art}/inputs/data.contents")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t")[:2] for line in (tmp_path / "art" / "inputs" / "data.contents").read_text().splitlines()]
+    assert rows == [["image/a.jpg", "5"], ["matte/a.jpg", "6"]]
