@@ -11,11 +11,13 @@ from pathlib import Path
 
 from .errors import PipelineError
 
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
 
-def progress(iterable, desc: str, total: int | None = None):
+
+def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
     """A progress bar on stderr when it is a terminal; silent in logs and CI."""
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr, leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, file=sys.stderr, leave=False)
 
 
 def _config(path: str):
@@ -37,10 +39,22 @@ def cmd_simplify(args) -> None:
           f"{p['max_abs']:.3g} (tolerance {p['tolerance']:g})")
 
 
+def _losses_bar(losses, total: int):
+    bar = progress(losses, "training", total, unit="step")
+    for loss in bar:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        yield loss
+
+
 def cmd_demo_ckpt(args) -> None:
     from .demo_checkpoint import write_demo_checkpoint
-    write_demo_checkpoint(args.out, args.seed)
-    print(f"wrote {args.out} (generated weights, seed {args.seed}: not the official model)")
+    from .demo_training import STEPS
+    steps = STEPS if args.steps is None else args.steps
+    if steps < 0:
+        raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
+    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config), progress=_losses_bar)
+    how = f"trained {steps} steps on generated portraits" if steps else "random weights"
+    print(f"wrote {args.out} (seed {args.seed}, {how}: not the official model)")
 
 
 def cmd_demo_data(args) -> None:
@@ -240,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch-root", default=None, help="where the default scratch folder is made")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
+    p = sub.add_parser("demo-ckpt", help="train MODNet briefly on generated portraits; write it in the official layout")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: demo_training.STEPS; 0: random weights, as the tests use)")
+    p.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG),
+                   help="build config whose preprocessing the training inputs go through (default: %(default)s)")
     p.set_defaults(func=cmd_demo_ckpt)
 
     p = sub.add_parser("demo-data", help="write a synthetic PPM-100-shaped folder")
