@@ -26,8 +26,9 @@ VENDOR_ROWS = (
 )
 HEAT_FULL_SCALE = 0.25  # |int8 - fp32| alpha difference shown as the hottest colour
 TILE_SCALE = 0.5  # contact-sheet tiles at half the model size
-DEMO_WARNING = ("**Generated demo data and a demo checkpoint with random weights: these figures exercise the "
-                "pipeline and say nothing about MODNet's accuracy. Only the vendor's rows are real measurements.**")
+DEMO_WARNING = ("**Generated demo data and a demo checkpoint trained briefly on generated portraits (not MODNet's "
+                "weights): these figures exercise the pipeline and say nothing about MODNet's accuracy. Only the "
+                "vendor's rows are real measurements.**")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
-    assert "random weights" in text and "generated demo set" in text
+    assert "not MODNet's weights" in text and "generated demo set" in text
     assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
     # same model behind fp32 and the 'engines': they agree exactly on every image
     assert "| fp16 | 3 | 0.00000 | 0.0000 | 0.000% |" in text
