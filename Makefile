@@ -234,9 +234,13 @@ DEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt
 DEMO_DATA := $(DEMO)/inputs/PPM-100
 DEMO_COUNT ?= 100## images in the generated PPM-100-shaped folder
 
-demo-ckpt: $(DEMO_CKPT) ## write the seeded checkpoint in the official layout
-$(DEMO_CKPT): pipeline/demo_checkpoint.py pipeline/model.py $(STAMP)
-	$(PY) -m pipeline demo-ckpt --out $@
+# Every module the training imports: a change to the generator, the preprocessing or the model retrains it.
+DEMO_CKPT_CODE := pipeline/demo_checkpoint.py pipeline/demo_training.py pipeline/demo_data.py pipeline/model.py \
+	pipeline/checkpoint.py pipeline/config.py pipeline/preprocess.py pipeline/metrics.py pipeline/fileio.py \
+	pipeline/errors.py
+demo-ckpt: $(DEMO_CKPT) ## train MODNet briefly on generated portraits (seeded, CPU) and write it in the official layout
+$(DEMO_CKPT): $(DEMO_CKPT_CODE) $(CONFIG_FP16) $(STAMP)
+	$(PY) -m pipeline demo-ckpt --config $(CONFIG_FP16) --out $@
 
 $(DEMO)/inputs/demo_count.txt: FORCE
 	$(call remember,$(DEMO_COUNT))

@@ -15,6 +15,10 @@ OFFICIAL_SOURCE = ("the official MODNet repository (github.com/ZHKKKe/MODNet, se
                    f"download {OFFICIAL_NAME} into checkpoints/)")
 DATAPARALLEL_PREFIX = "module."
 SHOWN = 5  # offending keys listed in an error
+# Every `num_batches_tracked` of a demo checkpoint holds this value (a counter inference never reads): it marks the
+# file as a demo one inside the official layout, so a report can say so wherever the file was copied, whatever the
+# training did to its weights.
+DEMO_MARK = 20_260_101
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -34,6 +38,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise PipelineError(f"{path}: not a MODNet state_dict (expected a mapping of names to tensors, got "
                             f"{type(obj).__name__})")
     return obj
+
+
+def is_demo_checkpoint(path: str | Path) -> bool:
+    """True for a readable checkpoint written by `python -m pipeline demo-ckpt` (DEMO_MARK)."""
+    try:
+        counters = [v for k, v in read_state_dict(path).items() if k.endswith("num_batches_tracked")]
+    except PipelineError:
+        return False
+    return bool(counters) and all(int(v) == DEMO_MARK for v in counters)
 
 
 def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from .errors import PipelineError
 
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
 
 LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log, not a terminal
 
 
-def progress(iterable, desc: str, total: int | None = None):
+def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
     """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds."""
     if not sys.stderr.isatty():
         return log_progress(iterable, desc, total, sys.stderr, LOG_PROGRESS_EVERY)
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit="img", file=sys.stderr, leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False)
 
 
 def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
@@ -60,10 +61,22 @@ def cmd_simplify(args) -> None:
           f"{p['max_abs']:.3g} (tolerance {p['tolerance']:g})")
 
 
+def _losses_bar(losses, total: int):
+    bar = progress(losses, "training", total, unit="step")
+    for loss in bar:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        yield loss
+
+
 def cmd_demo_ckpt(args) -> None:
     from .demo_checkpoint import write_demo_checkpoint
-    write_demo_checkpoint(args.out, args.seed)
-    print(f"wrote {args.out} (generated weights, seed {args.seed}: not the official model)")
+    from .demo_training import STEPS
+    steps = STEPS if args.steps is None else args.steps
+    if steps < 0:
+        raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
+    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config), progress=_losses_bar)
+    how = f"trained {steps} steps on generated portraits" if steps else "random weights"
+    print(f"wrote {args.out} (seed {args.seed}, {how}: not the official model)")
 
 
 def cmd_demo_data(args) -> None:
@@ -129,7 +142,8 @@ def _evaluated(args):
 
 
 def cmd_report(args) -> None:
-    from .report import described, gate_failures, is_demo_checkpoint, write_report
+    from .checkpoint import is_demo_checkpoint
+    from .report import described, gate_failures, write_report
     fp32, engines = _evaluated(args)
     out = Path(args.out)
     before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
@@ -352,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-conv-layers", help="skip list of the numbering check, e.g. 54 (default: chosen)")
     p.set_defaults(func=cmd_hwcheck)
 
-    p = sub.add_parser("demo-ckpt", help="write a seeded checkpoint in the official layout")
+    p = sub.add_parser("demo-ckpt", help="train MODNet briefly on generated portraits; write it in the official layout")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: demo_training.STEPS; 0: random weights, as the tests use)")
+    p.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG),
+                   help="build config whose preprocessing the training inputs go through (default: %(default)s)")
     p.set_defaults(func=cmd_demo_ckpt)
 
     p = sub.add_parser("demo-data", help="write a synthetic PPM-100-shaped folder")

@@ -2,7 +2,9 @@
 
 The official weights cannot be downloaded on these machines. This file has the same keys, shapes, dtypes and
 `module.` prefix, and non-trivial BatchNorm statistics, so every loading path the real file takes is exercised.
-Its values are random: nothing measured with it says anything about MODNet's accuracy.
+With `steps=0` (the tests) its values are random; `make demo` trains it briefly on generated portraits
+(pipeline/demo_training.py) so that its mattes and activations look like a trained network's. Either way nothing
+measured with it says anything about MODNet's accuracy on real photos.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import DATAPARALLEL_PREFIX
+from .checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, strip_prefix
+from .config import BuildConfig
+from .demo_training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
 from .fileio import write_bytes
 from .model import MODNet
 
@@ -21,7 +25,7 @@ def _tensor(rng: np.random.Generator, name: str, template: torch.Tensor) -> torc
     shape = tuple(template.shape)
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "num_batches_tracked":
-        return torch.tensor(int(rng.integers(1_000, 100_000)), dtype=torch.int64)
+        return torch.tensor(DEMO_MARK, dtype=torch.int64)
     if leaf == "running_mean":
         values = rng.normal(0.0, 0.2, shape)
     elif leaf == "running_var":
@@ -47,9 +51,32 @@ def demo_state_dict(seed: int) -> dict[str, torch.Tensor]:
     return {DATAPARALLEL_PREFIX + k: v for k, v in values.items()}
 
 
-def write_demo_checkpoint(out: str | Path, seed: int) -> None:
+def trained_state_dict(cfg: BuildConfig, seed: int, steps: int, progress=None, samples: int = SAMPLES,
+                       hw: tuple[int, int] = TRAIN_HW, scale: float = PHOTO_SCALE) -> dict[str, torch.Tensor]:
+    """demo_state_dict(SEED) trained for STEPS on SAMPLES generated portraits, in the same layout; deterministic.
+    PROGRESS(losses, total) wraps the iterator of step losses (the CLI draws its bar from it)."""
+    with deterministic_torch():
+        model = MODNet()
+        model.load_state_dict(strip_prefix(demo_state_dict(seed)))
+        x, y = training_set(cfg, seed, samples, hw, scale)
+        losses = train(model, x, y, steps, seed)
+        for _ in (progress(losses, steps) if progress else losses):
+            pass
+        measure_batchnorm(model, x)
+    return {DATAPARALLEL_PREFIX + k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def write_demo_checkpoint(out: str | Path, seed: int, steps: int = 0, cfg: BuildConfig | None = None,
+                          progress=None) -> None:
+    """Random weights when STEPS is 0, else trained for STEPS (CFG gives the input preprocessing)."""
+    if steps and cfg is None:
+        raise ValueError("training the demo checkpoint needs the build config of its input preprocessing")
+    state = trained_state_dict(cfg, seed, steps, progress) if steps else demo_state_dict(seed)
+    for name, value in state.items():  # training counted its batches: the mark says "demo" whatever it did
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(DEMO_MARK, dtype=torch.int64)
     # Serialised in memory: saved to a path, torch names the archive's root folder after the (temporary) file
     # name, and the same seed would give different bytes, hence a different release name.
     buffer = io.BytesIO()
-    torch.save(demo_state_dict(seed), buffer)
+    torch.save(state, buffer)
     write_bytes(out, buffer.getvalue())

@@ -84,9 +84,12 @@ def _person(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     return alpha, fg
 
 
-def make_pair(seed: int, index: int, scale: float = 1.0) -> tuple[str, np.ndarray, np.ndarray]:
-    """(file name, BGR uint8 photo, uint8 matte) of demo image INDEX."""
-    rng = np.random.default_rng([seed, index])
+def make_pair(seed: int, index: int, scale: float = 1.0, stream: int = 0) -> tuple[str, np.ndarray, np.ndarray]:
+    """(file name, BGR uint8 photo, uint8 matte) of image INDEX of STREAM.
+
+    Stream 0 is the demo data set; the demo checkpoint trains on another stream, so it never sees those images.
+    (NumPy pads a short seed with zeros, so [seed, index, 0] draws exactly what [seed, index] always drew.)"""
+    rng = np.random.default_rng([seed, index, stream])
     w, h = PHOTO_SIZES[int(rng.integers(len(PHOTO_SIZES)))]
     w, h = max(int(w * scale), 32), max(int(h * scale), 32)
     # Flickr-style names like PPM-100's, so name-based ordering is exercised as it would be on the real set

@@ -14,7 +14,7 @@ from . import flops as flops_count
 from .config import BuildConfig
 from .dataset import matte_path
 from .errors import PipelineError
-from .fileio import sha256_file, write_bytes, write_text
+from .fileio import write_bytes, write_text
 from .preprocess import decode_bgr
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
@@ -28,17 +28,15 @@ VENDOR_ROWS = (
 HEAT_FULL_SCALE = 0.25  # |int8 - fp32| alpha difference shown as the hottest colour
 TILE_SCALE = 0.5  # contact-sheet tiles at half the model size
 HEADER_H, LABEL_H, FOOTER_H, STAMP_H = 28, 18, 34, 30  # heights (px) of the contact sheet's text bands
-# sha256 of `python -m pipeline demo-ckpt` (seed 0, what `make demo` uses): a run on it is flagged whatever its
-# file is called or wherever it was copied (tests/test_demo_inputs.py checks the value).
-DEMO_CHECKPOINT_SHA256 = "55cebc87b41b46a81ed91d4774595f975f4a263e8f07a8ab73cd6db7b408ab8d"
 _NOT_MODNET = "these figures exercise the pipeline and say nothing about MODNet's accuracy"
+_DEMO_CKPT = "the demo checkpoint (trained briefly on generated portraits, not MODNet's weights)"
 DEMO_WARNINGS = {  # (demo data, demo checkpoint) -> the banner
-    (True, True): f"Generated demo data and a demo checkpoint with random weights: {_NOT_MODNET}.",
+    (True, True): f"Generated demo data and {_DEMO_CKPT}: {_NOT_MODNET}.",
     (True, False): f"Generated demo data, not photos with hand-made mattes: {_NOT_MODNET}.",
-    (False, True): f"A demo checkpoint with random weights, not the official MODNet: {_NOT_MODNET}.",
+    (False, True): f"{_DEMO_CKPT[0].upper()}{_DEMO_CKPT[1:]}: {_NOT_MODNET}.",
 }
-DEMO_STAMPS = {(True, True): "DEMO: generated data, random weights", (True, False): "DEMO: generated data",
-               (False, True): "DEMO: random weights"}
+DEMO_STAMPS = {(True, True): "DEMO: generated data, demo checkpoint", (True, False): "DEMO: generated data",
+               (False, True): "DEMO: demo checkpoint"}
 
 
 @dataclass(frozen=True)
@@ -259,14 +257,10 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
     return np.vstack([*stamp, header, *rows, footer])
 
 
-def is_demo_checkpoint(ckpt: Path) -> bool:
-    return Path(ckpt).is_file() and sha256_file(ckpt) == DEMO_CHECKPOINT_SHA256
-
-
 def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, onnx: Path, data: Path,
                  demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False) -> list[dict]:
     """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows.
-    DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is the demo one (random weights)."""
+    DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is a demo one (checkpoint.is_demo_checkpoint)."""
     counted = flops_count.count(onnx)
     gate_rows = gate(fp32, engines)
     data_label = "generated demo set" if demo else "PPM-100" if Path(data).name == "PPM-100" else f"`{data}`"

@@ -222,7 +222,7 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
-    assert "random weights" in text and "generated demo set" in text
+    assert "not MODNet's weights" in text and "generated demo set" in text
     assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
     # each engine's agreement with fp32, computed here directly from the saved 8-bit predictions
     for label in ("fp16", "int8"):
@@ -250,9 +250,10 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
 
 def test_report_flags_a_demo_checkpoint_and_says_what_it_replaced(evaluated, tmp_path, small_sim_onnx, data,
                                                                   demo_ckpt, small_config, capsys):
-    from pipeline.fileio import sha256_file
-    from pipeline.report import DEMO_CHECKPOINT_SHA256, described
-    assert sha256_file(demo_ckpt) == DEMO_CHECKPOINT_SHA256  # seed 0, as `make demo` writes it
+    import torch
+
+    from pipeline.checkpoint import DEMO_MARK, read_state_dict
+    from pipeline.report import described
     _, out, _, _ = evaluated
     engines = ["--engine", "fp16", str(out / "fp16"), str(small_config)]
     real = tmp_path / "elsewhere" / "PPM-100"
@@ -265,15 +266,19 @@ def test_report_flags_a_demo_checkpoint_and_says_what_it_replaced(evaluated, tmp
     # real-looking data, but the demo checkpoint (copied under another name): the banner says so
     assert main([*base, "--data", str(real), "--ckpt", str(copied)]) == 0
     text = md.read_text()
-    assert "**A demo checkpoint with random weights, not the official MODNet" in text
+    assert "**The demo checkpoint (trained briefly on generated portraits, not MODNet's weights)" in text
     assert "generated demo set" not in text
     assert described(text) == "3 images of PPM-100"
     assert "replaced" not in capsys.readouterr().out  # nothing was there before
     # another checkpoint: no banner; the same data: no "replaced" line
+    state = read_state_dict(demo_ckpt)  # the same weights without the demo mark, like a real checkpoint
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    assert counters and all(int(state[k]) == DEMO_MARK for k in counters)
+    state.update({k: torch.tensor(7, dtype=torch.int64) for k in counters})
     other = tmp_path / "other.ckpt"
-    other.write_bytes(copied.read_bytes() + b"\0")
+    torch.save(state, other)
     assert main([*base, "--data", str(real), "--ckpt", str(other)]) == 0
-    assert "random weights" not in md.read_text() and "replaced" not in capsys.readouterr().out
+    assert "demo checkpoint" not in md.read_text() and "replaced" not in capsys.readouterr().out
     # another data folder: one line says what was replaced by what
     assert main([*base, "--data", str(data), "--demo", "--ckpt", str(other)]) == 0
     printed = capsys.readouterr().out.splitlines()
