@@ -63,8 +63,10 @@ def cmd_simplify(args) -> None:
 
 def _losses_bar(losses, total: int):
     bar = progress(losses, "training", total, unit="step")
+    show = getattr(bar, "set_postfix", None)  # a terminal's bar shows the loss; a log's n/N lines do not
     for loss in bar:
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if show:
+            show(loss=f"{loss:.4f}", refresh=False)
         yield loss
 
 
