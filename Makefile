@@ -91,6 +91,26 @@ $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALI
 layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX index (for skip_conv_layers)
 	$(PY) -m pipeline layers --config $(CONFIG_INT8) --onnx $<
 
+##@ Quantization analysis and tuning (docs/tuning.md)
+TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml (then: make int8 CONFIG_INT8=...)
+ANALYZE_DIR := $(ART)/analyze/$(INT8)
+TUNE_DIR := $(ART)/tune/$(INT8)
+TUNING_CODE := $(wildcard pipeline/tuning/*.py pipeline/backends/ort/*.py) pipeline/config.py pipeline/metrics.py \
+	pipeline/preprocess.py pipeline/calibrate.py
+TUNING_INPUTS := $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(ART)/inputs/data.path \
+	$(TUNING_CODE) $(STAMP)
+TUNING_ARGS = --config $(CONFIG_INT8) --onnx $(ART)/onnx/$(INT8).sim.onnx --calib $(CALIB_DIR) --data $(DATA)
+
+analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on validation images (artifacts/analyze/NAME/)
+$(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)
+	$(PY) -m pipeline analyze $(TUNING_ARGS) --out $(@D)
+
+tune: $(TUNE_DIR)/tuned.yaml ## search quantize settings that meet pipeline.tune (artifacts/tune/NAME/), copy to TUNED_CONFIG
+	cp $< $(TUNED_CONFIG).part && mv $(TUNED_CONFIG).part $(TUNED_CONFIG)
+	@echo "wrote $(TUNED_CONFIG): build it with make int8 CONFIG_INT8=$(TUNED_CONFIG)"
+$(TUNE_DIR)/tuned.yaml: $(TUNING_INPUTS)
+	$(PY) -m pipeline tune $(TUNING_ARGS) --out $(@D)
+
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
 EVAL := $(ART)/eval
@@ -102,7 +122,15 @@ EVAL_CODE := pipeline/evaluate.py pipeline/metrics.py pipeline/runners.py pipeli
 	pipeline/config.py
 REPORT_CODE := pipeline/report.py pipeline/flops.py pipeline/metrics.py
 EVAL_ARGS = --data $(DATA) $(if $(LIMIT),--limit $(LIMIT))
-ENGINE_ARGS = --fp32 $(EVAL_FP32) --engine fp16 $(EVAL_FP16) $(CONFIG_FP16) --engine int8 $(EVAL_INT8) $(CONFIG_INT8)
+# With another int8 config (a tuned one), the report also shows the vendor's published config (KL, per channel, no
+# skip) beside it, once that engine has been built (`make int8` with the default CONFIG_INT8).
+VENDOR_INT8 := build_configs/official_modnet_int8.yaml
+VENDOR_ENGINE := $(ART)/engines/$(call name,$(VENDOR_INT8))/$(BACKEND)
+EVAL_VENDOR := $(EVAL)/int8-vendor-$(BACKEND)
+VENDOR_ROW := $(if $(filter-out $(abspath $(VENDOR_INT8)),$(abspath $(CONFIG_INT8))),$(wildcard $(VENDOR_ENGINE)/manifest.json))
+ENGINE_ARGS = --fp32 $(EVAL_FP32) --engine fp16 $(EVAL_FP16) $(CONFIG_FP16) \
+	$(if $(VENDOR_ROW),--engine "int8 vendor config (KL, per channel, no skip)" $(EVAL_VENDOR) $(VENDOR_INT8)) \
+	--engine int8 $(EVAL_INT8) $(CONFIG_INT8)
 # The report says so prominently when DATA is the generated demo set.
 DEMO_FLAG = $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),--demo)
 
@@ -116,10 +144,13 @@ $(EVAL_FP16)/metrics.json: $(ENGINE_FP16)/manifest.json $(CONFIG_FP16) $(EVAL_IN
 	$(PY) -m pipeline evaluate --config $(CONFIG_FP16) --engine $(ENGINE_FP16) $(EVAL_ARGS) --out $(@D)
 $(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_INPUTS)
 	$(PY) -m pipeline evaluate --config $(CONFIG_INT8) --engine $(ENGINE_INT8) $(EVAL_ARGS) --out $(@D)
+$(EVAL_VENDOR)/metrics.json: $(VENDOR_ENGINE)/manifest.json $(VENDOR_INT8) $(EVAL_INPUTS)
+	$(PY) -m pipeline evaluate --config $(VENDOR_INT8) --engine $(VENDOR_ENGINE) $(EVAL_ARGS) --out $(@D)
 
 # The report is written whatever the gate says (it shows the gate's outcome); the gate is the `eval` recipe
 # below, so a failing gate fails `make eval` without deleting the report.
 $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
+		$(if $(VENDOR_ROW),$(EVAL_VENDOR)/metrics.json) \
 		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
 	$(PY) -m pipeline report $(ENGINE_ARGS) --config $(CONFIG_FP16) --onnx $(FP32_ONNX) --data $(DATA) \
 		$(DEMO_FLAG) --out $(ART)/report.md --png $(ART)/report.png
@@ -178,4 +209,4 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); printf "  %-14s %s (default: %s)\n", v[1], a[2], v[2]}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 layers eval release verify demo demo-ckpt demo-data demo-stages test clean help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 layers analyze tune eval release verify demo demo-ckpt demo-data demo-stages test clean help FORCE

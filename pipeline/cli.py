@@ -12,10 +12,11 @@ from pathlib import Path
 from .errors import PipelineError
 
 
-def progress(iterable, desc: str, total: int | None = None):
-    """A progress bar on stderr when it is a terminal; silent in logs and CI."""
+def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
+    """A progress bar on stderr when it is a terminal; silent in logs and CI. With ITERABLE None, a bar to
+    advance by hand (`update`)."""
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr, leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, file=sys.stderr, leave=False)
 
 
 def _config(path: str):
@@ -85,6 +86,40 @@ def cmd_layers(args) -> None:
     print(format_conv_table(rows, set(skipped)))
     print(f"{len(rows)} Convs. skip_conv_layers {list(skip)} counts in {numbering} order "
           f"(pipeline.conv_numbering in {cfg.source}): " + (", ".join(skipped) or "nothing") + " stays float.")
+
+
+def _workbench(args, cache: Path | None = None):
+    from .tuning.workbench import Workbench
+    return Workbench(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.data),
+                     lambda it, desc, total=None: progress(it, desc, total), cache)
+
+
+def cmd_analyze(args) -> None:
+    from .tuning.analyze import analyze
+    result = analyze(_workbench(args), Path(args.out))
+    f = result["figures"]
+    worst = ", ".join(f"{r['skip_index']} ({r['onnx_node']})" for r in result["worst"][:3])
+    print(f"wrote {args.out}/layers.csv, layers.md, layers.png: MAD {f['mad_increase']:+.5f} and mIoU drop "
+          f"{f['miou_drop']:+.5f} against fp32; most impact: {worst} ({result['seconds']:.0f} s)")
+
+
+def cmd_tune(args) -> None:
+    import shlex
+
+    from .tuning.tune import summary_line, tune
+    out = Path(args.out)
+    wb = _workbench(args, out / "candidates.json")
+    command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
+    try:
+        outcome = tune(wb, out, command, bar)
+    finally:
+        bar.close()
+    print(f"wrote {out}/tuned.yaml, tune.md, tune.png, candidates.json: {summary_line(wb, outcome)} "
+          f"({len(outcome.steps)} candidates, {wb.built} built in this run)")
+    if not outcome.met:
+        print(f"warning: the target in pipeline.tune of {args.config} was not met; tuned.yaml holds the best found",
+              file=sys.stderr)
 
 
 def cmd_evaluate(args) -> None:
@@ -219,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="build config YAML (skip_conv_layers, pipeline.conv_numbering)")
     p.add_argument("--onnx", required=True, help="simplified ONNX")
     p.set_defaults(func=cmd_layers)
+
+    for name, text, func in (
+            ("analyze", "per-Conv quantization error of an int8 config: layers.csv, layers.md, layers.png",
+             cmd_analyze),
+            ("tune", "search vamc quantize settings that meet pipeline.tune's target: tuned.yaml and its record",
+             cmd_tune)):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="int8 build config YAML (its pipeline.tune section)")
+        p.add_argument("--onnx", required=True, help="simplified ONNX")
+        p.add_argument("--calib", required=True, help="calibration folder from `calib`")
+        p.add_argument("--data", required=True, help="PPM-100-shaped folder; validation images are drawn from it")
+        p.add_argument("--out", required=True, help="output folder")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")
     p.add_argument("--config", required=True, help="build config YAML (shape, preprocessing, image suffix)")

@@ -88,8 +88,9 @@ def weight_sqnr(model: onnx.ModelProto, per_channel: bool) -> dict[str, float]:
 
 
 def activation_sqnr(model: onnx.ModelProto, thresholds: dict[str, float], per_channel: bool,
-                    inputs: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Conv name -> {"single": dB, "entire": dB} over INPUTS (preprocessed images)."""
+                    inputs: list[np.ndarray], skip: set[str] = frozenset()) -> dict[str, dict[str, float]]:
+    """Conv name -> {"single": dB, "entire": dB} over INPUTS (preprocessed images); the entire model keeps the
+    Convs of SKIP float (single is what quantizing each would do, skipped or not)."""
     nodes = convs(model)
     outputs = [n.output[0] for n in nodes.values()]
     conv_inputs = list(dict.fromkeys(n.input[0] for n in nodes.values()))
@@ -97,7 +98,7 @@ def activation_sqnr(model: onnx.ModelProto, thresholds: dict[str, float], per_ch
     fp32 = runtime.session(with_outputs(model, conv_inputs + outputs).SerializeToString())
     banked = {BANK_INPUT + name: t for name, t in thresholds.items()}
     bank = runtime.session(qdq.write_qdq(conv_bank(model), banked, set(), per_channel))
-    entire = runtime.session(qdq.write_qdq(with_outputs(model, outputs), thresholds, set(), per_channel))
+    entire = runtime.session(qdq.write_qdq(with_outputs(model, outputs), thresholds, skip, per_channel))
     signal = dict.fromkeys(nodes, 0.0)
     noise = {kind: dict.fromkeys(nodes, 0.0) for kind in ("single", "entire")}
     for x in inputs:

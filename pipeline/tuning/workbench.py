@@ -16,7 +16,7 @@ import onnx
 from ..backends.ort import resolved_config
 from ..config import BuildConfig
 from ..errors import PipelineError
-from ..fileio import sha256_file
+from ..fileio import dumps_json, sha256_file
 from ..release import code_digest
 from . import scoring
 from .candidates import Cache, Candidate, Quantizer
@@ -58,7 +58,7 @@ class Workbench:
                    "quantize_per_channel": cfg.backend.quantize.quantize_per_channel,
                    "conv_numbering": cfg.pipeline.conv_numbering, "dataset": resolved["dataset"],
                    "input_shape": list(cfg.input_shape), "code": code_digest()}
-        self.cache = Cache(cache_path, context)
+        self.cache = Cache(cache_path, json.loads(dumps_json(context)))  # as it reads back from candidates.json
         self.built = 0  # candidates built and scored in this run (not from the cache)
 
     @cached_property
