@@ -182,12 +182,15 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     assert rerun.built == 0 and [s.candidate for s in again.steps] == [s.candidate for s in outcome.steps]
     assert (out / "tuned.yaml").read_text() == text
 
-    # another target reuses what was built: this one (any change allowed) is met by the first calibration
+    # another target reuses what was built: this one (any change allowed) is met by every calibration, and the
+    # one nearest fp32 is chosen, skipping nothing
     monkeypatch.undo()
     looser = tune_config(tmp_path, max_builds=12, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
     met = tune(raised, out, "python -m pipeline tune ...", Bar())
-    assert raised.built == 0 and met.met and met.best.candidate == Candidate("kl_divergence", None)
+    assert raised.built == 0 and met.met and [s.candidate for s in met.steps] == calibrations(raised.cfg)
+    assert met.best.result["violation"] == min(s.result["violation"] for s in met.steps)
+    assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
 
 
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
@@ -213,3 +216,22 @@ def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path
     assert (tmp_path / "analysis" / "layers.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "analysis" / "layers.md").read_text()
     assert f"`{result['worst'][0]['onnx_node']}`" in md.split("|--:|")[-1].splitlines()[1]
+
+
+def test_tuned_yaml_keeps_every_other_line_of_the_input():
+    text = INT8_CONFIG.read_text()
+    raw = yaml.safe_load(text)
+    block = tuned_yaml.quantize_block(raw["backend"]["quantize"], "percentile", 0.9999, [54, 3])
+    out = tuned_yaml.tuned_text(text, block, ["first line", "second"])
+    assert out.startswith("# first line\n# second\n")
+    assert yaml.safe_load(out)["backend"]["quantize"] == {"calibrate_mode": "percentile", "quantize_per_channel": True,
+                                                          "calibrate_range": 0.9999, "skip_conv_layers": [54, 3]}
+    before = [line for line in text.splitlines() if not line.startswith("    ")]
+    after = [line for line in out.splitlines()[2:] if not line.startswith("    ")]
+    assert after == before  # comments and every line outside the quantize block, in order
+    expected = copy.deepcopy(raw)
+    expected["backend"]["quantize"] = block
+    assert yaml.safe_load(out) == expected
+    flow = text.replace("  quantize:\n    calibrate_mode: kl_divergence\n    quantize_per_channel: true\n",
+                        "  quantize: {calibrate_mode: kl_divergence, quantize_per_channel: true}\n")
+    assert yaml.safe_load(tuned_yaml.tuned_text(flow, block, [])) == expected  # falls back to a full dump
