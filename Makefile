@@ -15,7 +15,7 @@ BACKEND ?= vamc## engine backend of fp16/int8/eval: vamc (vendor compiler) or or
 VAMC ?= vamc## vendor compiler executable used by BACKEND=vamc (a name on PATH or a path)
 VAMC_COMMAND ?= compile## vamc subcommand: compile (vamc 3.4+) or build (older releases)
 REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing calib/NAME.txt
-CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record of the calibration subset (names + sha256)
+CALIB_LIST ?= calib/$(patsubst %_tuned,%,$(basename $(notdir $(CONFIG_INT8)))).txt## committed record of the calibration subset (names + sha256; NAME_tuned uses NAME's)
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
 
