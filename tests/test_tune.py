@@ -235,3 +235,27 @@ def test_tuned_yaml_keeps_every_other_line_of_the_input():
     flow = text.replace("  quantize:\n    calibrate_mode: kl_divergence\n    quantize_per_channel: true\n",
                         "  quantize: {calibrate_mode: kl_divergence, quantize_per_channel: true}\n")
     assert yaml.safe_load(tuned_yaml.tuned_text(flow, block, [])) == expected  # falls back to a full dump
+
+
+def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exists(tmp_path):
+    import subprocess
+    from conftest import REPO
+    tuned = tmp_path / "official_modnet_int8_tuned.yaml"
+    tuned.write_text(INT8_CONFIG.read_text())
+
+    def report_command(config: Path) -> str:
+        done = subprocess.run(["make", "-n", "eval", f"ART={tmp_path}/art", "BACKEND=ort", f"CONFIG_INT8={config}"],
+                              cwd=REPO, capture_output=True, text=True, check=True)
+        return next(line for line in done.stdout.splitlines() if "pipeline report" in line)
+
+    vendor = '--engine "int8 vendor config (KL, per channel, no skip)" '
+    assert vendor not in report_command(tuned)  # the vendor engine has not been built
+    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort").mkdir(parents=True)
+    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort" / "manifest.json").write_text("{}")
+    command = report_command(tuned)
+    assert f"{vendor}{tmp_path}/art/eval/int8-vendor-ort build_configs/official_modnet_int8.yaml --engine int8 " \
+           f"{tmp_path}/art/eval/int8-ort {tuned}" in command
+    assert vendor not in report_command(INT8_CONFIG)  # the vendor config itself is the int8 row
+    assert "calib/official_modnet_int8.txt" in subprocess.run(
+        ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
+        capture_output=True, text=True, check=True).stdout
