@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import PipelineError
 
 WIDTH, HEIGHT = 960, 540
-LEFT, RIGHT, TOP, BOTTOM = 80, 200, 40, 60
+LEFT, RIGHT, TOP, BOTTOM = 80, 200, 50, 60
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140)]  # BGR
 
@@ -52,7 +52,7 @@ def scatter(series: list[tuple[str, list[tuple[float, float]], int, bool]], titl
         cv2.line(image, (LEFT - 5, py), (LEFT, py), (0, 0, 0), 1)
         cv2.line(image, (LEFT, py), (LEFT + plot_w, py), (235, 235, 235), 1)
         cv2.putText(image, f"{y:.4g}", (4, py + 4), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, title, (LEFT, 25), FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, title, (LEFT, 20), FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, xlabel, (LEFT + plot_w // 2 - 60, HEIGHT - 15), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, ylabel, (4, TOP - 8), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     if hline:
