@@ -204,6 +204,9 @@ def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path
     assert [int(r["onnx_index"]) for r in rows] == [conv_order(model, "onnx").index(r["onnx_node"]) for r in rows]
     measured = [r for r in rows if r["float_deviation_change"]]
     assert len(measured) == 8
+    assert sorted(int(r["rank"]) for r in rows) == list(range(1, len(rows) + 1))
+    assert sorted(measured, key=lambda r: float(r["float_deviation_change"])) == \
+        sorted(measured, key=lambda r: int(r["rank"]))  # measured first, most deviation removed first
     # the first Conv reads the image itself: quantizing it alone or everything gives the same error there
     first = next(r for r in rows if r["onnx_index"] == "0")
     assert float(first["single_sqnr_db"]) == pytest.approx(float(first["entire_sqnr_db"]), abs=0.01)

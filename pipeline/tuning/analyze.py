@@ -100,8 +100,9 @@ def to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
+    rank = {r["onnx_node"]: k for k, r in enumerate(by_impact(rows), 1)}
     for row in sorted(rows, key=lambda r: r["vamc_index"]):
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        writer.writerow([_cell(rank[row["onnx_node"]] if c == "rank" else row.get(c)) for c in COLUMNS])
     return buffer.getvalue()
 
 
@@ -120,7 +121,7 @@ def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: 
              "Sorted by impact: first the Convs measured kept float alone, by how much that reduces the deviation "
              "from fp32 (ΔMAD and Δdev are that run's changes; negative = better), then the rest by single SQNR. "
              "`skip` is the number to put in `backend.quantize.skip_conv_layers`.", "",
-             "| skip | vamc | onnx | node | branch | k/g | T / max|x| | clipped | W SQNR | single | entire | "
+             "| skip | vamc | onnx | node | branch | k/g | T / max abs | clipped | W SQNR | single | entire | "
              "ΔMAD float | Δdev float |", "|--:|--:|--:|:--|:--|:--|--:|--:|--:|--:|--:|--:|--:|"]
     for r in by_impact(rows):
         lines.append(
