@@ -18,7 +18,7 @@ BACKEND ?= vamc## engine backend of fp16/int8/eval: vamc (vendor compiler) or or
 VAMC ?= vamc## vendor compiler executable used by BACKEND=vamc (a name on PATH or a path)
 VAMC_COMMAND ?= compile## vamc subcommand: compile (vamc 3.4+) or build (older releases)
 REDRAW ?= ## set to 1 to draw the calibration subset anew instead of reusing calib/NAME.txt
-CALIB_LIST ?= calib/$(basename $(notdir $(CONFIG_INT8))).txt## committed record of the calibration subset (names + sha256)
+CALIB_LIST ?= calib/$(patsubst %_tuned,%,$(basename $(notdir $(CONFIG_INT8)))).txt## committed record of the calibration subset (names + sha256; NAME_tuned uses NAME's)
 ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
 PIP_ARGS ?= ## extra pip arguments for creating .venv, e.g. the CPU-only torch index (README, "Installing")
@@ -32,7 +32,7 @@ endef
 unsafe_chars := $$ ` ' " ; & | < > ( ) { } [ ] * ? ~ \ % \#
 unsafe = $(strip $(foreach c,$(unsafe_chars),$(if $(findstring $c,$(value $1)),$c)) \
 	$(if $(findstring $(newline),$(value $1)),newline) $(if $(word 2,x$(value $1)x),space))
-PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND HWCHECK_SKIP \
+PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND HWCHECK_SKIP TUNED_CONFIG \
 	PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
@@ -95,7 +95,7 @@ endef
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
 comma := ,
 CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) evaluate report \
-	demo-data)
+	demo-data analyze tune)
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
 SIMPLIFY_CODE := $(call code,simplify)
@@ -161,6 +161,25 @@ $(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALI
 layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX index (for skip_conv_layers)
 	$(PY) -m pipeline layers --config '$(CONFIG_INT8)' --onnx '$<'
 
+##@ Quantization analysis and tuning (docs/tuning.md)
+TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml (then: make int8 CONFIG_INT8=...)
+ANALYZE_DIR := $(ART)/analyze/$(INT8)
+TUNE_DIR := $(ART)/tune/$(INT8)
+TUNING_CODE = $(call code,tune)
+TUNING_INPUTS := $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(ART)/inputs/data.path \
+	$(TUNING_CODE) $(STAMP)
+TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --calib '$(CALIB_DIR)' --data '$(DATA)'
+
+analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on validation images (artifacts/analyze/NAME/)
+$(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)
+	$(PY) -m pipeline analyze $(TUNING_ARGS) --out '$(@D)'
+
+tune: $(TUNE_DIR)/tuned.yaml ## search quantize settings that meet pipeline.tune (artifacts/tune/NAME/), copy to TUNED_CONFIG
+	cp '$<' '$(TUNED_CONFIG).part' && mv '$(TUNED_CONFIG).part' '$(TUNED_CONFIG)'
+	@echo "wrote $(TUNED_CONFIG): build it with make int8 CONFIG_INT8=$(TUNED_CONFIG)"
+$(TUNE_DIR)/tuned.yaml: $(TUNING_INPUTS)
+	$(PY) -m pipeline tune $(TUNING_ARGS) --out '$(@D)'
+
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)
 EVAL := $(ART)/eval
@@ -171,7 +190,14 @@ FP32_ONNX := $(ART)/onnx/$(FP16).sim.onnx
 EVAL_CODE := $(call code,evaluate)
 REPORT_CODE := $(call code,report)
 EVAL_ARGS = --data '$(DATA)' $(if $(LIMIT),--limit '$(LIMIT)')
+# With another int8 config (a tuned one), the report also shows the vendor's published config (KL, per channel, no
+# skip) beside it, once that engine has been built (`make int8` with the default CONFIG_INT8).
+VENDOR_INT8 := build_configs/official_modnet_int8.yaml
+VENDOR_ENGINE := $(ART)/engines/$(call name,$(VENDOR_INT8))/$(BACKEND)
+EVAL_VENDOR := $(EVAL)/int8-vendor-$(BACKEND)
+VENDOR_ROW := $(if $(filter-out $(abspath $(VENDOR_INT8)),$(abspath $(CONFIG_INT8))),$(wildcard $(VENDOR_ENGINE)/manifest.json))
 ENGINE_ARGS = --fp32 '$(EVAL_FP32)' --engine fp16 '$(EVAL_FP16)' '$(CONFIG_FP16)' \
+	$(if $(VENDOR_ROW),--engine "int8 vendor config (KL, per channel, no skip)" '$(EVAL_VENDOR)' '$(VENDOR_INT8)') \
 	--engine int8 '$(EVAL_INT8)' '$(CONFIG_INT8)'
 # The report says so prominently when DATA is the generated demo set.
 DEMO_FLAG = $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),--demo)
@@ -191,10 +217,13 @@ $(EVAL_FP16)/metrics.json: $(ENGINE_FP16)/manifest.json $(CONFIG_FP16) $(EVAL_IN
 	$(PY) -m pipeline evaluate --config '$(CONFIG_FP16)' --engine '$(ENGINE_FP16)' $(EVAL_ARGS) --out '$(@D)'
 $(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_INPUTS)
 	$(PY) -m pipeline evaluate --config '$(CONFIG_INT8)' --engine '$(ENGINE_INT8)' $(EVAL_ARGS) --out '$(@D)'
+$(EVAL_VENDOR)/metrics.json: $(VENDOR_ENGINE)/manifest.json $(VENDOR_INT8) $(EVAL_INPUTS)
+	$(PY) -m pipeline evaluate --config '$(VENDOR_INT8)' --engine '$(VENDOR_ENGINE)' $(EVAL_ARGS) --out '$(@D)'
 
 # The report is written whatever the gate says (it shows the gate's outcome); the gate is the `eval` recipe
 # below, so a failing gate fails `make eval` without deleting the report.
 $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
+		$(if $(VENDOR_ROW),$(EVAL_VENDOR)/metrics.json) \
 		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
 	$(PY) -m pipeline report $(ENGINE_ARGS) --config '$(CONFIG_FP16)' --onnx '$(FP32_ONNX)' --data '$(DATA)' \
 		--ckpt '$(CKPT)' $(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
@@ -240,7 +269,7 @@ DEMO_CKPT_CODE := pipeline/demo_checkpoint.py pipeline/demo_training.py pipeline
 	pipeline/errors.py
 demo-ckpt: $(DEMO_CKPT) ## train MODNet briefly on generated portraits (seeded, CPU) and write it in the official layout
 $(DEMO_CKPT): $(DEMO_CKPT_CODE) $(CONFIG_FP16) $(STAMP)
-	$(PY) -m pipeline demo-ckpt --config $(CONFIG_FP16) --out $@
+	$(PY) -m pipeline demo-ckpt --config '$(CONFIG_FP16)' --out '$@'
 
 $(DEMO)/inputs/demo_count.txt: FORCE
 	$(call remember,$(DEMO_COUNT))
@@ -293,5 +322,5 @@ help: ## list targets and variables
 	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 layers eval hwcheck release verify demo demo-ckpt demo-data \
-	demo-stages test clean clean-all help FORCE
+.PHONY: venv onnx simplify sim calib fp16 int8 layers analyze tune eval hwcheck release verify demo demo-ckpt \
+	demo-data demo-stages test clean clean-all help FORCE

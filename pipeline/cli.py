@@ -18,28 +18,50 @@ LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log,
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
-    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds."""
+    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds.
+    With ITERABLE None, a bar to advance by hand (`update`, `set_postfix_str`)."""
     if not sys.stderr.isatty():
-        return log_progress(iterable, desc, total, sys.stderr, LOG_PROGRESS_EVERY)
+        bar = LogBar(desc, total, sys.stderr, LOG_PROGRESS_EVERY)
+        return bar if iterable is None else bar.wrap(iterable)
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False)
 
 
+class LogBar:
+    """What a log gets instead of a bar: `DESC: n/N (T s)[, POSTFIX]` once EVERY seconds have passed since the last
+    line. A bar's carriage returns would make a log unreadable, and silence looks like a hang."""
+
+    def __init__(self, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
+        self.desc, self.total, self.stream, self.every, self.clock = desc, total, stream, every, clock
+        self.done, self.postfix = 0, ""
+        self.start = self.last = clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            total = self.total if self.total is not None else "?"
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(f"{self.desc}: {self.done}/{total} ({now - self.start:.0f} s){extra}", file=self.stream, flush=True)
+            self.last = now
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+    def wrap(self, iterable):
+        if self.total is None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+        for item in iterable:
+            yield item
+            self.update()
+
+
 def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-    """Yields ITERABLE's items, writing `DESC: n/N (T s)` to STREAM once EVERY seconds have passed since the last
-    line: a bar's carriage returns would make a log unreadable, and silence looks like a hang."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    start = last = clock()
-    done = 0
-    for item in iterable:
-        yield item
-        done += 1
-        now = clock()
-        if now - last >= every:
-            print(f"{desc}: {done}/{total if total is not None else '?'} ({now - start:.0f} s)", file=stream,
-                  flush=True)
-            last = now
+    """ITERABLE's items, with LogBar's lines on STREAM."""
+    return LogBar(desc, total, stream, every, clock).wrap(iterable)
 
 
 def _config(path: str):
@@ -123,6 +145,40 @@ def cmd_layers(args) -> None:
     print(format_conv_table(rows, set(skipped)))
     print(f"{len(rows)} Convs. skip_conv_layers {list(skip)} counts in {numbering} order "
           f"(pipeline.conv_numbering in {cfg.source}): " + (", ".join(skipped) or "nothing") + " stays float.")
+
+
+def _workbench(args, cache: Path | None = None):
+    from .tuning.workbench import Workbench
+    return Workbench(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.data),
+                     lambda it, desc, total=None: progress(it, desc, total), cache)
+
+
+def cmd_analyze(args) -> None:
+    from .tuning.analyze import analyze
+    result = analyze(_workbench(args), Path(args.out))
+    f = result["figures"]
+    worst = ", ".join(f"{r['skip_index']} ({r['onnx_node']})" for r in result["worst"][:3])
+    print(f"wrote {args.out}/layers.csv, layers.md, layers.png: MAD {f['mad_increase']:+.5f} and mIoU drop "
+          f"{f['miou_drop']:+.5f} against fp32; most impact: {worst} ({result['seconds']:.0f} s)")
+
+
+def cmd_tune(args) -> None:
+    import shlex
+
+    from .tuning.tune import summary_line, tune
+    out = Path(args.out)
+    wb = _workbench(args, out / "candidates.json")
+    command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
+    try:
+        outcome = tune(wb, out, command, bar)
+    finally:
+        bar.close()
+    print(f"wrote {out}/tuned.yaml, tune.md, tune.png, candidates.json: {summary_line(wb, outcome)} "
+          f"({len(outcome.steps)} candidates, {wb.built} built in this run)")
+    if not outcome.met:
+        print(f"warning: the target in pipeline.tune of {args.config} was not met; tuned.yaml holds the best found",
+              file=sys.stderr)
 
 
 def cmd_evaluate(args) -> None:
@@ -309,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="build config YAML (skip_conv_layers, pipeline.conv_numbering)")
     p.add_argument("--onnx", required=True, help="simplified ONNX")
     p.set_defaults(func=cmd_layers)
+
+    for name, text, func in (
+            ("analyze", "per-Conv quantization error of an int8 config: layers.csv, layers.md, layers.png",
+             cmd_analyze),
+            ("tune", "search vamc quantize settings that meet pipeline.tune's target: tuned.yaml and its record",
+             cmd_tune)):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="int8 build config YAML (its pipeline.tune section)")
+        p.add_argument("--onnx", required=True, help="simplified ONNX")
+        p.add_argument("--calib", required=True, help="calibration folder from `calib`")
+        p.add_argument("--data", required=True, help="PPM-100-shaped folder; validation images are drawn from it")
+        p.add_argument("--out", required=True, help="output folder")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")
     p.add_argument("--config", required=True, help="build config YAML (shape, preprocessing, image suffix)")

@@ -108,6 +108,18 @@ class Vsx:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """`python -m pipeline tune`: its validation split, its target against fp32, and its budget of builds."""
+    validation_images: int
+    max_mad_increase: float
+    max_miou_drop: float
+    max_builds: int
+
+
+TUNE_DEFAULTS = {"validation_images": 20, "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40}
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     seed: int
     opset: int
@@ -115,6 +127,7 @@ class PipelineSettings:
     gate: Gate
     conv_numbering: str
     vsx: Vsx
+    tune: Tune
 
 
 @dataclass(frozen=True)
@@ -355,7 +368,7 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
     # The gate's limits are required: a default loose enough for any config would be a gate that never fails.
     d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance",
-                                                                        "conv_numbering", "vsx"))
+                                                                        "conv_numbering", "vsx", "tune"))
     limits = ("max_mse_increase", "max_mad_increase", "max_miou_drop")
     g = r.mapping(d["gate"], "pipeline.gate", limits)
     gate = Gate(**{k: r.float_(g[k], f"pipeline.gate.{k}", 0.0, 1.0) for k in limits})
@@ -369,7 +382,16 @@ def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
         gate=gate,
         conv_numbering=r.str_(d.get("conv_numbering", "vamc"), "pipeline.conv_numbering", CONV_NUMBERINGS),
         vsx=vsx,
+        tune=_tune(r, d.get("tune", {})),
     )
+
+
+def _tune(r: _Reader, raw: Any) -> Tune:
+    t = {**TUNE_DEFAULTS, **r.mapping(raw, "pipeline.tune", (), tuple(TUNE_DEFAULTS))}
+    return Tune(validation_images=r.int_(t["validation_images"], "pipeline.tune.validation_images", minimum=1),
+                max_mad_increase=r.float_(t["max_mad_increase"], "pipeline.tune.max_mad_increase", 0.0, 1.0),
+                max_miou_drop=r.float_(t["max_miou_drop"], "pipeline.tune.max_miou_drop", 0.0, 1.0),
+                max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1))
 
 
 def parse_config(raw: Any, source: str | Path) -> BuildConfig:

@@ -69,6 +69,15 @@ def skipped_convs(model: onnx.ModelProto, skip: tuple[int, ...], numbering: str,
     return [convs[i] for i in skip]
 
 
+def tensor_thresholds(collected: stats.Collection, mode: str, calibrate_range: float | None) -> dict[str, float]:
+    """Every collected tensor's threshold under MODE (the tuning stage derives all modes from one collection)."""
+    names = list(collected.tensors)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy releases the GIL: tensors run side by side
+        found = pool.map(lambda n: thresholds.threshold(mode, collected.tensors[n].hist, collected.tensors[n].absmax,
+                                                        calibrate_range), names)
+        return dict(zip(names, found))
+
+
 def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress) -> tuple[bytes, dict]:
     quantize = cfg.backend.quantize
     mode, numbering = quantize.calibrate_mode, cfg.pipeline.conv_numbering
@@ -77,11 +86,7 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     start = time.perf_counter()
     collected = stats.collect(model, tensors, calib / "tensors.npy", progress, histograms=mode != "max")
     collect_s = time.perf_counter() - start
-    names = list(collected.tensors)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy releases the GIL: tensors run side by side
-        found = pool.map(lambda n: thresholds.threshold(mode, collected.tensors[n].hist, collected.tensors[n].absmax,
-                                                        quantize.calibrate_range), names)
-        chosen = dict(zip(names, found))
+    chosen = tensor_thresholds(collected, mode, quantize.calibrate_range)
     data = qdq.write_qdq(model, chosen, set(skip), quantize.quantize_per_channel)
     per_tensor = {}
     for name, s in collected.tensors.items():

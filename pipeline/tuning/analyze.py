@@ -1,0 +1,161 @@
+"""Stage `analyze`: where an int8 config loses the matte, one row per Conv (layers.py), on validation images.
+
+Writes OUT/layers.csv (one row per Conv, vamc order), OUT/layers.md (the same sorted by impact) and OUT/layers.png
+(single and entire SQNR along the network's depth, coloured by branch). Impact: for the FLOAT_LAYERS Convs of
+lowest single SQNR, the config is scored again with that Conv alone kept float (added to skip_conv_layers); the
+reduction of the deviation from fp32 ranks them, ahead of the unmeasured ones (by single SQNR).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
+from ..backends.ort.thresholds import clipped_share
+from ..fileio import atomic_dir, write_bytes, write_json, write_text
+from . import layers, plot
+from .candidates import Candidate
+from .workbench import Workbench
+
+SQNR_IMAGES = 4    # images the SQNRs are pooled over (the first validation images)
+FLOAT_LAYERS = 8   # lowest single SQNR first: each scored with that Conv alone kept float
+COLUMNS = ("rank", "vamc_index", "onnx_index", "onnx_node", "branch", "kernel", "stride", "groups", "skipped",
+           "threshold", "absmax", "clipped_share", "weight_sqnr_db", "single_sqnr_db", "entire_sqnr_db",
+           "float_mad_change", "float_deviation_change")
+
+
+def config_candidate(wb: Workbench) -> Candidate:
+    q = wb.cfg.backend.quantize
+    return Candidate(q.calibrate_mode, q.calibrate_range if q.calibrate_mode == "percentile" else None,
+                     q.skip_conv_layers)
+
+
+def skip_index(wb: Workbench) -> dict[str, int]:
+    """Conv name -> its skip_conv_layers number under the config's numbering."""
+    return {name: i for i, name in enumerate(conv_order(wb.model, wb.cfg.pipeline.conv_numbering))}
+
+
+def sqnr_rows(wb: Workbench, candidate: Candidate) -> list[dict]:
+    """conv_table's rows with the statistics, thresholds and SQNRs of CANDIDATE's calibration."""
+    chosen = wb.quantizer.thresholds(candidate.mode, candidate.range)
+    collected = wb.quantizer.collection.tensors
+    skipped = wb.quantizer.skipped(candidate.skip)
+    act = layers.activation_sqnr(wb.model, chosen, wb.quantizer.per_channel,
+                                 wb.validation.inputs[:SQNR_IMAGES], skipped)
+    weight = layers.weight_sqnr(wb.model, wb.quantizer.per_channel)
+    numbers = skip_index(wb)
+    nodes = layers.convs(wb.model)
+    rows = []
+    for row in conv_table(wb.model):
+        name = row["onnx_node"]
+        tensor = nodes[name].input[0]
+        stats = collected[tensor]
+        rows.append({**row, "skip_index": numbers[name], "skipped": name in skipped,
+                     "threshold": chosen[tensor], "absmax": stats.absmax,
+                     "clipped_share": clipped_share(stats.hist, stats.absmax, chosen[tensor]),
+                     "weight_sqnr_db": weight[name], "single_sqnr_db": act[name]["single"],
+                     "entire_sqnr_db": act[name]["entire"]})
+    return rows
+
+
+def worst_first(rows: list[dict]) -> list[int]:
+    """skip_conv_layers numbers of the quantized Convs, lowest single SQNR first."""
+    quantized = [r for r in rows if not r["skipped"]]
+    return [r["skip_index"] for r in sorted(quantized, key=lambda r: (r["single_sqnr_db"], r["skip_index"]))]
+
+
+def measure_float(wb: Workbench, candidate: Candidate, rows: list[dict], count: int) -> None:
+    """Adds float_mad_change / float_deviation_change to the COUNT worst rows: CANDIDATE with that Conv float."""
+    base = wb.evaluate(candidate)
+    by_index = {r["skip_index"]: r for r in rows}
+    for index in worst_first(rows)[:count]:
+        got = wb.evaluate(replace(candidate, skip=tuple(sorted((*candidate.skip, index)))))
+        by_index[index]["float_mad_change"] = got["mad"] - base["mad"]
+        by_index[index]["float_deviation_change"] = got["deviation"] - base["deviation"]
+
+
+def by_impact(rows: list[dict]) -> list[dict]:
+    measured = sorted((r for r in rows if "float_deviation_change" in r),
+                      key=lambda r: (r["float_deviation_change"], r["skip_index"]))
+    rest = sorted((r for r in rows if "float_deviation_change" not in r),
+                  key=lambda r: (r["skipped"], r["single_sqnr_db"], r["skip_index"]))
+    return measured + rest
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.6g}"
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    rank = {r["onnx_node"]: k for k, r in enumerate(by_impact(rows), 1)}
+    for row in sorted(rows, key=lambda r: r["vamc_index"]):
+        writer.writerow([_cell(rank[row["onnx_node"]] if c == "rank" else row.get(c)) for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, seconds: float) -> str:
+    fp32 = wb.fp32
+    lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
+             f"Calibration {candidate.label()}, {'per channel' if wb.quantizer.per_channel else 'per tensor'} "
+             f"weights, skip_conv_layers counted in {wb.cfg.pipeline.conv_numbering} order. "
+             f"{wb.quantizer.collection.images} calibration images; SQNRs pooled over {SQNR_IMAGES} and matte "
+             f"figures over {len(wb.validation_entries)} validation images (not in the calibration subset). "
+             f"{seconds:.0f} s.", "",
+             f"Whole model on the validation images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
+             f"{figures['mad_increase']:+.5f}), MSE {figures['mse']:.5f} ({figures['mse_increase']:+.5f}), mIoU "
+             f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); mean "
+             f"|alpha - fp32 alpha| {figures['deviation']:.5f}.", "",
+             "Sorted by impact: first the Convs measured kept float alone, by how much that reduces the deviation "
+             "from fp32 (ΔMAD and Δdev are that run's changes; negative = better), then the rest by single SQNR. "
+             "`skip` is the number to put in `backend.quantize.skip_conv_layers`.", "",
+             "| skip | vamc | onnx | node | branch | k/g | T / max abs | clipped | W SQNR | single | entire | "
+             "ΔMAD float | Δdev float |", "|--:|--:|--:|:--|:--|:--|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in by_impact(rows):
+        lines.append(
+            f"| {r['skip_index']} | {r['vamc_index']} | {r['onnx_index']} | `{r['onnx_node']}` | {r['branch']} | "
+            f"{_cell(r['kernel'])}/{r['groups']} | {r['threshold']:.3g} / {r['absmax']:.3g} | "
+            f"{100 * r['clipped_share']:.3f}% | {_cell(r['weight_sqnr_db'])} | {_cell(r['single_sqnr_db'])} | "
+            f"{_cell(r['entire_sqnr_db'])} | {_cell(r.get('float_mad_change'))} | "
+            f"{_cell(r.get('float_deviation_change'))} |" + (" (skipped)" if r["skipped"] else ""))
+    return "\n".join(lines) + "\n"
+
+
+def to_png(rows: list[dict], title: str) -> bytes:
+    branches = [label for _, label in BRANCHES] + ["other"]
+    series = []
+    for k, branch in enumerate(branches):
+        mine = [r for r in rows if r["branch"] == branch]
+        if mine:
+            series.append((f"single, {branch}", [(r["vamc_index"], r["single_sqnr_db"]) for r in mine], k, True))
+            series.append((f"entire, {branch}", [(r["vamc_index"], r["entire_sqnr_db"]) for r in mine], k, False))
+    return plot.scatter(series, title, "Conv (vamc index, along depth)", "SQNR dB")
+
+
+def analyze(wb: Workbench, out: Path) -> dict:
+    started = time.perf_counter()
+    candidate = config_candidate(wb)
+    rows = sqnr_rows(wb, candidate)
+    measure_float(wb, candidate, rows, FLOAT_LAYERS)
+    figures = wb.evaluate(candidate)
+    seconds = time.perf_counter() - started
+    with atomic_dir(out) as tmp:
+        write_text(tmp / "layers.csv", to_csv(rows))
+        write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, seconds))
+        write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
+                                                     f"and entire (ring) SQNR per Conv"))
+        write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures, "fp32": wb.fp32,
+                                           **wb.digests, "validation": wb.cache.context["validation"]})
+    return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5]}

@@ -1,0 +1,264 @@
+"""Quantization analysis and tuning (pipeline/tuning) on the small-shape demo model, and the search's logic."""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import numpy_helper
+
+from conftest import INT8_CONFIG, small_config_dict, write_config
+from pipeline.backends import build_engine
+from pipeline.backends.ort.numbering import conv_order
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.tuning import scoring, search as search_mod, tuned_yaml
+from pipeline.tuning.analyze import analyze
+from pipeline.tuning.candidates import Candidate, calibrations
+from pipeline.tuning.split import validation_split
+from pipeline.tuning.tune import tune
+from pipeline.tuning.workbench import Workbench
+
+CALIB, VALIDATION, IMAGES = 4, 3, 10
+
+
+def no_progress(iterable, desc=None, total=None):
+    return iterable
+
+
+class Bar:
+    def __init__(self):
+        self.count = 0
+
+    def update(self, n):
+        self.count += n
+
+    def set_postfix_str(self, text, refresh=True):
+        self.text = text
+
+
+def tune_config(tmp_path: Path, **tune) -> Path:
+    raw = small_config_dict(INT8_CONFIG)
+    raw["dataset"]["sampler"]["get_data_num"] = CALIB
+    raw["pipeline"]["tune"] = {"validation_images": VALIDATION, **tune}
+    return write_config(tmp_path / "small_int8.yaml", raw)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from pipeline.calibrate import make_calibration_set
+    from pipeline.demo_data import write_demo_data
+    tmp = tmp_path_factory.mktemp("tune")
+    write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
+    config = tune_config(tmp)
+    make_calibration_set(load_config(config), tmp / "data", tmp / "calib", tmp / "list.txt")
+    return tmp
+
+
+def workbench(cfg_path: Path, sim: Path, inputs: Path, cache: Path | None = None) -> Workbench:
+    return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", no_progress, cache)
+
+
+def test_validation_split_skips_the_calibration_subset_by_its_rule(inputs, tmp_path):
+    cfg = load_config(inputs / "small_int8.yaml")
+    names = sorted(p.name for p in (inputs / "data" / "image").iterdir())
+    ranked = sorted(names, key=lambda n: hashlib.sha256(f"0:{n}".encode()).hexdigest())
+    calib = set(ranked[:CALIB])
+    got = validation_split(cfg, inputs / "data", calib)
+    assert [n for n, _ in got] == ranked[CALIB:CALIB + VALIDATION]
+    assert not calib & {n for n, _ in got}
+    assert all(d == hashlib.sha256((inputs / "data" / "image" / n).read_bytes()).hexdigest() for n, d in got)
+    too_many = load_config(tune_config(tmp_path, validation_images=IMAGES))
+    with pytest.raises(PipelineError, match="6 \\*.jpg images outside the calibration subset, fewer than "
+                                            "pipeline.tune.validation_images=10"):
+        validation_split(too_many, inputs / "data", calib)
+
+
+@pytest.mark.parametrize("key, value, words", [("validation_images", 0, "must be >= 1"),
+                                               ("max_builds", 2.5, "expected an integer"),
+                                               ("max_mad_increase", -0.1, "must be within"),
+                                               ("budget", 3, "unknown key")])
+def test_bad_tune_section_is_one_line_naming_the_key(tmp_path, key, value, words):
+    path = tune_config(tmp_path, **{key: value})
+    with pytest.raises(PipelineError, match=rf"pipeline\.tune\.{key}: {words}"):
+        load_config(path)
+
+
+# --- the search, on a made-up problem: 10 layers, layers 3 and 7 must be float to meet the target -----------------
+
+def fake_evaluate(calls: list, hard: bool = False):
+    def evaluate(candidate: Candidate) -> dict:
+        calls.append(candidate)
+        base = {"kl_divergence": 3.0, "max": 2.5, "mse": 2.0}.get(candidate.mode, 4.0)
+        missing = {3, 7} - set(candidate.skip)
+        violation = base * (0.2 + 0.4 * len(missing)) + (5.0 if hard else 0.0) + 0.001 * len(candidate.skip)
+        return {"violation": violation, "deviation": violation / 10}
+    return evaluate
+
+
+def prerank(candidate):
+    return [0, 7, 1, 2, 3, 4, 5, 6, 8, 9]  # 7 looks bad locally, 3 does not until measured
+
+
+CALIBS = [Candidate("kl_divergence", None), Candidate("max", None), Candidate("mse", None),
+          Candidate("percentile", 0.9999)]
+
+
+def test_search_finds_the_fewest_layers_within_its_budget():
+    calls = []
+    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10)
+    assert outcome.met and not outcome.out_of_budget
+    assert outcome.best.candidate == Candidate("mse", None, (3, 7))
+    assert len(calls) == len(set(calls)) == len(outcome.steps) <= 40
+    assert [s.phase for s in outcome.steps[:4]] == ["calibration"] * 4
+
+
+@pytest.mark.parametrize("budget", [1, 5, 13])
+def test_search_never_exceeds_max_builds(budget):
+    calls = []
+    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=budget, rank_count=10)
+    assert len(calls) == len(outcome.steps) == budget and outcome.out_of_budget
+    assert outcome.best.result["violation"] == min(fake_evaluate([])(c)["violation"] for c in calls)
+
+
+def test_unreachable_target_is_reported_with_the_best_found():
+    calls = []
+    outcome = search_mod.search(CALIBS, fake_evaluate(calls, hard=True), prerank, budget=40, rank_count=3)
+    assert not outcome.met and not outcome.out_of_budget  # ran out of layers, not of builds
+    best = outcome.best
+    assert best.result["violation"] == min(s.result["violation"] for s in outcome.steps)
+    assert best.candidate.mode == "mse" and {3, 7} <= set(best.candidate.skip)
+
+
+# --- the stages on the small model ---------------------------------------------------------------------------------
+
+def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_cache(inputs, small_sim_onnx,
+                                                                                    tmp_path, monkeypatch):
+    # A target nothing meets (the scorer's verdict forced), with a budget of 9: the search spends it and says so.
+    # The figures are real; on 3 images of a random-weights model a real target is met or missed by luck.
+    monkeypatch.setattr(scoring, "violation", lambda change, mad, miou: 2.0 + abs(change["mad_increase"]))
+    cfg_path = tune_config(tmp_path, max_builds=9)
+    out = tmp_path / "tune"
+    wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    bar = Bar()
+    outcome = tune(wb, out, "python -m pipeline tune ...", bar)
+    assert len(outcome.steps) == wb.built == bar.count == 9 and outcome.out_of_budget
+    assert [s.candidate for s in outcome.steps[:7]] == calibrations(wb.cfg)
+    assert not outcome.met  # every candidate changes the matte somewhat
+    assert all(s.result["violation"] > 1 for s in outcome.steps)
+    assert "**target (MAD increase <= 0.002 and mIoU drop <= 0.003) NOT met (max_builds=9 spent); best found: " \
+           f"{outcome.best.candidate.label()}.**" in (out / "tune.md").read_text()
+
+    tuned = load_config(out / "tuned.yaml")
+    raw_in, raw_out = yaml.safe_load(cfg_path.read_text()), yaml.safe_load((out / "tuned.yaml").read_text())
+    assert raw_out["backend"].pop("quantize") != raw_in["backend"].pop("quantize")
+    assert raw_out == raw_in
+    text = (out / "tuned.yaml").read_text()
+    assert "NOT met (max_builds=9 spent)" in text.splitlines()[1]
+    best = outcome.best.candidate
+    q = tuned.backend.quantize
+    assert (q.calibrate_mode, q.skip_conv_layers) == (best.mode, best.skip)
+    assert q.quantize_per_channel is True
+
+    # the tuned config builds, with the backend, exactly the model that was scored; its skip list counts in
+    # vamc's order (the skipped Convs keep float weights)
+    engine = tmp_path / "engine"
+    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, lambda it, total=None: it)
+    assert (engine / "model.onnx").read_bytes() == wb.quantizer.build(best)
+    model = onnx.load(str(engine / "model.onnx"))
+    floats = {i.name for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
+    vamc = conv_order(onnx.load(str(small_sim_onnx)), "vamc")
+    by_name = {n.name: n for n in model.graph.node}
+    assert all(by_name[vamc[i]].input[1] in floats for i in best.skip)
+
+    # a rerun builds nothing and follows the same path
+    rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    again = tune(rerun, out, "python -m pipeline tune ...", Bar())
+    assert rerun.built == 0 and [s.candidate for s in again.steps] == [s.candidate for s in outcome.steps]
+    assert (out / "tuned.yaml").read_text() == text
+
+    # another target reuses what was built: this one (any change allowed) is met by every calibration, and the
+    # one nearest fp32 is chosen, skipping nothing
+    monkeypatch.undo()
+    looser = tune_config(tmp_path, max_builds=12, max_mad_increase=1.0, max_miou_drop=1.0)
+    raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
+    met = tune(raised, out, "python -m pipeline tune ...", Bar())
+    assert raised.built == 0 and met.met and [s.candidate for s in met.steps] == calibrations(raised.cfg)
+    assert met.best.result["violation"] == min(s.result["violation"] for s in met.steps)
+    assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
+
+
+def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
+    wb = workbench(inputs / "small_int8.yaml", small_sim_onnx, inputs)
+    result = analyze(wb, tmp_path / "analysis")
+    with open(tmp_path / "analysis" / "layers.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    model = onnx.load(str(small_sim_onnx))
+    assert [r["onnx_node"] for r in rows] == conv_order(model, "vamc")
+    assert [int(r["vamc_index"]) for r in rows] == list(range(len(rows)))
+    assert [int(r["onnx_index"]) for r in rows] == [conv_order(model, "onnx").index(r["onnx_node"]) for r in rows]
+    measured = [r for r in rows if r["float_deviation_change"]]
+    assert len(measured) == 8
+    assert sorted(int(r["rank"]) for r in rows) == list(range(1, len(rows) + 1))
+    assert sorted(measured, key=lambda r: float(r["float_deviation_change"])) == \
+        sorted(measured, key=lambda r: int(r["rank"]))  # measured first, most deviation removed first
+    # the first Conv reads the image itself: quantizing it alone or everything gives the same error there
+    first = next(r for r in rows if r["onnx_index"] == "0")
+    assert float(first["single_sqnr_db"]) == pytest.approx(float(first["entire_sqnr_db"]), abs=0.01)
+    # weight SQNR against a direct computation (per output channel, scale max|w| / 128, clip +-127)
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[
+        next(n for n in model.graph.node if n.name == first["onnx_node"]).input[1]].astype(np.float64)
+    scale = np.abs(w).reshape(len(w), -1).max(axis=1).reshape(-1, 1, 1, 1) / 128
+    direct = 10 * np.log10(np.sum(w ** 2) / np.sum((w - np.clip(np.round(w / scale), -127, 127) * scale) ** 2))
+    assert float(first["weight_sqnr_db"]) == pytest.approx(direct, rel=1e-5)
+    assert (tmp_path / "analysis" / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "analysis" / "layers.md").read_text()
+    assert f"`{result['worst'][0]['onnx_node']}`" in md.split("|--:|")[-1].splitlines()[1]
+
+
+def test_tuned_yaml_keeps_every_other_line_of_the_input():
+    text = INT8_CONFIG.read_text()
+    raw = yaml.safe_load(text)
+    block = tuned_yaml.quantize_block(raw["backend"]["quantize"], "percentile", 0.9999, [54, 3])
+    out = tuned_yaml.tuned_text(text, block, ["first line", "second"])
+    assert out.startswith("# first line\n# second\n")
+    assert yaml.safe_load(out)["backend"]["quantize"] == {"calibrate_mode": "percentile", "quantize_per_channel": True,
+                                                          "calibrate_range": 0.9999, "skip_conv_layers": [54, 3]}
+    before = [line for line in text.splitlines() if not line.startswith("    ")]
+    after = [line for line in out.splitlines()[2:] if not line.startswith("    ")]
+    assert after == before  # comments and every line outside the quantize block, in order
+    expected = copy.deepcopy(raw)
+    expected["backend"]["quantize"] = block
+    assert yaml.safe_load(out) == expected
+    flow = text.replace("  quantize:\n    calibrate_mode: kl_divergence\n    quantize_per_channel: true\n",
+                        "  quantize: {calibrate_mode: kl_divergence, quantize_per_channel: true}\n")
+    assert yaml.safe_load(tuned_yaml.tuned_text(flow, block, [])) == expected  # falls back to a full dump
+
+
+def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exists(tmp_path):
+    import subprocess
+    from conftest import REPO
+    tuned = tmp_path / "official_modnet_int8_tuned.yaml"
+    tuned.write_text(INT8_CONFIG.read_text())
+
+    def report_command(config: Path) -> str:
+        done = subprocess.run(["make", "-n", "eval", f"ART={tmp_path}/art", "BACKEND=ort", f"CONFIG_INT8={config}"],
+                              cwd=REPO, capture_output=True, text=True, check=True)
+        return next(line for line in done.stdout.splitlines() if "pipeline report" in line)
+
+    vendor = '--engine "int8 vendor config (KL, per channel, no skip)" '
+    assert vendor not in report_command(tuned)  # the vendor engine has not been built
+    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort").mkdir(parents=True)
+    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort" / "manifest.json").write_text("{}")
+    command = report_command(tuned)
+    assert f"{vendor}{tmp_path}/art/eval/int8-vendor-ort build_configs/official_modnet_int8.yaml --engine int8 " \
+           f"{tmp_path}/art/eval/int8-ort {tuned}" in command
+    assert vendor not in report_command(INT8_CONFIG)  # the vendor config itself is the int8 row
+    assert "calib/official_modnet_int8.txt" in subprocess.run(
+        ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
+        capture_output=True, text=True, check=True).stdout
