@@ -95,7 +95,7 @@ endef
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
 comma := ,
 CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) evaluate report \
-	demo-data analyze tune)
+	demo-data demo-ckpt analyze tune)
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
 SIMPLIFY_CODE := $(call code,simplify)
@@ -264,9 +264,7 @@ DEMO_DATA := $(DEMO)/inputs/PPM-100
 DEMO_COUNT ?= 100## images in the generated PPM-100-shaped folder
 
 # Every module the training imports: a change to the generator, the preprocessing or the model retrains it.
-DEMO_CKPT_CODE := pipeline/demo_checkpoint.py pipeline/demo_training.py pipeline/demo_data.py pipeline/model.py \
-	pipeline/checkpoint.py pipeline/config.py pipeline/preprocess.py pipeline/metrics.py pipeline/fileio.py \
-	pipeline/errors.py
+DEMO_CKPT_CODE := $(call code,demo-ckpt)
 demo-ckpt: $(DEMO_CKPT) ## train MODNet briefly on generated portraits (seeded, CPU) and write it in the official layout
 $(DEMO_CKPT): $(DEMO_CKPT_CODE) $(CONFIG_FP16) $(STAMP)
 	$(PY) -m pipeline demo-ckpt --config '$(CONFIG_FP16)' --out '$@'
