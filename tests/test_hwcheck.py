@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import shlex
 from types import SimpleNamespace
 
 import cv2
@@ -285,7 +286,7 @@ def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     commands = dry.stdout.replace("\\\n", " ")
     assert "BACKEND=vamc fp16 int8" in commands
-    line = next(line for line in commands.splitlines() if "-m pipeline hwcheck" in line).split()
+    line = shlex.split(next(line for line in commands.splitlines() if "-m pipeline hwcheck" in line))
     args = dict(zip(line[4::2], line[5::2]))
     assert args == {
         "--config-fp16": "build_configs/official_modnet_fp16.yaml",
@@ -295,7 +296,7 @@ def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
         "--engine-fp16": f"{art}/engines/official_modnet_fp16/vamc",
         "--engine-int8": f"{art}/engines/official_modnet_int8/vamc",
         "--calib": f"{art}/calib/official_modnet_int8", "--data": "datasets/PPM-100", "--out": f"{art}/hwcheck",
-        "--skip-conv-layers": "'54'"}
+        "--skip-conv-layers": "54"}
 
 
 @pytest.mark.parametrize("value, message", [("5x", "expected indices like 54"), ("-1", "expected indices >= 0"),

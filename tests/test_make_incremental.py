@@ -5,6 +5,7 @@ step by step; each step names the `python -m pipeline` stages Make ran."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -116,8 +117,11 @@ def test_data_record_with_a_relative_art(tmp_path):
     (tmp_path / "data" / "matte").mkdir()
     (tmp_path / "data" / "image" / "a.jpg").write_bytes(b"photo")
     (tmp_path / "data" / "matte" / "a.jpg").write_bytes(b"matte!")
-    art = os.path.relpath(tmp_path / "art", REPO)
-    done = make({"ART": art, "DATA": tmp_path / "data"}, f"{art}/inputs/data.contents")
-    assert done.returncode == 0, done.stderr
-    rows = [line.split("\t")[:2] for line in (tmp_path / "art" / "inputs" / "data.contents").read_text().splitlines()]
-    assert rows == [["image/a.jpg", "5"], ["matte/a.jpg", "6"]]
+    art = f"artifacts/test-relative-{tmp_path.name}"  # relative, inside the project: the only relative ART allowed
+    try:
+        done = make({"ART": art, "DATA": tmp_path / "data"}, f"{art}/inputs/data.contents")
+        assert done.returncode == 0, done.stderr
+        rows = [line.split("\t")[:2] for line in (REPO / art / "inputs" / "data.contents").read_text().splitlines()]
+        assert rows == [["image/a.jpg", "5"], ["matte/a.jpg", "6"]]
+    finally:
+        shutil.rmtree(REPO / art, ignore_errors=True)

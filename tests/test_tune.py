@@ -256,8 +256,8 @@ def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exist
     (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort").mkdir(parents=True)
     (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort" / "manifest.json").write_text("{}")
     command = report_command(tuned)
-    assert f"{vendor}{tmp_path}/art/eval/int8-vendor-ort build_configs/official_modnet_int8.yaml --engine int8 " \
-           f"{tmp_path}/art/eval/int8-ort {tuned}" in command
+    assert f"{vendor}'{tmp_path}/art/eval/int8-vendor-ort' 'build_configs/official_modnet_int8.yaml' --engine int8 " \
+           f"'{tmp_path}/art/eval/int8-ort' '{tuned}'" in command
     assert vendor not in report_command(INT8_CONFIG)  # the vendor config itself is the int8 row
     assert "calib/official_modnet_int8.txt" in subprocess.run(
         ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
