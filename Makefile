@@ -311,7 +311,7 @@ clean-all: clean ## also remove the release bundles: everything the pipeline wro
 
 help: ## list targets and variables
 	@echo "Start here: make demo, make test"
-	@echo "  (demo: the whole pipeline on a generated checkpoint and photos, about 3 minutes; test: the test suite)"
+	@echo "  (demo: the whole pipeline on a generated checkpoint and photos, a few minutes; test: the test suite)"
 	@awk 'BEGIN {FS = ":.*## "} \
 	  /^##@ Variables/ {vars = "\n" substr($$0, 5) "\n" vars; next} \
 	  /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
