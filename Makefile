@@ -246,7 +246,8 @@ RELEASE_ROOT ?= $(ART)/release## where `make release` puts NAME-HASH/ bundles
 RELEASE ?= ## the bundle `make verify` rebuilds and compares, e.g. artifacts/release/official_modnet-0123abcd4567
 
 release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, configs, calibration list, report + MANIFEST.json (never overwrites)
-	$(PY) -m pipeline release --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' --ckpt '$(CKPT)' \
+	@echo "$(PY) -m pipeline release (bundling $(ART) into $(RELEASE_ROOT); \`make -n release\` shows the full command)"
+	@$(PY) -m pipeline release --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' --ckpt '$(CKPT)' \
 		--data '$(DATA)' --backend '$(BACKEND)' --calib-list '$(CALIB_LIST)' --calib '$(CALIB_DIR)' \
 		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
 		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
