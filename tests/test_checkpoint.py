@@ -143,4 +143,4 @@ def test_the_layout_and_every_test_input_live_in_the_repository():
     for path in [REPO / "Makefile", *sorted((REPO / ".ci").iterdir())]:
         assert ".." + "/shared" not in path.read_text(), path
     for path in sorted((REPO / "tests").glob("*.py")):
-        assert '"shared"' + " / " not in path.read_text(), path
+        assert '"sh' + 'ared" / ' not in path.read_text(), path
