@@ -29,12 +29,15 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+def _refused(value: object, where: str, problem: str | None) -> str:
+    if problem:
+        raise PipelineError(f"{where}: {value!r} {problem}")
+    return value
+
+
 def check_name(name: object, where: str) -> str:
     """NAME if it is a plain file name; otherwise one line naming WHERE it came from."""
-    problem = name_problem(name)
-    if problem:
-        raise PipelineError(f"{where}: {name!r} {problem}")
-    return name
+    return _refused(name, where, name_problem(name))
 
 
 def path_problem(value: object) -> str | None:
@@ -48,7 +51,5 @@ def path_problem(value: object) -> str | None:
 
 
 def check_path(value: object, where: str) -> str:
-    problem = path_problem(value)
-    if problem:
-        raise PipelineError(f"{where}: {value!r} {problem}")
-    return value
+    """VALUE if it can be passed as a path on a Make command line; otherwise one line naming WHERE."""
+    return _refused(value, where, path_problem(value))
