@@ -29,8 +29,8 @@ TRAIN_HW = (160, 96)  # (H, W): a third of 480x288, both multiples of MODNet's s
 PHOTO_SCALE = 1 / 3
 SAMPLES = 192  # generated once, then drawn in shuffled batches with random horizontal flips
 BATCH = 8
-STEPS = 120  # the CLI's default
-LEARNING_RATE = 2e-3
+STEPS = 80  # the CLI's default
+LEARNING_RATE = 3e-3
 WARMUP_STEPS = 10
 THREADS = 2  # fixed, so that the same seed gives the same float reductions, hence the same bytes
 
