@@ -1,10 +1,13 @@
 """The generated stand-ins for the official checkpoint and PPM-100 are deterministic and shaped like the real ones."""
 from __future__ import annotations
 
+import time
+
 import cv2
+import pytest
 
 from pipeline.demo_checkpoint import write_demo_checkpoint
-from pipeline.demo_data import write_demo_data
+from pipeline.demo_data import _encode, in_order, make_pair, write_demo_data
 
 
 def test_demo_checkpoint_bytes_follow_the_seed(tmp_path):
@@ -29,3 +32,26 @@ def test_demo_data_is_deterministic_and_ppm100_shaped(tmp_path):
         assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1080  # photo-sized
         assert matte.ndim == 2 and matte.shape == image.shape[:2]  # 8-bit grey, same size
         assert matte.min() < 10 and matte.max() > 245 and ((matte > 20) & (matte < 235)).any()  # soft edges
+
+
+def test_in_order_yields_in_order_and_stops_at_an_error():
+    def job(index):
+        time.sleep(0.02 * (5 - index))  # later indices finish first
+        if index == 3:
+            raise ValueError("job 3")
+        return index * 10
+
+    got = []
+    with pytest.raises(ValueError, match="job 3"):
+        for value in in_order(job, 6):
+            got.append(value)
+    assert got == [0, 10, 20]
+
+
+def test_the_threaded_folder_holds_what_one_serial_pair_at_a_time_gives(tmp_path):
+    names = write_demo_data(tmp_path, count=4, seed=3, scale=0.2)
+    for index in range(4):
+        name, image, matte = make_pair(3, index, 0.2)
+        assert name in names
+        assert (tmp_path / "image" / name).read_bytes() == _encode(image, name)
+        assert (tmp_path / "matte" / name).read_bytes() == _encode(matte, name)
