@@ -180,3 +180,14 @@ def test_all_zero_tensor_has_no_nan():
     assert thresholds.kl_divergence(counts, 0.0) == 0.0 and thresholds.mse(counts, 0.0) == 0.0
     counts = histogram(np.array([-2.0, 0.0, 2.0], np.float32), 2.0)
     assert counts[0] == 1 and counts[4000] == 1 and counts[8000] == 1
+
+
+def test_histogram_of_a_tensor_larger_than_a_chunk_is_numpys():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1.5, 3 * stats.Histogrammer.CHUNK + 12345).astype(np.float32)
+    x[::7] = 0.0  # the zero spike of a ReLU
+    absmax = float(np.abs(x).max())
+    x[-1] = -absmax  # both ends of the range, in the last, partial chunk
+    expected, _ = np.histogram(x, bins=thresholds.BINS, range=(-absmax, absmax))
+    counts = stats.Histogrammer()(x.reshape(1, 3, -1), absmax)  # an activation's shape, as ORT returns it
+    np.testing.assert_array_equal(counts, expected)

@@ -39,25 +39,29 @@ class Histogrammer:
     """8001-bin histograms over [-M, M] with the bin rule of numpy.histogram (the last bin includes M).
 
     Bins are found in float64, so a value lands where numpy.histogram puts it except within float rounding of a
-    bin edge. Scratch buffers are reused across tensors and images: no fresh pages per call."""
+    bin edge. The values go through in chunks small enough for the scratch buffers to stay in the CPU cache:
+    one pass over a whole tensor per step (scale, shift, truncate, count) took twice as long."""
+
+    CHUNK = 1 << 16
 
     def __init__(self):
-        self._f = np.empty(0, np.float64)
-        self._i = np.empty(0, np.intp)
+        self._f = np.empty(self.CHUNK, np.float64)
+        self._i = np.empty(self.CHUNK, np.intp)
 
     def __call__(self, x: np.ndarray, absmax: float) -> np.ndarray:
+        counts = np.zeros(BINS + 1, np.int64)
         if absmax <= 0.0:  # an all-zero tensor: every value in the zero bin
-            counts = np.zeros(BINS, np.int64)
             counts[ZERO_BIN] = x.size
-            return counts
-        if self._f.size < x.size:
-            self._f, self._i = np.empty(x.size, np.float64), np.empty(x.size, np.intp)
-        scaled, index = self._f[:x.size], self._i[:x.size]
-        # bin of x = floor((x + M) * BINS / 2M) = floor(x * BINS / 2M + BINS / 2)
-        np.multiply(x.reshape(-1), BINS / (2.0 * absmax), out=scaled)
-        scaled += BINS / 2.0
-        np.copyto(index, scaled, casting="unsafe")  # truncation == floor: scaled >= 0 (up to rounding)
-        counts = np.bincount(index, minlength=BINS + 1)
+            return counts[:BINS]
+        flat = x.reshape(-1)
+        for start in range(0, flat.size, self.CHUNK):
+            part = flat[start:start + self.CHUNK]
+            scaled, index = self._f[:part.size], self._i[:part.size]
+            # bin of x = floor((x + M) * BINS / 2M) = floor(x * BINS / 2M + BINS / 2)
+            np.multiply(part, BINS / (2.0 * absmax), out=scaled)
+            scaled += BINS / 2.0
+            np.copyto(index, scaled, casting="unsafe")  # truncation == floor: scaled >= 0 (up to rounding)
+            counts += np.bincount(index, minlength=BINS + 1)
         counts[BINS - 1] += counts[BINS:].sum()  # x == M
         return counts[:BINS]
 
