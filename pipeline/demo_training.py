@@ -85,17 +85,18 @@ def deterministic_torch(threads: int = THREADS):
 
     Deterministic mode also fills every fresh tensor with NaN by default, to catch reads of uninitialised memory;
     the model never reads one (the bytes are the same without the fill), and the fill cost 7% of a training step."""
-    fill = torch.utils.deterministic
-    old = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), fill.fill_uninitialized_memory
+    settings = torch.utils.deterministic
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    old_fill = settings.fill_uninitialized_memory
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    fill.fill_uninitialized_memory = False
+    settings.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        fill.fill_uninitialized_memory = old[2]
-        torch.use_deterministic_algorithms(old[1])
-        torch.set_num_threads(old[0])
+        settings.fill_uninitialized_memory = old_fill
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
 
 
 def train(model: MODNet, x: np.ndarray, y: np.ndarray, steps: int, seed: int) -> Iterator[float]:
