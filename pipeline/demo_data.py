@@ -6,6 +6,7 @@ textured background, and 8-bit grey mattes stored as JPEG, as PPM-100's are. Eve
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -123,7 +124,7 @@ def in_order(job: Callable[[int], T], count: int) -> Iterator[T]:
     try:
         yield from pool.map(job, range(count))
     finally:
-        pool.shutdown(cancel_futures=True)  # a consumer that stops early (an error, Ctrl-C) stops the rest
+        pool.shutdown(cancel_futures=True)  # closed early (an error, Ctrl-C): the queued jobs never start
 
 
 def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, progress=None) -> list[str]:
@@ -135,10 +136,10 @@ def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, 
         return name, _encode(image, name), _encode(matte, name)
 
     names = []
-    with atomic_dir(out) as tmp:
+    # closing(): if a write fails, the generator is closed at once, which cancels the portraits not yet started
+    with atomic_dir(out) as tmp, contextlib.closing(in_order(encoded, count)) as pairs:
         (tmp / "image").mkdir()
         (tmp / "matte").mkdir()
-        pairs = in_order(encoded, count)
         for name, image, matte in (progress(pairs) if progress else pairs):
             (tmp / "image" / name).write_bytes(image)
             (tmp / "matte" / name).write_bytes(matte)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from pipeline.demo_checkpoint import write_demo_checkpoint
@@ -55,3 +56,25 @@ def test_the_threaded_folder_holds_what_one_serial_pair_at_a_time_gives(tmp_path
         assert name in names
         assert (tmp_path / "image" / name).read_bytes() == _encode(image, name)
         assert (tmp_path / "matte" / name).read_bytes() == _encode(matte, name)
+
+
+def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypatch):
+    from pipeline import demo_data
+
+    started = []
+
+    def slow_pair(seed, index, scale=1.0, stream=0):
+        started.append(index)
+        time.sleep(0.05)
+        return f"{index}.jpg", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+
+    def failing_progress(pairs):
+        for item in pairs:
+            yield item
+            raise OSError("disk full")
+
+    monkeypatch.setattr(demo_data, "make_pair", slow_pair)
+    with pytest.raises(OSError, match="disk full"):
+        write_demo_data(tmp_path / "out", count=40, seed=0, progress=failing_progress)
+    time.sleep(0.3)  # a pool that kept going would start a dozen more by now
+    assert len(started) <= 1 + 2 * demo_data.THREADS and not (tmp_path / "out").exists()
