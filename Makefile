@@ -95,7 +95,7 @@ endef
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
 comma := ,
 CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) evaluate report \
-	demo-data demo-ckpt analyze tune)
+	demo-data demo-ckpt tune)
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
 SIMPLIFY_CODE := $(call code,simplify)
@@ -165,7 +165,7 @@ layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX i
 TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml (then: make int8 CONFIG_INT8=...)
 ANALYZE_DIR := $(ART)/analyze/$(INT8)
 TUNE_DIR := $(ART)/tune/$(INT8)
-TUNING_CODE = $(call code,tune)
+TUNING_CODE = $(call code,tune)# tune imports analyze: this covers both stages
 TUNING_INPUTS := $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(ART)/inputs/data.path \
 	$(TUNING_CODE) $(STAMP)
 TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --calib '$(CALIB_DIR)' --data '$(DATA)'

@@ -150,7 +150,7 @@ def cmd_layers(args) -> None:
 def _workbench(args, cache: Path | None = None):
     from .tuning.workbench import Workbench
     return Workbench(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.data),
-                     lambda it, desc, total=None: progress(it, desc, total), cache)
+                     progress, cache)
 
 
 def cmd_analyze(args) -> None:
@@ -321,7 +321,7 @@ def cmd_hwcheck(args) -> None:
                     onnx_fp16=Path(args.onnx_fp16), onnx_int8=Path(args.onnx_int8),
                     engine_fp16=Path(args.engine_fp16), engine_int8=Path(args.engine_int8), calib=Path(args.calib),
                     data=Path(args.data), skip=skip)
-    verdicts, text = run(inputs, Path(args.out), lambda it, desc, total=None: progress(it, desc, total))
+    verdicts, text = run(inputs, Path(args.out), progress)
     print(text, end="")
     failing = [v.check for v in verdicts if v.failing]
     if failing:

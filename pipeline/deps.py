@@ -13,6 +13,7 @@ Standard library only, and run as a plain script, so Make can call it before `.v
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -53,6 +54,12 @@ def imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """PATH's syntax tree, parsed once however many stages reach it (every `make` runs this script)."""
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def closure(modules: set[str], read: set[Path]) -> set[Path]:
     """Every file of MODULES and of what they import, their parent packages included; files in READ count but
     their imports are not followed (the caller has already)."""
@@ -65,8 +72,7 @@ def closure(modules: set[str], read: set[Path]) -> set[Path]:
             if path is None or path in files:
                 continue
             files.add(path)
-            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-            todo.extend(imported(tree, module_name(path), path.name == "__init__.py"))
+            todo.extend(imported(parsed(path), module_name(path), path.name == "__init__.py"))
     return files
 
 
@@ -76,7 +82,7 @@ CLI = ROOT / PACKAGE / "cli.py"
 def cli_imports(stage: str) -> set[str]:
     """The pipeline modules `python -m pipeline STAGE` imports through cli.py: at module level, in `cmd_STAGE`
     and in every cli.py function it calls, however indirectly."""
-    tree = ast.parse(CLI.read_text(encoding="utf-8"), str(CLI))
+    tree = parsed(CLI)
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     top = ast.Module(body=[n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))],
                      type_ignores=[])

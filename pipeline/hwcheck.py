@@ -32,6 +32,7 @@ from .config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCH
                      HWCHECK_NUMBERING_MIN_GAP, HWCHECK_SEPARATION, BuildConfig, load_config)
 from .errors import PipelineError
 from .fileio import write_text
+from .runners import open_runner
 
 ORDER_IMAGES = 5  # calibration images of the channel-order and resize checks
 
@@ -165,8 +166,10 @@ def choose_skip(order_vamc: list[str], order_onnx: list[str], sensitivity: dict[
 
 
 def fake_quantize_conv(model: onnx.ModelProto, conv: str, input_absmax: float) -> onnx.ModelProto:
-    """MODEL with one Conv quantized as the reference backend does: weights symmetric int8 per output channel,
-    its input symmetric int8 (zero point 0) with the scale of INPUT_ABSMAX. Everything else stays float."""
+    """MODEL with one Conv fake-quantized for the numbering probe's sensitivity: weights symmetric int8 per output
+    channel, its input symmetric int8 (zero point 0), both with scale max|x|/127 (INPUT_ABSMAX for the input), not
+    the reference backend's T/128 (qdq.py): a ranking of Convs, not a prediction of the engine. The rest stays
+    float."""
     from .backends.ort.numbering import node_name
     out = copy.deepcopy(model)
     graph = out.graph
@@ -301,11 +304,6 @@ def _run(runner_factory, cfg, images, progress, label) -> list[np.ndarray]:
         runner.close()
 
 
-def _onnx_runner(path: Path):
-    from .runners import OnnxRunner, describe
-    return OnnxRunner(describe(path))
-
-
 def variant_config(source: Path, out: Path, skip: list[int], numbering: str) -> BuildConfig:
     """SOURCE with another skip_conv_layers list and conv_numbering, written to OUT (vamc is given a file)."""
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -343,7 +341,7 @@ def sensitivity(model: onnx.ModelProto, convs: list[str], inputs: list[np.ndarra
 def check_input(inputs: Inputs, cfg16: BuildConfig, images: list[Path], progress):
     """Checks 1-2: the fp16 engine on the card, fed each way, against fp32 on the same photos."""
     configs = f"{inputs.config_fp16} and {inputs.config_int8}"
-    fp32 = _run(lambda: _onnx_runner(inputs.onnx_fp16), cfg16, images, progress, "fp32")
+    fp32 = _run(lambda: open_runner(inputs.onnx_fp16), cfg16, images, progress, "fp32")
 
     def card(order: str, resize: str) -> Agreement:
         preds = _run(lambda: _open_vamc(inputs.engine_fp16), with_vsx(cfg16, input_order=order, resize=resize),
@@ -365,7 +363,7 @@ def check_numbering(vamc_engine: Path, references: dict[str, Path], cfg8: BuildC
     CFG8 is the int8 config as written (its numbering, whether it skips layers), feeding the card as checks 1-2
     settled."""
     vamc = _run(lambda: _open_vamc(vamc_engine), cfg8, images, progress, "int8 vamc (numbering)")
-    refs = {n: _run(lambda n=n: _onnx_runner(references[n]), cfg8, images, progress, f"int8 reference ({n})")
+    refs = {n: _run(lambda n=n: open_runner(references[n]), cfg8, images, progress, f"int8 reference ({n})")
             for n in ("vamc", "onnx")}
     to = {n: agreement(vamc, refs[n]) for n in refs}
     between = agreement(refs["vamc"], refs["onnx"])
@@ -434,7 +432,7 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     tables[f"Numbering (int8, skip_conv_layers: {skip})"] = rows
 
     vamc8 = _run(lambda: _open_vamc(inputs.engine_int8), card8, images, progress, "int8 vamc")
-    ref8 = _run(lambda: _onnx_runner(engines / "reference" / "ort"), cfg8, images, progress, "int8 reference")
+    ref8 = _run(lambda: open_runner(engines / "reference" / "ort"), cfg8, images, progress, "int8 reference")
     gts = [load_gt(matte_path(inputs.data / "image" / p.name), cfg8) for p in images]
     scores = {label: _scores(preds, gts, images) for label, preds in (("vamc int8", vamc8), ("reference int8", ref8))}
     vs_ref = agreement(vamc8, ref8)

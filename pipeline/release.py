@@ -199,9 +199,9 @@ def _mismatch(rel: str, what: str, recorded: str, other: str, actual: str) -> Pi
                          f"rerun `make fp16 int8 eval`, then `make release`")
 
 
-def check_references(staged: Path, inputs: ReleaseInputs) -> None:
-    """The engine manifests, metrics and report of STAGED refer, by sha256, to the files STAGED holds."""
-    sha = {rel: digest for rel, digest in file_hashes(staged).items()}
+def check_references(staged: Path, inputs: ReleaseInputs, sha: dict[str, str]) -> None:
+    """The engine manifests, metrics and report of STAGED refer, by sha256, to the files STAGED holds (SHA: the
+    sha256 of each of them, by path relative to STAGED)."""
     onnx = {"fp16": f"onnx/{inputs.onnx_fp16.name}", "int8": f"onnx/{inputs.onnx_int8.name}"}
     configs = {"fp32": f"configs/{inputs.config_fp16.name}", "fp16": f"configs/{inputs.config_fp16.name}",
                "int8": f"configs/{inputs.config_int8.name}"}
@@ -276,22 +276,20 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             _copy_tree(engine, tmp / "engines" / engine.parent.name / engine.name)
         for folder in eval_folders(inputs.backend).values():  # this run's only: not other backends', not leftovers
             _copy_tree(inputs.eval_dir / folder, tmp / "report" / "eval" / folder)
-        check_references(tmp, inputs)
+        hashes = file_hashes(tmp)  # of everything but MANIFEST.json, which is written last
+        check_references(tmp, inputs, hashes)
         manifest = {
             "name": bundle.name,
             "inputs_digest": digest,
             "inputs": record,
             "data": str(inputs.data.resolve()),
             "calibration_images": _calibration_images(inputs.calib_dir),
-            "files": file_hashes(tmp),
+            "files": hashes,
             "versions": versions(),
             "repository": repository_record(inputs.calib_list),
         }
         (tmp / MANIFEST).write_text(dumps_json(manifest))
-        for path in tmp.rglob("*"):  # a shipped bundle is a record: read-only (folders once it is in place)
-            if path.is_file():
-                os.chmod(path, 0o444)
-    _read_only(bundle)
+    _read_only(bundle)  # a shipped bundle is a record; folders only once it is in place, so the rename can happen
     return bundle, True
 
 

@@ -13,7 +13,7 @@ from pipeline import demo_training
 from pipeline.checkpoint import load_modnet, read_state_dict
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.demo_checkpoint import trained_state_dict, write_demo_checkpoint
+from pipeline.demo_checkpoint import trained_state_dict
 from pipeline.demo_data import make_pair
 from pipeline.model import MODNet
 
@@ -39,7 +39,7 @@ def cfg(small_config):
     return load_config(small_config)
 
 
-def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path):
+def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path, demo_ckpt):
     first, losses = _train(cfg, seed=0, steps=8)
     again, losses_again = _train(cfg, seed=0, steps=8)
     assert first == again and losses == losses_again
@@ -53,8 +53,7 @@ def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path
     backbone = [k for k in state if k.startswith("module.backbone.")]
     assert backbone and all(torch.equal(state[k], state["module.lr_branch." + k[len("module."):]]) for k in backbone)
     trained = load_modnet(path).state_dict()  # strict: every key and shape of the official layout
-    write_demo_checkpoint(tmp_path / "random.ckpt", seed=0)  # steps=0: the starting point, random weights
-    random = load_modnet(tmp_path / "random.ckpt").state_dict()
+    random = load_modnet(demo_ckpt).state_dict()  # seed 0, steps 0: the starting point, random weights
     assert not torch.equal(trained["f_branch.conv_f.1.layers.0.weight"], random["f_branch.conv_f.1.layers.0.weight"])
     # the training-only heads are not in the inference graph: they keep their starting values
     assert torch.equal(trained["lr_branch.conv_lr.layers.0.weight"], random["lr_branch.conv_lr.layers.0.weight"])

@@ -13,6 +13,7 @@ import pytest
 from conftest import FP16_CONFIG, INT8_CONFIG
 from pipeline import release
 from pipeline.errors import PipelineError
+from pipeline.fileio import sha256_file
 from pipeline.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
                               inputs_record, tampered)
 
@@ -21,10 +22,6 @@ def _write(path: Path, content: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 SCORED = ["p1.jpg", "p2.jpg"]
@@ -40,12 +37,12 @@ def write_eval(inputs: ReleaseInputs, backend: str = "ort", limit=None, scored=S
                "int8": (inputs.engine_int8, "model.onnx", inputs.config_int8)}
     for label, (engine, model, config) in entries.items():
         folder = label if label == "fp32" else f"{label}-{backend}"
-        files = {engine.name: _sha(engine)} if model is None else {model: _sha(engine / model)}
+        files = {engine.name: sha256_file(engine)} if model is None else {model: sha256_file(engine / model)}
         metrics = {"mad": 0.1, "limit": limit, "per_image": [{"name": n, "mad": 0.1} for n in scored],
-                   "config": {"file": config.name, "sha256": _sha(config)},
-                   "engine": {"sha256": _sha(engine) if model is None else _sha(engine / "manifest.json"),
+                   "config": {"file": config.name, "sha256": sha256_file(config)},
+                   "engine": {"sha256": sha256_file(engine) if model is None else sha256_file(engine / "manifest.json"),
                               "model_files": files},
-                   "manifest_sha256": None if model is None else _sha(engine / "manifest.json")}
+                   "manifest_sha256": None if model is None else sha256_file(engine / "manifest.json")}
         _write(inputs.eval_dir / folder / "metrics.json", json.dumps(metrics).encode())
         rows += [f"| {label} | {name} | `{digest[:16]}` |" for name, digest in files.items()]
     _write(art / "report.md", ("# report\n" + "\n".join(rows) + "\n").encode())
@@ -66,7 +63,7 @@ def fake_build(tmp_path) -> ReleaseInputs:
         _write(art / "onnx" / f"{name}.sim.onnx.json", b"{}")
         _write(art / "engines" / name / "ort" / "model.onnx", f"{name} engine".encode())
         _write(art / "engines" / name / "ort" / "manifest.json",
-               json.dumps({"backend": "ort", "onnx": {"sha256": _sha(onnx)}}).encode())
+               json.dumps({"backend": "ort", "onnx": {"sha256": sha256_file(onnx)}}).encode())
     for name in SCORED:
         _write(tmp_path / "data" / "image" / name, f"photo {name}".encode())
         _write(tmp_path / "data" / "matte" / name, f"matte {name}".encode())
@@ -227,7 +224,7 @@ def test_outputs_must_refer_to_each_other(fake_build, tmp_path, capsys, damage, 
         write_eval(inputs)  # eval redone, engine not rebuilt
     elif damage == "fp32 onnx changed":
         inputs.onnx_fp16.write_bytes(b"another simplification")
-        _edit_json(inputs.engine_fp16 / "manifest.json", onnx={"sha256": _sha(inputs.onnx_fp16)})
+        _edit_json(inputs.engine_fp16 / "manifest.json", onnx={"sha256": sha256_file(inputs.onnx_fp16)})
     elif damage == "report from another run":
         inputs.report[0].write_text("# an older report\n")
     elif damage == "other LIMIT":

@@ -168,7 +168,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     # the tuned config builds, with the backend, exactly the model that was scored; its skip list counts in
     # vamc's order (the skipped Convs keep float weights)
     engine = tmp_path / "engine"
-    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, lambda it, total=None: it)
+    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, no_progress)
     assert (engine / "model.onnx").read_bytes() == wb.quantizer.build(best)
     model = onnx.load(str(engine / "model.onnx"))
     floats = {i.name for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
