@@ -130,6 +130,9 @@ def in_order(job: Callable[[int], T], count: int) -> Iterator[T]:
 def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, progress=None) -> list[str]:
     if count < 1:
         raise PipelineError(f"--count must be at least 1, got {count}")
+    if not 0 < scale <= 1:  # also refuses NaN, which no comparison holds for
+        raise PipelineError(f"--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                            f"got {scale}")
 
     def encoded(index: int) -> tuple[str, bytes, bytes]:
         name, image, matte = make_pair(seed, index, scale)
