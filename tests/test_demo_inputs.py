@@ -106,6 +106,8 @@ def test_demo_commands_refuse_an_out_they_would_clobber(tmp_path, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
     for argv, message in (
+            (["demo-data", "--count", "1", "--out", str(readme)],
+             f"{readme}: is a file, not a folder; name a new or empty folder of its own"),
             (["demo-ckpt", "--steps", "0", "--out", str(readme)],
              f"{readme}: exists and is not a demo checkpoint; name a new file, or delete it yourself"),
             (["demo-ckpt", "--steps", "0", "--out", str(folder)],
