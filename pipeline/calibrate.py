@@ -39,7 +39,7 @@ import numpy as np
 from .config import BuildConfig
 from .dataset import image_dir, list_images
 from .errors import PipelineError
-from .fileio import atomic_dir, sha256_file, write_json, write_text
+from .fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
 from .names import check_name
 from .preprocess import load_input
 
@@ -171,7 +171,7 @@ def _place(src: Path, dest: Path) -> str:
 def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, list_path: str | Path | None = None,
                          redraw: bool = False, progress=None) -> dict:
     """Draw (or reuse) the subset, write DIR atomically, write the list on a new draw; returns the manifest."""
-    root, out = Path(data), Path(out)
+    root, out = Path(data), check_out_dir(out, "calib")
     list_path = Path(list_path) if list_path is not None else default_list_path(cfg)
     folder = image_dir(root)
     reused = list_path.is_file() and not redraw
@@ -180,7 +180,7 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
     else:
         entries, candidates = _new_draw(cfg, root)
     _, _, height, width = cfg.input_shape
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "calib") as tmp:
         (tmp / "images").mkdir()
         placed = set()
         items = progress(entries, total=len(entries)) if progress else entries

@@ -92,12 +92,30 @@ def _losses_bar(losses, total: int):
         yield loss
 
 
+def _check_seed(seed: int) -> None:
+    if seed < 0:  # NumPy's generators take no negative seed
+        raise PipelineError(f"--seed must be 0 or more, got {seed}")
+
+
+def _check_out_folder(out: Path) -> None:
+    """For a stage that writes files into its --out folder (the folder itself is never replaced)."""
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"{out}: is a file, not a folder; --out names the folder to write into")
+
+
 def cmd_demo_ckpt(args) -> None:
+    from .checkpoint import is_demo_checkpoint
     from .demo_checkpoint import write_demo_checkpoint
     from .demo_training import STEPS
     steps = STEPS if args.steps is None else args.steps
     if steps < 0:
         raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
+    _check_seed(args.seed)
+    out = Path(args.out)
+    if out.is_dir():
+        raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
+    if out.exists() and not is_demo_checkpoint(out):  # an earlier demo checkpoint is replaced; nothing else
+        raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
     write_demo_checkpoint(args.out, args.seed, steps, _config(args.config), progress=_losses_bar)
     how = f"trained {steps} steps on generated portraits" if steps else "random weights"
     print(f"wrote {args.out} (seed {args.seed}, {how}: not the official model)")
@@ -105,6 +123,7 @@ def cmd_demo_ckpt(args) -> None:
 
 def cmd_demo_data(args) -> None:
     from .demo_data import write_demo_data
+    _check_seed(args.seed)
     names = write_demo_data(args.out, args.count, args.seed, args.scale,
                             progress=lambda it: progress(it, "demo images", args.count))
     print(f"wrote {len(names)} generated portraits and mattes to {args.out}")
@@ -130,14 +149,13 @@ def cmd_build(args) -> None:
 
 
 def cmd_layers(args) -> None:
-    import onnx
-
     from .backends.ort import skipped_convs
     from .backends.ort.numbering import conv_table, format_conv_table
+    from .runtime import read_onnx
     cfg = _config(args.config)
     if not Path(args.onnx).is_file():
         raise PipelineError(f"{args.onnx}: no such ONNX file (run `make simplify` first)")
-    model = onnx.load(args.onnx)
+    model = read_onnx(args.onnx, "--onnx must be the simplified ONNX (`make simplify` writes it)")
     numbering = cfg.pipeline.conv_numbering
     skip = cfg.backend.quantize.skip_conv_layers if cfg.backend.quantize else ()
     skipped = skipped_convs(model, skip, numbering, cfg.source)
@@ -167,6 +185,7 @@ def cmd_tune(args) -> None:
 
     from .tuning.tune import summary_line, tune
     out = Path(args.out)
+    _check_out_folder(out)
     wb = _workbench(args, out / "candidates.json")
     command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
@@ -308,6 +327,7 @@ def cmd_verify(args) -> None:
 
 def cmd_hwcheck(args) -> None:
     from .hwcheck import Inputs, run
+    _check_out_folder(Path(args.out))
     skip = None
     if args.skip_conv_layers is not None:
         try:

@@ -6,6 +6,7 @@ also kept verbatim (`BuildConfig.vamc`) so the vamc backend can pass through key
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,8 @@ class _Reader:
             hint = " (YAML reads 1e-4 as a string: write 1.0e-4)" if isinstance(value, str) else ""
             raise self.fail(where, f"expected a number, got {_kind(value)}{hint}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range check below, so a limit of .nan could never fail
+            raise self.fail(where, f"must be a finite number, got {value}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.fail(where, f"must be within [{low}, {high}], got {value}")
         return value

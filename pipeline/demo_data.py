@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import PipelineError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, check_out_dir
 
 # (width, height) of the photos: landscape and portrait, 1080p and larger
 PHOTO_SIZES = ((1920, 1080), (1080, 1920), (2048, 1365), (1365, 2048), (2560, 1440), (1440, 2560))
@@ -130,6 +130,10 @@ def in_order(job: Callable[[int], T], count: int) -> Iterator[T]:
 def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, progress=None) -> list[str]:
     if count < 1:
         raise PipelineError(f"--count must be at least 1, got {count}")
+    if not 0 < scale <= 1:  # also refuses NaN, which no comparison holds for
+        raise PipelineError(f"--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                            f"got {scale}")
+    check_out_dir(out, "demo-data")
 
     def encoded(index: int) -> tuple[str, bytes, bytes]:
         name, image, matte = make_pair(seed, index, scale)
@@ -137,7 +141,7 @@ def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, 
 
     names = []
     # closing(): if a write fails, the generator is closed at once, which cancels the portraits not yet started
-    with atomic_dir(out) as tmp, contextlib.closing(in_order(encoded, count)) as pairs:
+    with atomic_dir(out, "demo-data") as tmp, contextlib.closing(in_order(encoded, count)) as pairs:
         (tmp / "image").mkdir()
         (tmp / "matte").mkdir()
         for name, image, matte in (progress(pairs) if progress else pairs):

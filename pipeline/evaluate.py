@@ -22,7 +22,7 @@ from . import metrics
 from .config import BuildConfig
 from .dataset import list_images, matte_path
 from .errors import PipelineError
-from .fileio import atomic_dir, dumps_json, sha256_file
+from .fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
 from .preprocess import decode_bgr
 from .runners import Runner, open_runner
 
@@ -70,6 +70,7 @@ def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[P
 
 def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | Path, limit: int | None = None,
              sheet: int = SHEET_IMAGES, progress=None, runner: Runner | None = None) -> dict:
+    check_out_dir(out, "evaluate")
     todo = pairs(cfg, data, limit)
     runner = runner or open_runner(engine)
     progress = progress or (lambda iterable, total=None: iterable)
@@ -78,7 +79,7 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
     started = time.perf_counter()
 
     try:
-        with atomic_dir(out) as tmp, ThreadPoolExecutor(WORKERS) as pool:
+        with atomic_dir(out, "evaluate") as tmp, ThreadPoolExecutor(WORKERS) as pool:
             (tmp / "preds").mkdir()
             ahead: collections.deque[Future] = collections.deque()
             upcoming = iter(todo)

@@ -1,7 +1,8 @@
-"""File helpers shared by every stage: atomic writes and content hashes.
+"""File helpers shared by every stage: atomic writes, output folders a stage may replace, and content hashes.
 
 Every output goes to a temporary name in the destination folder and is renamed into place only when complete,
-so an interrupted run never leaves a file that looks finished.
+so an interrupted run never leaves a file that looks finished. A stage that writes a folder replaces it whole,
+so it first makes sure the folder is its own (`check_out_dir`): nothing it did not write is ever deleted.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import PipelineError
+from .provenance import REPO
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -40,15 +44,101 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside DEST; it replaces DEST only if the block succeeds."""
+# Every folder a stage replaces carries this file, naming the stage that wrote it. One small file for every stage
+# rather than each stage's own manifest: calib and build both write a manifest.json, demo-data writes none, and
+# a user's folder may hold a file of any name; a marker that names the stage tells all of them apart alike.
+STAGE_MARKER = ".pipeline-stage"
+# Folders written before the marker existed (an existing artifacts/) stay replaceable, so Make keeps rebuilding
+# into them: each is recognised by the file only that stage writes there and, where two stages write a file of
+# that name, a key only that stage's has. demo-data's is the `.complete` the Makefile touches inside its folder.
+EARLIER_OUTPUTS = {"calib": ("manifest.json", "tensors"), "build": ("manifest.json", "backend"),
+                   "evaluate": ("metrics.json", "per_image"), "analyze": ("analysis.json", "candidate"),
+                   "demo-data": (".complete", None)}
+SHOWN_ENTRIES = 5  # entries of a refused folder named in the error
+
+
+def _written_by(folder: Path) -> str | None:
+    """The stage named by FOLDER's marker, or None."""
+    try:
+        with open(folder / STAGE_MARKER, "rb") as handle:
+            return handle.read(64).decode("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _earlier_output(folder: Path, stage: str) -> bool:
+    if stage not in EARLIER_OUTPUTS:
+        return False
+    name, key = EARLIER_OUTPUTS[stage]
+    if key is None:
+        return (folder / name).is_file()
+    try:
+        return key in json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
+def _listing(entries: list[Path]) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in entries)
+    more = f", and {len(names) - SHOWN_ENTRIES} more" if len(names) > SHOWN_ENTRIES else ""
+    return ", ".join(names[:SHOWN_ENTRIES]) + more
+
+
+def out_dir_problem(dest: str | os.PathLike, stage: str) -> str | None:
+    """Why STAGE may not replace the folder DEST, or None if it may: DEST is missing, empty, or STAGE's own."""
     dest = Path(dest)
+    own = "name a new or empty folder of its own"
+    if dest.is_symlink():
+        return f"is a symbolic link; {own}"
+    where = dest.resolve()
+    if where == REPO or where in REPO.parents:
+        return f"is the checkout{'' if where == REPO else ' or holds it'} ({REPO}); {own}"
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        return f"is the current folder{'' if where == cwd else ' or holds it'}; {own}"
+    if (where / ".git").exists():
+        return f"holds .git (a repository); {own}"
+    if not dest.exists():
+        return None
+    if not dest.is_dir():
+        return f"is a file, not a folder; {own}"
+    entries = list(dest.iterdir())
+    if not entries:
+        return None
+    writer = _written_by(dest)
+    if writer == stage or (writer is None and _earlier_output(dest, stage)):
+        return None
+    if writer is not None:
+        return f"was written by `{writer}`, not `{stage}` ({STAGE_MARKER}); {own}, or delete it yourself"
+    return (f"holds files `{stage}` did not write ({_listing(entries)}); choose an empty or new folder, or delete "
+            f"it yourself")
+
+
+def check_out_dir(dest: str | os.PathLike, stage: str) -> Path:
+    """DEST if STAGE may replace it; otherwise one line naming the folder and what is in it.
+    Stages call it before their work starts; atomic_dir calls it again before it replaces anything."""
+    problem = out_dir_problem(dest, stage)
+    if problem:
+        raise PipelineError(f"{dest}: {problem}")
+    return Path(dest)
+
+
+def mark_stage(folder: Path, stage: str) -> None:
+    (folder / STAGE_MARKER).write_text(f"{stage}\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike, stage: str) -> Iterator[Path]:
+    """Yield a temporary folder beside DEST, marked as STAGE's; it replaces DEST only if the block succeeds, and
+    only if DEST is STAGE's to replace (check_out_dir)."""
+    dest = check_out_dir(dest, stage)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
+        mark_stage(tmp, stage)  # first, so a stage that lists or hashes its folder (release) counts it too
         yield tmp
         os.chmod(tmp, 0o755)
+        check_out_dir(dest, stage)  # the folder may have been filled while the stage ran
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

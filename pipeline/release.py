@@ -268,7 +268,7 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
     if bundle.exists():
         return bundle, False
     files = _layout(inputs)
-    with atomic_dir(bundle) as tmp:
+    with atomic_dir(bundle, "release") as tmp:
         for src, rel in files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)

@@ -62,7 +62,8 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def test_fp16_engine_runs_close_to_fp32(tmp_path, small_sim_onnx, small_config, calib_dir):
     out = tmp_path / "fp16"
     manifest = build_engine("ort", load_config(small_config), small_sim_onnx, None, out, no_progress)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [".pipeline-stage", "manifest.json", "model.onnx"]
+    assert (out / ".pipeline-stage").read_text() == "build\n"
     assert manifest["backend"] == "ort" and manifest["dtype"] == "fp16"
     kept = manifest["fp16"]["kept_float32_op_types"]  # on x86, every op type (see fp16.py)
     assert kept == sorted(set(kept)) and set(kept) <= {n.op_type for n in onnx.load(str(small_sim_onnx)).graph.node}

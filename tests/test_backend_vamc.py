@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError
 
 
-ENGINE_LISTING = ["manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
+ENGINE_LISTING = [".pipeline-stage", "manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
 OFFICIAL_VDSP = {
     "OpType": "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR",
     "OpConfig": {

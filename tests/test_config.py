@@ -88,6 +88,34 @@ def test_bad_values_name_file_and_key(tmp_path, path, value, where, words):
     assert words in message and "\n" not in message
 
 
+# Every float setting (issue 17): NaN passes any range check, so a limit of .nan would be a gate that cannot fail.
+FLOAT_KEYS = [
+    (("pipeline", "parity_tolerance"), "pipeline.parity_tolerance"),
+    (("pipeline", "gate", "max_mse_increase"), "pipeline.gate.max_mse_increase"),
+    (("pipeline", "gate", "max_mad_increase"), "pipeline.gate.max_mad_increase"),
+    (("pipeline", "gate", "max_miou_drop"), "pipeline.gate.max_miou_drop"),
+    (("pipeline", "tune", "max_mad_increase"), "pipeline.tune.max_mad_increase"),
+    (("pipeline", "tune", "max_miou_drop"), "pipeline.tune.max_miou_drop"),
+    (("dataset", "process_ops", 2, "mean", 0), "dataset.process_ops[2].mean[0]"),
+    (("dataset", "process_ops", 2, "std", 1), "dataset.process_ops[2].std[1]"),
+    (("backend", "quantize", "calibrate_range"), "backend.quantize.calibrate_range"),
+]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("path,where", FLOAT_KEYS, ids=[w for _, w in FLOAT_KEYS])
+def test_every_float_setting_refuses_nan_and_infinity(tmp_path, path, where, value):
+    raw = config_dict(INT8_CONFIG)
+    raw["backend"]["quantize"].update(calibrate_mode="percentile", calibrate_range=0.99999)
+    raw["pipeline"].setdefault("tune", {})
+    _mutate(raw, path, value)
+    cfg_path = write_config(tmp_path / "bad.yaml", raw)
+    assert (".nan" if value != value else ".inf") in cfg_path.read_text()  # as a user would write it in YAML
+    with pytest.raises(PipelineError) as err:
+        load_config(cfg_path)
+    assert str(err.value) == f"config error: {cfg_path}: {where}: must be a finite number, got {value}"
+
+
 def test_int8_needs_known_calibrate_mode(tmp_path):
     raw = config_dict(INT8_CONFIG)
     raw["backend"]["quantize"]["calibrate_mode"] = "entropy"

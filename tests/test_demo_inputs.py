@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.cli import main
 from pipeline.demo_checkpoint import write_demo_checkpoint
 from pipeline.demo_data import _encode, in_order, make_pair, write_demo_data
 
@@ -78,3 +79,45 @@ def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypa
         write_demo_data(tmp_path / "out", count=40, seed=0, progress=failing_progress)
     time.sleep(0.3)  # a pool that kept going would start a dozen more by now
     assert len(started) <= 1 + 2 * demo_data.THREADS and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo-data", "--scale", "0"], "--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                                    "got 0.0"),
+    (["demo-data", "--scale", "-1"], "--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                                     "got -1.0"),
+    (["demo-data", "--scale", "nan"], "--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                                      "got nan"),
+    (["demo-data", "--scale", "inf"], "--scale must be in (0, 1] (1: the photo sizes of PPM-100; less shrinks them), "
+                                      "got inf"),
+    (["demo-data", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["demo-ckpt", "--steps", "0", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+])
+def test_demo_commands_refuse_bad_numbers_in_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / ("out.ckpt" if argv[0] == "demo-ckpt" else "out")
+    assert main([*argv, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_demo_commands_refuse_an_out_they_would_clobber(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a checkpoint\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for argv, message in (
+            (["demo-data", "--count", "1", "--out", str(readme)],
+             f"{readme}: is a file, not a folder; name a new or empty folder of its own"),
+            (["demo-ckpt", "--steps", "0", "--out", str(readme)],
+             f"{readme}: exists and is not a demo checkpoint; name a new file, or delete it yourself"),
+            (["demo-ckpt", "--steps", "0", "--out", str(folder)],
+             f"{folder}: is a folder; --out names the checkpoint file to write")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
+    assert readme.read_text() == "# not a checkpoint\n" and list(folder.iterdir()) == []
+    # an earlier demo checkpoint is what `make demo-ckpt` rebuilds: it is replaced
+    ckpt = tmp_path / "demo.ckpt"
+    write_demo_checkpoint(ckpt, seed=1)
+    assert main(["demo-ckpt", "--steps", "0", "--seed", "2", "--out", str(ckpt)]) == 0
+    write_demo_checkpoint(tmp_path / "seed2.ckpt", seed=2)
+    assert ckpt.read_bytes() == (tmp_path / "seed2.ckpt").read_bytes()

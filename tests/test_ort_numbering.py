@@ -77,3 +77,13 @@ def test_layers_command_marks_the_skipped_conv(tmp_path, small_sim_onnx, capsys)
     write_config(config, raw)
     assert main(["layers", "--config", str(config), "--onnx", str(small_sim_onnx)]) == 2
     assert "skip_conv_layers index 69 is out of range" in capsys.readouterr().err
+
+
+def test_layers_command_refuses_a_file_that_is_not_onnx(capsys):
+    from conftest import INT8_CONFIG, REPO
+    from pipeline.cli import main
+    readme = REPO / "README.md"
+    assert main(["layers", "--config", str(INT8_CONFIG), "--onnx", str(readme)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {readme}: not a valid ONNX model (")
+    assert err[0].endswith("); --onnx must be the simplified ONNX (`make simplify` writes it)")

@@ -80,6 +80,7 @@ def fake_build(tmp_path) -> ReleaseInputs:
 
 
 EXPECTED_FILES = [
+    ".pipeline-stage",  # names the stage that wrote the folder (fileio.STAGE_MARKER), hashed like every file
     "calib/official_modnet_int8.txt",
     "configs/official_modnet_fp16.yaml",
     "configs/official_modnet_int8.yaml",

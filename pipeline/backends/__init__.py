@@ -12,7 +12,7 @@ from pathlib import Path
 from ..calibrate import read_calibration_folder
 from ..config import BuildConfig
 from ..errors import PipelineError
-from ..fileio import sha256_file
+from ..fileio import check_out_dir, sha256_file
 from ..provenance import git_state, versions
 from ..runtime import read_onnx
 
@@ -50,6 +50,7 @@ def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None
 def build_engine(backend: str, cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress) -> dict:
     if backend not in BACKENDS:
         raise PipelineError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
+    check_out_dir(out, "build")
     check_inputs(cfg, onnx, calib)
     module = importlib.import_module(f"{__name__}.{backend}")
     return module.build(cfg, onnx, calib, out, progress)

@@ -29,7 +29,7 @@ import yaml
 
 from ..config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize
 from ..errors import PipelineError
-from ..fileio import sha256_file, write_json, write_text
+from ..fileio import check_out_dir, mark_stage, sha256_file, write_json, write_text
 from . import base_manifest
 
 ENGINE_FILES = ("mod.so", "mod.json", "mod.params")
@@ -240,12 +240,14 @@ def build(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress)
     yaml_text = dump_vamc_yaml(doc, cfg)
 
     previous = None
+    check_out_dir(out, "build")  # again, just before it is moved aside: build_engine checked it before any work
     if out.exists() or out.is_symlink():
         previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".previous", dir=out.parent))
         previous.rmdir()
         os.replace(out, previous)
     try:
         out.mkdir()
+        mark_stage(out, "build")
         manifest = _build_in(cfg, onnx, calib, out, executable, command, doc, yaml_text, params)
     except BaseException as exc:
         log = out / "vamc.log"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
-from ..fileio import atomic_dir, write_bytes, write_json, write_text
+from ..fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
 from . import layers, plot
 from .candidates import Candidate
 from .workbench import Workbench
@@ -145,13 +145,14 @@ def to_png(rows: list[dict], title: str) -> bytes:
 
 
 def analyze(wb: Workbench, out: Path) -> dict:
+    check_out_dir(out, "analyze")
     started = time.perf_counter()
     candidate = config_candidate(wb)
     rows = sqnr_rows(wb, candidate)
     measure_float(wb, candidate, rows, FLOAT_LAYERS)
     figures = wb.evaluate(candidate)
     seconds = time.perf_counter() - started
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "analyze") as tmp:
         write_text(tmp / "layers.csv", to_csv(rows))
         write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "

@@ -133,7 +133,7 @@ def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, prog
         manifest.setdefault("calibration", {}).update(summary)
     manifest["build_time_s"] = round(time.perf_counter() - start, 3)
     manifest["onnxruntime"] = onnxruntime.__version__
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "build") as tmp:
         write_bytes(tmp / "model.onnx", data)
         manifest["model"] = {"file": "model.onnx", "sha256": sha256_file(tmp / "model.onnx"),
                              "input": "float32", "output": "float32"}
