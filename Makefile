@@ -40,7 +40,7 @@ digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4
 	$(subst 7,,$(subst 8,,$(subst 9,,$(value $1)))))))))))),,yes)
 $(foreach v,LIMIT DEMO_COUNT,$(if $(and $(value $v),$(if $(call digits_only,$v),,x)),\
 	$(error $v=$(value $v) is not a whole number)))
-$(if $(filter-out 1,$(value REDRAW)),$(error REDRAW=$(value REDRAW): set REDRAW=1 or leave it empty))
+$(foreach v,REDRAW FORCE,$(if $(filter-out 1,$(value $v)),$(error $v=$(value $v): set $v=1 or leave it empty)))
 
 # A relative VAMC (tools/vamc) names a file here: resolve it once, so vamc run from its work folder finds it.
 override VAMC := $(if $(findstring /,$(VAMC)),$(abspath $(VAMC)),$(VAMC))
@@ -84,12 +84,12 @@ optional = $(wildcard $(1))
 # Records a variable's value in a file that changes only when the value does, so switching CKPT or DATA to
 # another file rebuilds what depends on it even when that file is older than the outputs.
 define remember
-	@mkdir -p '$(@D)'; printf '%s\n' '$(1)' | cmp -s - '$@' || printf '%s\n' '$(1)' > '$@'
+	@mkdir -p -- '$(@D)'; printf '%s\n' '$(1)' | cmp -s - '$@' || printf '%s\n' '$(1)' > '$@'
 endef
 # The same for what a command prints (run on every make, in a subshell so a `cd` stays inside; the file changes
 # only when the output does).
 define remember_output
-	@mkdir -p '$(@D)'; ( $(1) ) > '$@.new'; if cmp -s '$@.new' '$@'; then rm '$@.new'; else mv '$@.new' '$@'; fi
+	@mkdir -p -- '$(@D)'; ( $(1) ) > '$@.new'; if cmp -s '$@.new' '$@'; then rm -- '$@.new'; else mv -- '$@.new' '$@'; fi
 endef
 
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
@@ -162,21 +162,26 @@ layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX i
 	$(PY) -m pipeline layers --config '$(CONFIG_INT8)' --onnx '$<'
 
 ##@ Quantization analysis and tuning (docs/tuning.md)
-TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml (then: make int8 CONFIG_INT8=...)
+TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml: a new *.yaml in build_configs/ or an earlier tuned one (then: make int8 CONFIG_INT8=...)
+FORCE ?= ## set to 1 to let `make tune` replace a TUNED_CONFIG edited by hand since it was tuned
 ANALYZE_DIR := $(ART)/analyze/$(INT8)
 TUNE_DIR := $(ART)/tune/$(INT8)
 TUNING_CODE = $(call code,tune)# tune imports analyze: this covers both stages
 TUNING_INPUTS := $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(ART)/inputs/data.path \
 	$(TUNING_CODE) $(STAMP)
-TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --calib '$(CALIB_DIR)' --data '$(DATA)'
+TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --calib '$(CALIB_DIR)' --data '$(DATA)' \
+	--ckpt '$(CKPT)' $(DEMO_FLAG)
+# Where TUNED_CONFIG may go is checked by the Python stage (pipeline/tuning/promote.py) before tuning starts.
+PROMOTE_ARGS = --config '$(CONFIG_INT8)' --to '$(TUNED_CONFIG)' $(DEMO_FLAG) $(if $(FORCE),--force)
 
 analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on validation images (artifacts/analyze/NAME/)
 $(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)
 	$(PY) -m pipeline analyze $(TUNING_ARGS) --out '$(@D)'
 
-tune: $(TUNE_DIR)/tuned.yaml ## search quantize settings that meet pipeline.tune (artifacts/tune/NAME/), copy to TUNED_CONFIG
-	cp '$<' '$(TUNED_CONFIG).part' && mv '$(TUNED_CONFIG).part' '$(TUNED_CONFIG)'
-	@echo "wrote $(TUNED_CONFIG): build it with make int8 CONFIG_INT8=$(TUNED_CONFIG)"
+tune: $(STAMP) ## search quantize settings that meet pipeline.tune (artifacts/tune/NAME/), copy to TUNED_CONFIG
+	$(PY) -m pipeline promote --check $(PROMOTE_ARGS)
+	$(MAKE) --no-print-directory '$(TUNE_DIR)/tuned.yaml'
+	$(PY) -m pipeline promote $(PROMOTE_ARGS) --tuned '$(TUNE_DIR)/tuned.yaml'
 $(TUNE_DIR)/tuned.yaml: $(TUNING_INPUTS)
 	$(PY) -m pipeline tune $(TUNING_ARGS) --out '$(@D)'
 
@@ -255,7 +260,7 @@ release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, conf
 
 verify: $(STAMP) ## rebuild RELEASE from its manifest in a scratch folder and compare every file
 	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))
-	@mkdir -p '$(ART)/verify'
+	@mkdir -p -- '$(ART)/verify'
 	$(PY) -m pipeline verify --release '$(RELEASE)' --scratch-root '$(ART)/verify'
 
 ##@ Demo and tests
@@ -277,7 +282,7 @@ $(DEMO)/inputs/demo_count.txt: FORCE
 demo-data: $(DEMO_DATA)/.complete ## write the synthetic PPM-100-shaped folder
 $(DEMO_DATA)/.complete: $(call code,demo-data) $(DEMO)/inputs/demo_count.txt $(STAMP)
 	$(PY) -m pipeline demo-data --out '$(DEMO_DATA)' --count '$(DEMO_COUNT)'
-	touch '$@'
+	touch -- '$@'
 
 # Ends with where to look: the stages' output passes through to the terminal, and the bundle is the last path
 # under $(DEMO)/release/ that `release` printed (written, or already there).
@@ -292,23 +297,33 @@ demo: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## run the whole pipeline on generated
 # The demo's calibration list goes under artifacts/demo: calib/ holds only the record of real PPM-100 draws.
 demo-stages: calib fp16 int8 eval release
 
+# The demo's tuned config stays among the demo's outputs: build_configs/ holds configs for the real model.
+DEMO_TUNED := $(DEMO)/tune/$(INT8)_tuned.yaml
+DEMO_VARS = ART='$(DEMO)' CKPT='$(DEMO_CKPT)' DATA='$(DEMO_DATA)' BACKEND=ort CALIB_LIST='$(DEMO)/calib_list/$(INT8).txt'
+demo-tune: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## tune the demo's int8 config on the generated data (artifacts/demo/tune/)
+	$(MAKE) --no-print-directory $(DEMO_VARS) TUNED_CONFIG='$(DEMO_TUNED)' tune
+	@printf '%s\n' "build and report it: make $(DEMO_VARS) CONFIG_INT8=$(DEMO_TUNED) int8 eval"
+
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
 
 # Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
 # bundles are what "never overwritten" promises to keep, so only clean-all removes them.
-OUTPUTS := inputs onnx calib calib_list engines eval verify report.md report.png
+OUTPUTS := inputs onnx calib calib_list engines eval analyze tune verify report.md report.png
 CLEAN_ROOTS = $(ART) $(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),$(DEMO))
 RELEASES = $(wildcard $(addsuffix /release,$(CLEAN_ROOTS)))
 
 clean: ## remove the outputs under ART, keeping the release bundles (ART/release) and .venv
 	@echo "removing the outputs in $(CLEAN_ROOTS) ($(OUTPUTS)); keeping $(or $(RELEASES),the release bundles)"
-	@rm -rf $(foreach r,$(CLEAN_ROOTS),$(addprefix $(r)/,$(OUTPUTS)) $(wildcard $(r)/.*.part))
+	@rm -rf -- $(foreach r,$(CLEAN_ROOTS),$(addprefix $(r)/,$(OUTPUTS)) $(wildcard $(r)/.*.part))
 
-clean-all: clean ## also remove the release bundles: everything the pipeline wrote under ART (keeps .venv)
+# hwcheck's report is evidence from a card, kept by clean.
+HWCHECKS = $(wildcard $(addsuffix /hwcheck,$(CLEAN_ROOTS)))
+clean-all: clean ## also remove the release bundles and hwcheck's report: everything the pipeline wrote under ART (keeps .venv)
+	@$(if $(HWCHECKS),printf 'removing %s\n' $(HWCHECKS) && rm -rf -- $(HWCHECKS))
 	@$(if $(RELEASES),printf 'removing release bundle %s\n' $(wildcard $(addsuffix /*,$(RELEASES))),echo "no release bundles to remove")
-	@$(if $(RELEASES),chmod -R u+w $(RELEASES) && rm -rf $(RELEASES))
-	@$(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),rm -rf $(DEMO))
+	@$(if $(RELEASES),chmod -R u+w -- $(RELEASES) && rm -rf -- $(RELEASES))
+	@$(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),rm -rf -- $(DEMO))
 
 help: ## list targets and variables
 	@echo "Start here: make demo, make test"
@@ -322,4 +337,4 @@ help: ## list targets and variables
 
 FORCE:
 .PHONY: venv onnx simplify sim calib fp16 int8 layers analyze tune eval hwcheck release verify demo demo-ckpt \
-	demo-data demo-stages test clean clean-all help FORCE
+	demo-data demo-stages demo-tune test clean clean-all help FORCE

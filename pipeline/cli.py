@@ -140,12 +140,14 @@ def cmd_calib(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .backends import build_engine
+    from .backends import build_engine, tuned_config_warnings
     cfg = _config(args.config)
     calib = Path(args.calib) if args.calib else None
     build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out),
                  progress=lambda it, total=None: progress(it, "calibration", total))
     print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
+    for warning in tuned_config_warnings(cfg, Path(args.onnx)):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_layers(args) -> None:
@@ -166,9 +168,11 @@ def cmd_layers(args) -> None:
 
 
 def _workbench(args, cache: Path | None = None):
+    from .checkpoint import is_demo_checkpoint
     from .tuning.workbench import Workbench
+    demo = (args.demo, bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
     return Workbench(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.data),
-                     progress, cache)
+                     progress, cache, demo)
 
 
 def cmd_analyze(args) -> None:
@@ -187,6 +191,8 @@ def cmd_tune(args) -> None:
     out = Path(args.out)
     _check_out_folder(out)
     wb = _workbench(args, out / "candidates.json")
+    if wb.cache.notice:
+        print(f"warning: {wb.cache.notice}", file=sys.stderr)
     command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
     try:
@@ -198,6 +204,19 @@ def cmd_tune(args) -> None:
     if not outcome.met:
         print(f"warning: the target in pipeline.tune of {args.config} was not met; tuned.yaml holds the best found",
               file=sys.stderr)
+
+
+def cmd_promote(args) -> None:
+    from .tuning.promote import check_target, promote
+    target, config = Path(args.to), Path(args.config)
+    if args.check:
+        check_target(target, config, args.demo, args.force)
+        return
+    if not args.tuned:
+        raise PipelineError("promote: --tuned FILE is required (or --check to only check --to)")
+    promote(Path(args.tuned), target, config, args.demo, args.force)
+    build = "as `make demo-tune` says" if args.demo else f"with `make int8 CONFIG_INT8={target}`"
+    print(f"wrote {target} (a copy of {args.tuned}): build it {build}")
 
 
 def cmd_evaluate(args) -> None:
@@ -397,7 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--calib", required=True, help="calibration folder from `calib`")
         p.add_argument("--data", required=True, help="PPM-100-shaped folder; validation images are drawn from it")
         p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the outputs")
+        p.add_argument("--ckpt", help="the checkpoint the ONNX came from: the outputs say so if it is the demo one")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("promote", help="copy tune's tuned.yaml to TUNED_CONFIG, only where that is tune's to write")
+    p.add_argument("--config", required=True, help="the int8 config that was tuned (never overwritten)")
+    p.add_argument("--to", required=True, help="TUNED_CONFIG: a *.yaml in build_configs/ (with --demo: in "
+                                               "artifacts/demo/), new or an earlier tuned config")
+    p.add_argument("--tuned", help="tune's tuned.yaml to copy")
+    p.add_argument("--check", action="store_true", help="only check --to (make tune does, before tuning)")
+    p.add_argument("--demo", action="store_true", help="tuned on the generated demo set")
+    p.add_argument("--force", action="store_true", help="replace an earlier tuned config edited by hand")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")
     p.add_argument("--config", required=True, help="build config YAML (shape, preprocessing, image suffix)")

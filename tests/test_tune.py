@@ -230,7 +230,7 @@ def test_tuned_yaml_keeps_every_other_line_of_the_input():
     assert yaml.safe_load(out)["backend"]["quantize"] == {"calibrate_mode": "percentile", "quantize_per_channel": True,
                                                           "calibrate_range": 0.9999, "skip_conv_layers": [54, 3]}
     before = [line for line in text.splitlines() if not line.startswith("    ")]
-    after = [line for line in out.splitlines()[2:] if not line.startswith("    ")]
+    after = [line for line in out.splitlines()[3:] if not line.startswith("    ")]
     assert after == before  # comments and every line outside the quantize block, in order
     expected = copy.deepcopy(raw)
     expected["backend"]["quantize"] = block

@@ -15,6 +15,7 @@ from ..errors import PipelineError
 from ..fileio import check_out_dir, sha256_file
 from ..provenance import git_state, versions
 from ..runtime import read_onnx
+from ..tuning import tuned_yaml
 
 BACKENDS = ("ort", "vamc")
 
@@ -28,6 +29,30 @@ def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
         if calib is None:
             raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")
         read_calibration_folder(cfg, calib)
+
+
+def tuned_config_warnings(cfg: BuildConfig, onnx: Path) -> list[str]:
+    """For a config `make tune` wrote (tuned_yaml's header): one line for each way the build departs from what was
+    tuned, a body edited since or another model; nothing for any other config."""
+    try:
+        header, body = tuned_yaml.split(cfg.source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return []  # load_config read it a moment ago; nothing to add about a file that vanished since
+    if header is None:
+        return []
+    warnings = []
+    if header.body_sha256 is None:
+        warnings.append(f"{cfg.source}: tuned before tuned configs recorded the sha256 of their body, so an edit since "
+                        f"cannot be told; tune again (make tune) to be sure the figures in its header describe it")
+    elif tuned_yaml.edited(header, body):
+        warnings.append(f"{cfg.source}: edited since `make tune` wrote it (its body no longer matches the sha256 in "
+                        f"its header), so the figures in its header do not describe it")
+    actual = sha256_file(onnx)
+    if header.onnx_sha256 is not None and header.onnx_sha256 != actual:
+        warnings.append(f"{cfg.source}: tuned for the ONNX with sha256 {header.onnx_sha256[:12]}..., built against "
+                        f"{onnx} ({actual[:12]}...): its skip_conv_layers and figures were chosen for another model; "
+                        f"tune again on this one (make tune)")
+    return warnings
 
 
 def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None) -> dict:

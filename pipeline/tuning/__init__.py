@@ -9,5 +9,6 @@ those thresholds, scored with ONNX Runtime on validation images against fp32's p
 - layers.py: per-Conv analysis (thresholds, weight / single / entire SQNR, the effect of keeping one float);
 - search.py: the bounded search over calibrations and skipped layers (pure: no files, no models);
 - plot.py: the PNGs, drawn with OpenCV;
-- analyze.py, tune.py: the two stages and their outputs; tuned_yaml.py: the config they hand back.
+- analyze.py, tune.py: the two stages and their outputs; tuned_yaml.py: the config they hand back (its header);
+- promote.py: where `make tune` may copy that config (TUNED_CONFIG), checked before tuning starts.
 """

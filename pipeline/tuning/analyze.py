@@ -109,6 +109,7 @@ def to_csv(rows: list[dict]) -> str:
 def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, seconds: float) -> str:
     fp32 = wb.fp32
     lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
+             *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"Calibration {candidate.label()}, {'per channel' if wb.quantizer.per_channel else 'per tensor'} "
              f"weights, skip_conv_layers counted in {wb.cfg.pipeline.conv_numbering} order. "
              f"{wb.quantizer.collection.images} calibration images; SQNRs pooled over {SQNR_IMAGES} and matte "
@@ -133,7 +134,7 @@ def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: 
     return "\n".join(lines) + "\n"
 
 
-def to_png(rows: list[dict], title: str) -> bytes:
+def to_png(rows: list[dict], title: str, stamp: str | None = None) -> bytes:
     branches = [label for _, label in BRANCHES] + ["other"]
     series = []
     for k, branch in enumerate(branches):
@@ -141,7 +142,7 @@ def to_png(rows: list[dict], title: str) -> bytes:
         if mine:
             series.append((f"single, {branch}", [(r["vamc_index"], r["single_sqnr_db"]) for r in mine], k, True))
             series.append((f"entire, {branch}", [(r["vamc_index"], r["entire_sqnr_db"]) for r in mine], k, False))
-    return plot.scatter(series, title, "Conv (vamc index, along depth)", "SQNR dB")
+    return plot.scatter(series, title, "Conv (vamc index, along depth)", "SQNR dB", integer_x=True, stamp=stamp)
 
 
 def analyze(wb: Workbench, out: Path) -> dict:
@@ -156,7 +157,7 @@ def analyze(wb: Workbench, out: Path) -> dict:
         write_text(tmp / "layers.csv", to_csv(rows))
         write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
-                                                     f"and entire (ring) SQNR per Conv"))
+                                                     f"and entire (ring) SQNR per Conv", wb.demo_stamp))
         write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures, "fp32": wb.fp32,
                                            **wb.digests, "validation": wb.cache.context["validation"]})
     return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5]}

@@ -8,6 +8,7 @@ backend's own (qdq.py).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,10 +17,10 @@ from pathlib import Path
 import onnx
 
 from ..backends.ort import qdq, skipped_convs, stats, tensor_thresholds
-from ..config import BuildConfig
-from ..errors import PipelineError
 from ..calibrate import TENSORS
-from ..fileio import write_json
+from ..config import CALIBRATE_MODES, BuildConfig
+from ..errors import PipelineError
+from ..fileio import dumps_json, write_json
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)
 
@@ -81,24 +82,124 @@ class Quantizer:
                              self.skipped(candidate.skip), self.per_channel)
 
 
+FIGURES = {"mse", "mad", "miou"}  # scoring.score's; a candidate's also has its deviation from fp32
+SAVED = {"context", "fp32", "extra", "cache", "digest"}  # what record() writes, then save()'s fields of the run
+RUN_FIELDS = {"search", "chosen", "met"}
+
+
+def _number(value, where: str) -> None:
+    # every figure is a mean of alphas in [0, 1] or a ratio of counts: anything else was not written by scoring
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{where} is {value!r}, not a number within [0, 1]")
+
+
+def _figures(value, keys: set[str], where: str) -> None:
+    if not isinstance(value, dict) or set(value) != keys:
+        raise ValueError(f"{where} is not an object of exactly {sorted(keys)}")
+    for key in sorted(keys):
+        _number(value[key], f"{where}.{key}")
+
+
+def _candidate(value, where: str) -> Candidate:
+    if not isinstance(value, dict) or set(value) != {"calibrate_mode", "calibrate_range", "skip_conv_layers"}:
+        raise ValueError(f"{where} is not an object of calibrate_mode, calibrate_range, skip_conv_layers")
+    mode, calibrate_range, skip = value["calibrate_mode"], value["calibrate_range"], value["skip_conv_layers"]
+    if mode not in CALIBRATE_MODES:
+        raise ValueError(f"{where}.calibrate_mode is {mode!r}, not one of {', '.join(CALIBRATE_MODES)}")
+    if mode == "percentile":
+        if isinstance(calibrate_range, bool) or not isinstance(calibrate_range, float) \
+                or not 0.5 <= calibrate_range <= 1.0:
+            raise ValueError(f"{where}.calibrate_range is {calibrate_range!r}, not a number within [0.5, 1]")
+    elif calibrate_range is not None:
+        raise ValueError(f"{where}.calibrate_range is {calibrate_range!r} for {mode}, which reads none")
+    _indices(skip, f"{where}.skip_conv_layers")
+    if skip != sorted(set(skip)):
+        raise ValueError(f"{where}.skip_conv_layers is {skip!r}, not sorted without repeats")
+    return Candidate.from_json(value)
+
+
+def _indices(value, where: str) -> None:
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+        raise ValueError(f"{where} is not a list of Conv indices")
+
+
+def content_digest(saved: dict) -> str:
+    return hashlib.sha256(dumps_json({k: v for k, v in saved.items() if k != "digest"}).encode()).hexdigest()
+
+
+def check_saved(saved) -> dict[str, dict]:
+    """SAVED (candidates.json, parsed) checked whole: its entries by candidate key; ValueError says what is wrong."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"the top level is a {type(saved).__name__}, not an object")
+    unknown, missing = set(saved) - SAVED - RUN_FIELDS, SAVED - set(saved)
+    if unknown or missing:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r}" if unknown else f"no {sorted(missing)[0]!r}")
+    if not isinstance(saved["context"], dict):
+        raise ValueError("context is not an object")
+    if saved["fp32"] is not None:
+        _figures(saved["fp32"], FIGURES, "fp32")
+    extra = saved["extra"]
+    if not isinstance(extra, dict) or set(extra) - {"worst_first"}:
+        raise ValueError("extra is not an object of worst_first")
+    ranks = extra.get("worst_first", {})
+    if not isinstance(ranks, dict):
+        raise ValueError("extra.worst_first is not an object")
+    for key, order in ranks.items():
+        _indices(order, f"extra.worst_first[{key!r}]")
+    if not isinstance(saved["cache"], list):
+        raise ValueError("cache is not a list")
+    entries: dict[str, dict] = {}
+    for k, entry in enumerate(saved["cache"]):
+        where = f"cache[{k}]"
+        if not isinstance(entry, dict) or set(entry) != {"candidate", "figures"}:
+            raise ValueError(f"{where} is not an object of candidate and figures")
+        key = _candidate(entry["candidate"], f"{where}.candidate").key
+        _figures(entry["figures"], FIGURES | {"deviation"}, f"{where}.figures")
+        if key in entries:
+            raise ValueError(f"{where} repeats the candidate {key}")
+        entries[key] = entry
+    if saved["digest"] != content_digest(saved):
+        raise ValueError("its content does not match its digest (edited since the tune that wrote it)")
+    return entries
+
+
 class Cache:
     """Scored candidates of one context (model, calibration set, validation images, per-channel, numbering, code),
-    kept in candidates.json so that a rerun, or a run with another target, builds only what it has not seen."""
+    kept in candidates.json so that a rerun, or a run with another target, builds only what it has not seen.
+
+    The file is an input: read back only if every entry checks (check_saved) and its content matches the digest it
+    was saved with; otherwise it is set aside as candidates.json.invalid-N (NOTICE says so) and rebuilt. The
+    digest catches a hand edit or a damaged file, not a deliberate forgery: whoever can write the folder can
+    recompute it (and could as well write tuned.yaml), so an entry planted with a recomputed digest is trusted."""
 
     def __init__(self, path: Path | None, context: dict):
         self.path, self.context = path, context
         self.entries: dict[str, dict] = {}
         self.fp32: dict | None = None
         self.extra: dict = {}
+        self.notice: str | None = None
         if path is not None and path.is_file():
             try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise PipelineError(f"{path}: unreadable candidate cache ({type(exc).__name__}); delete it") from None
-            if saved.get("context") == context:
-                self.entries = {Candidate.from_json(e["candidate"]).key: e for e in saved.get("cache", [])}
-                self.fp32 = saved.get("fp32")
-                self.extra = saved.get("extra", {})
+                data = path.read_bytes()
+            except OSError as exc:
+                raise PipelineError(f"{path}: cannot read the candidate cache ({exc.strerror}); delete it") from None
+            try:
+                saved = json.loads(data.decode("utf-8"))
+                entries = check_saved(saved)
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                self.notice = f"{path}: not a valid candidate cache ({exc}); set aside as {self._set_aside().name}, " \
+                              f"rebuilt from scratch"
+                return
+            if saved["context"] == context:
+                self.entries, self.fp32, self.extra = entries, saved["fp32"], saved["extra"]
+
+    def _set_aside(self) -> Path:
+        n = 1
+        while self.path.with_name(f"{self.path.name}.invalid-{n}").exists():
+            n += 1
+        aside = self.path.with_name(f"{self.path.name}.invalid-{n}")
+        self.path.rename(aside)
+        return aside
 
     def get(self, candidate: Candidate) -> dict | None:
         return self.entries.get(candidate.key)
@@ -107,8 +208,9 @@ class Cache:
         self.entries[candidate.key] = {"candidate": candidate.to_json(), "figures": figures}
 
     def record(self, **fields) -> dict:
-        return {"context": self.context, "fp32": self.fp32, "extra": self.extra,
-                "cache": [self.entries[k] for k in sorted(self.entries)], **fields}
+        saved = {"context": self.context, "fp32": self.fp32, "extra": self.extra,
+                 "cache": [self.entries[k] for k in sorted(self.entries)], **fields}
+        return {**saved, "digest": content_digest(saved)}
 
     def save(self, **fields) -> None:
         if self.path is not None:

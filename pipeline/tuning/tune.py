@@ -62,6 +62,7 @@ def markdown(wb: Workbench, outcome: Outcome, seconds: float) -> str:
     tune, fp32, best = wb.cfg.pipeline.tune, wb.fp32, outcome.best
     built = sum(not s.result["cached"] for s in outcome.steps)
     lines = [f"# Quantization tuning: {wb.cfg.source.name}", "",
+             *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              ("" if outcome.met else "**") + summary_line(wb, outcome) + ("." if outcome.met else ".**"), "",
              f"{len(outcome.steps)} candidates of max_builds={tune.max_builds}; {built} built in this run, "
              f"{len(outcome.steps) - built} from the cache; {seconds:.0f} s. Scored on "
@@ -88,28 +89,36 @@ def png(wb: Workbench, outcome: Outcome) -> bytes:
               for k, phase in enumerate(PHASES)]
     return plot.scatter([s for s in series if s[1]], f"{wb.cfg.source.name}: every candidate of the search",
                         "skip_conv_layers (Convs kept float)", "MAD vs ground truth",
-                        hline=(fp32["mad"] + tune.max_mad_increase, "fp32 MAD + max"),
-                        marked=[(len(best.candidate.skip), best.result["mad"], "chosen")])
+                        hline=(fp32["mad"] + tune.max_mad_increase,
+                               f"target: fp32 MAD + max_mad_increase = {fp32['mad'] + tune.max_mad_increase:.5f}"),
+                        marked=[(len(best.candidate.skip), best.result["mad"], "chosen")], integer_x=True,
+                        stamp=wb.demo_stamp)
 
 
 def header(wb: Workbench, outcome: Outcome, command: str) -> list[str]:
     best, first, fp32 = outcome.best, outcome.steps[0], wb.fp32
     d = wb.digests
-    return [f"Tuned by `python -m pipeline tune` (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize "
-            f"changed.",
+    banner = [f"DEMO: {wb.demo_banner}"] if wb.demo_banner else []
+    return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize changed.",
+            *banner,
             f"{summary_line(wb, outcome)}; {len(outcome.steps)} candidates of max_builds="
             f"{wb.cfg.pipeline.tune.max_builds}.",
             f"On {len(wb.validation_entries)} validation images outside the calibration subset, against fp32 "
             f"(MSE {fp32['mse']:.5f}, MAD {fp32['mad']:.5f}, mIoU {fp32['miou']:.5f}):",
             f"  this config ({best.candidate.label()}): {_figures(best.result)}",
             f"  the input's calibration ({first.candidate.label()}): {_figures(first.result)}",
+            f"skip_conv_layers counts Convs in {wb.cfg.pipeline.conv_numbering} order (pipeline.conv_numbering), "
+            f"measured on the reference backend: unconfirmed for vamc until `make hwcheck` has run on a card "
+            f"(docs/first-run-on-a-card.md).",
             f"Model: {wb.onnx_path.name} sha256 {d['onnx_sha256']}",
-            f"Calibration: {d['calibration_images']} images, manifest.json sha256 {d['calibration_manifest_sha256']}",
+            f"Calibration: {d['calibration_images']} images, manifest.json sha256 {d['calibration_manifest_sha256']}, "
+            f"tensors sha256 {d['calibration_tensors_sha256']}",
             f"Validation: list sha256 {d['validation_list_sha256']} (names and sha256 in candidates.json)",
-            f"Command: {command}", ""]
+            f"Command: {command}"]
 
 
 def tune(wb: Workbench, out: Path, command: str, bar) -> Outcome:
+    text = wb.cfg.source.read_text(encoding="utf-8")  # before the unlink below: the input may be OUT's tuned.yaml
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuned.yaml").unlink(missing_ok=True)  # until this run writes its own
     started = time.perf_counter()
@@ -122,6 +131,5 @@ def tune(wb: Workbench, out: Path, command: str, bar) -> Outcome:
     write_bytes(out / "tune.png", png(wb, outcome))
     block = tuned_yaml.quantize_block(wb.cfg.vamc["backend"]["quantize"], best.candidate.mode, best.candidate.range,
                                       list(best.candidate.skip))
-    text = wb.cfg.source.read_text(encoding="utf-8")
     write_text(out / "tuned.yaml", tuned_yaml.tuned_text(text, block, header(wb, outcome, command)))
     return outcome

@@ -3,15 +3,67 @@
 The text is edited in place (the `quantize:` block under `backend:`) so every other line, comments included,
 stays as the release engineer wrote it; the result is checked by parsing it back. A layout the edit cannot
 handle (e.g. a flow-style `quantize: {...}`) falls back to dumping the whole document.
+
+The header starts with MARK and ends with the sha256 of the body (everything after it), so a tuned config is
+recognised as one, a hand edit of its body is noticed (`make tune` will not overwrite it, `build` warns), and
+tuning a tuned config replaces its header instead of stacking a second one.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
+from dataclasses import dataclass
 
 import yaml
 
 from ..errors import PipelineError
+
+MARK = "Tuned by `python -m pipeline tune`"
+BODY_LINE = re.compile(r"# Body sha256: ([0-9a-f]{64})")
+MODEL_LINE = re.compile(r"# Model: .* sha256 ([0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class Header:
+    onnx_sha256: str | None  # the simplified ONNX it was tuned for
+    body_sha256: str | None  # None: written before the header recorded it
+
+
+def body_digest(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def escape(line: str) -> str:
+    """LINE with every control character and line break (YAML's include U+0085, U+2028, U+2029) escaped, so a value
+    put in the header (a file name, the command) cannot end the comment and start a YAML key."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in line)
+
+
+def _lines(text: str) -> list[str]:
+    """TEXT cut after each newline only (str.splitlines also cuts at characters a YAML body may hold in quotes)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
+def split(text: str) -> tuple[Header | None, str]:
+    """(the header of a tuned config, its body); (None, TEXT) for a config that was not tuned."""
+    if not text.startswith(f"# {MARK}"):
+        return None, text
+    lines = _lines(text)
+    comments = [line.rstrip("\n") for line in lines[:next((i for i, line in enumerate(lines)
+                                                            if not line.startswith("#")), len(lines))]]
+    onnx = next((m.group(1) for m in map(MODEL_LINE.fullmatch, comments) if m), None)
+    for i, line in enumerate(comments):
+        body = BODY_LINE.fullmatch(line)
+        if body:
+            return Header(onnx, body.group(1)), "".join(lines[i + 1:])
+    # written before the header recorded the body's sha256: it ended with an empty comment line
+    end = comments.index("#") if "#" in comments else -1
+    return Header(onnx, None), "".join(lines[end + 1:])
+
+
+def edited(header: Header, body: str) -> bool:
+    return header.body_sha256 != body_digest(body)
 
 
 def quantize_block(original: dict, mode: str, calibrate_range: float | None, skip: list[int]) -> dict:
@@ -52,7 +104,9 @@ def _replace_block(text: str, block: dict) -> str | None:
 
 
 def tuned_text(text: str, block: dict, header: list[str]) -> str:
-    """TEXT (a config YAML) with backend.quantize = BLOCK, under HEADER (comment lines without '# ')."""
+    """TEXT (a config YAML, tuned or not) with backend.quantize = BLOCK, under HEADER (comment lines without '# ')
+    and the body's sha256."""
+    _, text = split(text)  # a tuned config's earlier header goes: one header, this run's
     raw = yaml.safe_load(text)
     expected = copy.deepcopy(raw)
     try:
@@ -62,4 +116,5 @@ def tuned_text(text: str, block: dict, header: list[str]) -> str:
     body = _replace_block(text, block)
     if body is None or yaml.safe_load(body) != expected:
         body = yaml.safe_dump(expected, sort_keys=False, default_flow_style=None)
-    return "".join(f"# {line}".rstrip() + "\n" for line in header) + body
+    lines = [*header, f"Body sha256: {body_digest(body)}"]
+    return "".join(f"# {escape(line)}".rstrip() + "\n" for line in lines) + body

@@ -1,8 +1,8 @@
 """What analyze and tune share: the inputs loaded once, and `evaluate(candidate)`, cached.
 
-Opening a workbench reads the calibration manifest, draws the validation images and fixes the context every
-cached figure depends on; the heavy parts (statistics, validation images, fp32 predictions) load on first need,
-so a run whose every candidate is cached runs no model at all.
+Opening a workbench checks the ONNX, the calibration folder and skip_conv_layers as `build` does, draws the
+validation images and fixes the context every cached figure depends on; the heavy parts (statistics, validation
+images, fp32 predictions) load on first need, so a run whose every candidate is cached runs no model at all.
 """
 from __future__ import annotations
 
@@ -11,46 +11,43 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-import onnx
-
-from ..backends.ort import resolved_config
+from ..backends.ort import resolved_config, skipped_convs
+from ..calibrate import read_calibration_folder
 from ..config import BuildConfig
 from ..errors import PipelineError
 from ..fileio import dumps_json, sha256_file
 from ..release import code_digest
+from ..report import DEMO_STAMPS, DEMO_WARNINGS
+from ..runtime import read_onnx
 from . import scoring
 from .candidates import Cache, Candidate, Quantizer
 from .split import validation_split
 
 
-def calibration_names(calib: Path) -> tuple[dict, set[str]]:
-    path = calib / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        return manifest, {entry["name"] for entry in manifest["images"]}
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file; --calib must be a calibration folder (run `make calib`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: unreadable calibration manifest ({type(exc).__name__}); rerun `make calib`") \
-            from None
-
-
 class Workbench:
+    """DEMO: (the data is the generated demo set, the checkpoint is the demo one), as the report takes it: the
+    outputs then carry the report's banner."""
+
     def __init__(self, cfg: BuildConfig, onnx_path: Path, calib: Path, data: Path, progress,
-                 cache_path: Path | None = None):
+                 cache_path: Path | None = None, demo: tuple[bool, bool] = (False, False)):
         if cfg.backend.dtype != "int8":
             raise PipelineError(f"{cfg.source}: backend.dtype is {cfg.backend.dtype}; analyze and tune need an "
                                 f"int8 config")
         if not onnx_path.is_file():
             raise PipelineError(f"{onnx_path}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
         self.cfg, self.onnx_path, self.calib, self.data, self.progress = cfg, onnx_path, calib, data, progress
-        calib_manifest, names = calibration_names(calib)
+        self.demo = demo
+        # checked as `build` checks them: a stale or truncated tensors file is one line, never scored on
+        self.model = read_onnx(onnx_path, f"rebuild it with `make simplify CONFIG={cfg.source}`")
+        calib_manifest = read_calibration_folder(cfg, calib)
+        skipped_convs(self.model, cfg.backend.quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
+        names = {entry["name"] for entry in calib_manifest["images"]}
         self.validation_entries = validation_split(cfg, data, names)
-        self.model = onnx.load(str(onnx_path))
         self.quantizer = Quantizer(cfg, self.model, calib, lambda it, total=None: progress(it, "statistics", total))
         listing = "".join(f"{digest}  {name}\n" for name, digest in self.validation_entries)
         self.digests = {"onnx_sha256": sha256_file(onnx_path),
                         "calibration_manifest_sha256": sha256_file(calib / "manifest.json"),
+                        "calibration_tensors_sha256": calib_manifest["tensors"]["sha256"],  # checked whole above
                         "calibration_images": calib_manifest.get("count"),
                         "validation_list_sha256": hashlib.sha256(listing.encode()).hexdigest()}
         resolved = resolved_config(cfg)
@@ -60,6 +57,14 @@ class Workbench:
                    "input_shape": list(cfg.input_shape), "code": code_digest()}
         self.cache = Cache(cache_path, json.loads(dumps_json(context)))  # as it reads back from candidates.json
         self.built = 0  # candidates built and scored in this run (not from the cache)
+
+    @property
+    def demo_banner(self) -> str | None:
+        return DEMO_WARNINGS.get(self.demo)
+
+    @property
+    def demo_stamp(self) -> str | None:
+        return DEMO_STAMPS.get(self.demo)
 
     @cached_property
     def validation(self) -> scoring.Validation:

@@ -1,0 +1,66 @@
+"""`python -m pipeline promote`: the copy of a tuned.yaml that `make tune` hands back as TUNED_CONFIG.
+
+The copy writes one file, so where it may go is checked before tuning starts (`--check`) and again when copying:
+a `*.yaml` inside build_configs/ (or, for a config tuned on the demo's generated data, inside artifacts/demo/,
+never the tracked build_configs/), not the input config, and either new or an earlier tuned config whose body
+still matches its header (a hand-edited one only with --force). Any other existing file, tracked or not, is not
+tune's to replace.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..fileio import write_text
+from . import tuned_yaml
+
+REPO = Path(__file__).resolve().parent.parent.parent
+CONFIGS = REPO / "build_configs"
+DEMO = REPO / "artifacts" / "demo"
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
+
+
+def check_target(target: Path, config: Path, demo: bool, force: bool) -> None:
+    """Refuse TARGET as the place of a config tuned from CONFIG unless it is tune's to write (module docstring)."""
+    name = f"TUNED_CONFIG={target}"
+    folder = DEMO if demo else CONFIGS
+    where = "artifacts/demo/ (the demo's outputs: `make demo-tune`)" if demo else "build_configs/"
+    resolved = target.resolve()
+    if target.suffix != ".yaml" or target.name == ".yaml":
+        raise PipelineError(f"{name}: not a *.yaml file; name a config file in {where}")
+    if not resolved.is_relative_to(folder.resolve()):
+        hint = " (a config tuned on the generated demo data stays out of build_configs/)" if demo else ""
+        raise PipelineError(f"{name}: outside {where}{hint}; name a config file there")
+    if config.exists() and resolved == config.resolve():
+        raise PipelineError(f"{name}: is the input config, which tuning must not overwrite; name another file, "
+                            f"e.g. {target.with_name(target.stem + '_tuned.yaml')}")
+    if not (resolved.exists() or target.is_symlink()):
+        return
+    if not resolved.is_file():
+        raise PipelineError(f"{name}: exists and is not a file; name another file in {where}")
+    header, body = tuned_yaml.split(_read(resolved, "the config"))
+    if header is None:
+        raise PipelineError(f"{name}: exists and is not a tuned config (no `{tuned_yaml.MARK}` header), so it is not "
+                            f"tune's to replace; name another file")
+    if tuned_yaml.edited(header, body) and not force:
+        why = "its header records no sha256 of its body" if header.body_sha256 is None else \
+            "its body no longer matches the sha256 in its header"
+        raise PipelineError(f"{name}: a tuned config edited by hand since ({why}); FORCE=1 (--force) replaces it, "
+                            f"or name another file")
+
+
+def promote(tuned: Path, target: Path, config: Path, demo: bool, force: bool) -> None:
+    """Copies TUNED (tune's tuned.yaml) to TARGET, by atomic rename, once check_target allows it."""
+    check_target(target, config, demo, force)
+    text = _read(tuned, "the tuned config")
+    header, body = tuned_yaml.split(text)
+    if header is None or tuned_yaml.edited(header, body):
+        raise PipelineError(f"{tuned}: not tune's output as written (no header, or a body edited since); rerun "
+                            f"`make tune`")
+    write_text(target, text)
