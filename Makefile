@@ -296,7 +296,8 @@ test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
 
 # Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
-# bundles are what "never overwritten" promises to keep, so only clean-all removes them.
+# bundles are what "never overwritten" promises to keep, so only clean-all removes them (and hwcheck/: only a
+# machine with a card writes it again).
 OUTPUTS := inputs onnx calib calib_list engines eval verify report.md report.png
 CLEAN_ROOTS = $(ART) $(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),$(DEMO))
 RELEASES = $(wildcard $(addsuffix /release,$(CLEAN_ROOTS)))
@@ -308,6 +309,7 @@ clean: ## remove the outputs under ART, keeping the release bundles (ART/release
 clean-all: clean ## also remove the release bundles: everything the pipeline wrote under ART (keeps .venv)
 	@$(if $(RELEASES),printf 'removing release bundle %s\n' $(wildcard $(addsuffix /*,$(RELEASES))),echo "no release bundles to remove")
 	@$(if $(RELEASES),chmod -R u+w $(RELEASES) && rm -rf $(RELEASES))
+	@rm -rf $(addsuffix /hwcheck,$(CLEAN_ROOTS))
 	@$(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),rm -rf $(DEMO))
 
 help: ## list targets and variables

@@ -119,20 +119,22 @@ def test_clean_removes_only_pipeline_outputs_and_keeps_releases_clean_all_remove
     art = root / "artifacts"
     removed = pipeline_outputs(art) + pipeline_outputs(art / "demo")
     (art / "mine.txt").write_text("not the pipeline's\n")
+    (art / "hwcheck" / "engines").mkdir(parents=True)  # the card's verdicts: kept by clean, removed by clean-all
+    (art / "hwcheck" / "report.md").write_text("# hwcheck\n")
     kept = tree(root) - {str(p.relative_to(root)) for r in removed for p in [r, *r.rglob("*")]}
     done = make("clean", cwd=root)
     assert done.returncode == 0, done.stderr
     assert tree(root) == kept
     assert "keeping artifacts/release artifacts/demo/release" in done.stdout
     assert {"artifacts/release/official_modnet-0123456789ab/MANIFEST.json", "artifacts/mine.txt", "notes.txt",
-            ".git/HEAD", "Makefile", "artifacts/README.md"} <= kept
+            ".git/HEAD", "Makefile", "artifacts/README.md", "artifacts/hwcheck/report.md"} <= kept
 
     done = make("clean-all", cwd=root)
     assert done.returncode == 0, done.stderr
     printed = done.stdout.splitlines()
     for bundle in ("artifacts/release/official_modnet-0123456789ab", "artifacts/demo/release/official_modnet-ba9876543210"):
         assert f"removing release bundle {bundle}" in printed
-    assert not (art / "release").exists() and not (art / "demo").exists()
+    assert not (art / "release").exists() and not (art / "demo").exists() and not (art / "hwcheck").exists()
     assert {"artifacts/mine.txt", "notes.txt", ".git/HEAD", "Makefile", "artifacts/README.md"} <= tree(root)
 
 
