@@ -30,6 +30,18 @@ def test_help_starts_here_then_targets_then_variables():
     assert any(line.split()[0] == "clean-all" for line in lines[:variables] if line.startswith("  "))
 
 
+def test_help_shows_defaults_as_make_expands_them():
+    lines = make("help").stdout.splitlines()
+    assert not [line for line in lines if "$(" in line]  # was `calib/$(patsubst %_tuned,%,...).txt`
+    default = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in lines if "(default: " in line}
+    assert default["CALIB_LIST"] == "calib/official_modnet_int8.txt" and default["RELEASE_ROOT"] == "artifacts/release"
+    assert default["CKPT"] == "checkpoints/modnet_photographic_portrait_matting.ckpt" and default["LIMIT"] == ""
+    other = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in make(
+        "help", "CONFIG_INT8=build_configs/official_modnet_fp16.yaml", "ART=elsewhere").stdout.splitlines()
+        if "(default: " in line}  # the defaults follow the variables they are made of
+    assert other["CALIB_LIST"] == "calib/official_modnet_fp16.txt" and other["RELEASE_ROOT"] == "elsewhere/release"
+
+
 @pytest.mark.parametrize("variable, value, message", [
     ("BACKEND", "onnx", "BACKEND=onnx is not a backend: use one of vamc ort"),
     ("BACKEND", "ort vamc", "BACKEND=ort vamc is not a backend: use one of vamc ort"),
