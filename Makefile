@@ -308,7 +308,8 @@ test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q tests
 
 # Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
-# bundles are what "never overwritten" promises to keep, so only clean-all removes them.
+# bundles are what "never overwritten" promises to keep, so only clean-all removes them (and hwcheck/: only a
+# machine with a card writes it again).
 OUTPUTS := inputs onnx calib calib_list engines eval analyze tune verify report.md report.png
 CLEAN_ROOTS = $(ART) $(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),$(DEMO))
 RELEASES = $(wildcard $(addsuffix /release,$(CLEAN_ROOTS)))
@@ -325,14 +326,20 @@ clean-all: clean ## also remove the release bundles and hwcheck's report: everyt
 	@$(if $(RELEASES),chmod -R u+w -- $(RELEASES) && rm -rf -- $(RELEASES))
 	@$(if $(filter $(abspath $(DEMO)/..),$(ART_ABS)),rm -rf -- $(DEMO))
 
+# A documented default that is a Make expression (CALIB_LIST, TUNED_CONFIG...) is shown as Make expands it, not as
+# its text: NAME=value pairs for the awk below (the values are paths, checked above for spaces and quotes).
+HELP_EXPANDED = $(foreach v,$(shell sed -n 's/^\([A-Z0-9_]*\) ?= [^\#]*[$$].*## .*/\1/p' $(MAKEFILE_LIST)),$v=$($v))
+
 help: ## list targets and variables
 	@echo "Start here: make demo, make test"
 	@echo "  (demo: the whole pipeline on a generated checkpoint and photos, a few minutes; test: the test suite)"
-	@awk 'BEGIN {FS = ":.*## "} \
+	@awk -v expanded='$(HELP_EXPANDED)' 'BEGIN {FS = ":.*## "; n = split(expanded, pairs, " "); \
+	    for (i = 1; i <= n; i++) {eq = index(pairs[i], "="); value[substr(pairs[i], 1, eq - 1)] = substr(pairs[i], eq + 1)}} \
 	  /^##@ Variables/ {vars = "\n" substr($$0, 5) "\n" vars; next} \
 	  /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2; next} \
-	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); vars = vars sprintf("  %-14s %s (default: %s)\n", v[1], a[2], v[2])} \
+	  /^[A-Z0-9_]+ \?= .*## / {split($$0, a, "## "); split(a[1], v, " \\?= "); if (v[1] in value) v[2] = value[v[1]]; \
+	    vars = vars sprintf("  %-14s %s (default: %s)\n", v[1], a[2], v[2])} \
 	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:

@@ -19,6 +19,24 @@ SHOWN = 5  # offending keys listed in an error
 # file as a demo one inside the official layout, so a report can say so wherever the file was copied, whatever the
 # training did to its weights.
 DEMO_MARK = 20_260_101
+# What torch.save writes: a zip archive (PyTorch 1.6+), or a pickle (protocol 2+ starts with 0x80) in the legacy
+# format. Anything else is no checkpoint, whatever torch's unpickler would make of it.
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """Why the file at PATH cannot be a checkpoint, from its first bytes; None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(CHECKPOINT_MAGIC):
+        return None
+    if not head:
+        return "not a checkpoint: the file is empty"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):  # HTML or XML: an error page saved as the file
+        return "not a checkpoint: it looks like a web page (what a failed download saves): download it again"
+    if not any(byte < 32 and byte not in b"\t\r\n" or byte == 127 for byte in head):  # no control bytes: text
+        return f"not a checkpoint: it is a text file (starting {head[:30].decode('utf-8', 'replace')!r})"
+    return f"not a checkpoint (it starts with {head[:8]!r}, not a PyTorch archive)"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -27,17 +45,31 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PipelineError(f"checkpoint not found: {path}. Get {OFFICIAL_SOURCE}, or run `make demo` to try the "
                             f"pipeline on a generated checkpoint")
+    source = f"the official one comes from {OFFICIAL_SOURCE}"
+    why = not_a_checkpoint(path)
+    if why:
+        raise PipelineError(f"{path}: {why}; {source}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc):  # torch's advice to load it unsafely is no fix: the file is not ours
+            raise PipelineError(f"{path}: not a readable PyTorch checkpoint (it holds Python objects other than "
+                                f"tensors, which are never loaded); {source}") from None
+        raise PipelineError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); {source}") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:
+        # a truncated or corrupt archive or pickle: the legacy unpickler raises KeyError/IndexError too
+        raise PipelineError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); {source}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise PipelineError(f"{path}: not a MODNet state_dict (expected a mapping of names to tensors, got "
                             f"{type(obj).__name__})")
     return obj
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def is_demo_checkpoint(path: str | Path) -> bool:

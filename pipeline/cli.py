@@ -271,6 +271,7 @@ def _engine_args(p) -> None:
 def cmd_release(args) -> None:
     import os
 
+    from .provenance import meant_to_be_committed
     from .release import ReleaseInputs, assemble, load_manifest
     fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
     name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
@@ -283,7 +284,8 @@ def cmd_release(args) -> None:
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
-    if written and load_manifest(bundle)["repository"].get("calibration_list_committed") is False:
+    if written and load_manifest(bundle)["repository"].get("calibration_list_committed") is False \
+            and meant_to_be_committed(Path(args.calib_list)):  # the demo's and verify's lists never are
         print(f"warning: {args.calib_list} is not committed in this repository, so MANIFEST.json says "
               f"repository.clean: false; commit it to make the release reproducible from the repository alone",
               file=sys.stderr)

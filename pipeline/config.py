@@ -440,8 +440,14 @@ def load_config(path: str | Path) -> BuildConfig:
 HWCHECK_AGREE_MEAN_ABS = 0.01
 # ...and the wrong channel order must be at least this many times further from fp32 than the right one:
 HWCHECK_SEPARATION = 10.0
-# Numbering: the vamc engine must be closer to one reference engine by this share of the distance between the
-# two references, on this share of the images, and the references must differ by at least this much at all:
-HWCHECK_NUMBERING_MARGIN = 1 / 3
+# Numbering: the vamc engine must be near one reference engine, within this share of the distance between the
+# two references (closer than that, it is also at least twice as far from the other one, by the triangle
+# inequality; a card further from both behaves like neither, and which it is "closer" to says nothing), closer to
+# it on this share of the images, and the references must differ by at least this much at all:
+HWCHECK_NUMBERING_NEAR = 1 / 3
 HWCHECK_NUMBERING_IMAGE_SHARE = 0.8
 HWCHECK_NUMBERING_MIN_GAP = 1.0e-3
+# Prediction: our reference int8 (ort) stands in for the card's int8 only when the two differ by at most this share
+# of how far our int8 is from fp32. Tuning ranks settings by their int8 error; an emulation further than that from
+# the card would rank them by errors the card does not make.
+HWCHECK_PREDICTS = 1 / 4

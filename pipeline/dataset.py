@@ -5,12 +5,15 @@ from pathlib import Path
 
 from .errors import PipelineError
 
+SOURCE = ("PPM-100 comes from its official repository, github.com/ZHKKKe/PPM (a download link in its README): unpack "
+          "it into datasets/PPM-100/ or pass DATA=/path/to/PPM-100")
+
 
 def image_dir(root: str | Path) -> Path:
     folder = Path(root) / "image"
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no such folder; DATA must be a PPM-100-shaped folder holding image/ and "
-                            f"matte/ (run `make demo` to see one)")
+                            f"matte/. {SOURCE}; or run `make demo` to try the pipeline on generated data")
     return folder
 
 

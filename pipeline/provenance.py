@@ -40,6 +40,15 @@ def committed(path: Path) -> bool | None:
     return _git("ls-files", "--error-unmatch", "--", rel) is not None and _git("status", "--porcelain", "--", rel) == ""
 
 
+def meant_to_be_committed(path: Path) -> bool:
+    """Whether PATH is a file a user would commit here: inside this repository and not ignored by git. The demo's
+    calibration list and verify's scratch copy (under artifacts/), or a list outside the checkout, are not."""
+    path = Path(path).resolve()
+    if not path.is_relative_to(REPO):
+        return False
+    return _git("check-ignore", "-q", "--", path.relative_to(REPO).as_posix()) is None
+
+
 def git_state() -> dict:
     """Commit of this repository and whether tracked files differ from it (None where git is unavailable)."""
     commit = _git("rev-parse", "HEAD")

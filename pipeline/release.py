@@ -382,6 +382,11 @@ def tampered(bundle: Path, manifest: dict) -> list[str]:
     return sorted(rel for rel in set(now) | set(manifest["files"]) if now.get(rel) != manifest["files"].get(rel))
 
 
+# The demo's checkpoint, as the Makefile's DEMO_CKPT names it: `make clean` removes it, `make demo-ckpt demo-data`
+# writes it (and the demo data) again byte for byte.
+DEMO_CKPT = Path("artifacts/demo/inputs/demo_checkpoint.ckpt")
+
+
 def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | None, data: Path | None) -> list[str]:
     """Make variables that rebuild BUNDLE into SCRATCH from the bundle's own configs and calibration list.
 
@@ -407,6 +412,10 @@ def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | 
     check_path(str(bundle), "the bundle's path")
     check_path(str(scratch), "the scratch folder's path")
     if not ckpt.is_file():
+        if ckpt.parts[-len(DEMO_CKPT.parts):] == DEMO_CKPT.parts:
+            raise PipelineError(f"{ckpt}: the release's checkpoint is not there any more: it is the demo's, which "
+                                f"`make clean` removes; `make demo-ckpt demo-data` writes it and the demo data again "
+                                f"byte for byte, then run make verify again")
         raise PipelineError(f"{ckpt}: the release's checkpoint is not there any more; pass CKPT=/path/to/{ckpt_file}")
     if sha256_file(ckpt) != inputs["checkpoint"]["sha256"]:
         raise PipelineError(f"{ckpt}: not the checkpoint this release was built from (sha256 differs from "

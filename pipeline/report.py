@@ -169,8 +169,13 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
                 lines.append(f"| {label} | {a['images']} | {a['mad']:.5f} | {a['max']:.4f} | "
                              f"{100 * a['flipped']:.3f}% |")
         lines += [""]
-    lines += ["## Engines", "", "The files that computed each row (paths and timings of the runs: eval/*/run.json).", "",
-              "| Engine | Backend | File | sha256 |", "|:--|:--|:--|:--|"]
+    why_fp32 = ""
+    if fp32.metrics["engine"]["backend"] == "onnx":  # its file is named after a config, often the fp16 one
+        why_fp32 = (f" fp32 is `{next(iter(fp32.metrics['engine']['model_files']))}` itself on ONNX Runtime: a "
+                    f"simplified ONNX holds the model in fp32 whichever config it was exported with (an fp16 in its "
+                    f"name is the precision of the engine its config builds from it).")
+    lines += ["## Engines", "", "The files that computed each row (paths and timings of the runs: eval/*/run.json)."
+              + why_fp32, "", "| Engine | Backend | File | sha256 |", "|:--|:--|:--|:--|"]
     for ev in [fp32, *engines]:
         e = ev.metrics["engine"]
         for name, digest in e["model_files"].items():

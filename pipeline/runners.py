@@ -69,6 +69,35 @@ def describe(engine: str | Path) -> EngineInfo:
     return EngineInfo(engine, backend, dtype, "manifest.json", sha256_file(manifest_path), manifest, model_files)
 
 
+def vdsp_size(info: EngineInfo) -> tuple[int, int]:
+    """The input height and width a vamc engine's vdsp_params.json declares, once the file is the one its manifest
+    records (a hand edit, or a file copied from another engine, would feed the card something else) and holds them
+    as whole numbers of pixels."""
+    path = info.path / "vdsp_params.json"
+    recorded = (info.manifest or {}).get("vdsp_params")
+    recorded = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if recorded != info.model_files["vdsp_params.json"]:
+        raise PipelineError(f"{path}: content differs from the sha256 its manifest.json records "
+                            f"({recorded or 'none'}); rebuild the engine (make fp16 int8 BACKEND=vamc)")
+    try:
+        vdsp = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: not JSON ({exc}); rebuild the engine (make fp16 int8 BACKEND=vamc)") from None
+    config = vdsp.get("OpConfig") if isinstance(vdsp, dict) else None
+    if not isinstance(config, dict):
+        raise PipelineError(f"{path}: expected an object with an \"OpConfig\" object (the vendor's fused-op "
+                            f"format), got {json.dumps(vdsp)[:60]}; rebuild the engine (make fp16 int8 BACKEND=vamc)")
+    size = []
+    for key in ("IimageHeight", "IimageWidth"):
+        value = config.get(key)
+        if type(value) is not int or value <= 0:
+            raise PipelineError(f"{path}: OpConfig.{key} is {json.dumps(value) if key in config else 'missing'}, "
+                                f"expected a whole number of pixels > 0; rebuild the engine (make fp16 int8 "
+                                f"BACKEND=vamc)")
+        size.append(value)
+    return size[0], size[1]
+
+
 class Runner:
     """Loads an engine; `prepare` runs on the loader threads (decode + resize), `infer` on the caller's thread."""
     info: EngineInfo
@@ -129,9 +158,7 @@ class VaststreamxRunner(Runner):
         self.vsx = vsx
         self.info = info
         self.device_id = device_id
-        vdsp = json.loads((info.path / "vdsp_params.json").read_text(encoding="utf-8"))
-        config = vdsp.get("OpConfig", {})
-        self.height, self.width = int(config["IimageHeight"]), int(config["IimageWidth"])
+        self.height, self.width = vdsp_size(info)
         if vsx.set_device(device_id) != 0:
             raise PipelineError(f"vaststreamx: cannot open VACC device {device_id}")
         self.model = vsx.Model(str(info.path / "mod"), 1)

@@ -131,6 +131,10 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, data, capsys):
     (tmp_path / "out").mkdir()
     cases = {
         "no_image_dir": (make_cfg(tmp_path), tmp_path, "image: no such folder"),
+        # `make calib` without PPM-100 says where it comes from, as a missing checkpoint does
+        "where_ppm_100_comes_from": (make_cfg(tmp_path), tmp_path / "PPM-100", "PPM-100 comes from its official "
+                                     "repository, github.com/ZHKKKe/PPM (a download link in its README): unpack it "
+                                     "into datasets/PPM-100/ or pass DATA=/path/to/PPM-100; or run `make demo`"),
         "too_few": (make_cfg(tmp_path, count=50), data, "7 *.jpg images, fewer than get_data_num=50 in "),
         "too_few_ways_out": (make_cfg(tmp_path, count=50), data, ": add images to the folder, or calibrate on fewer "
                              "with a copy of the config whose dataset.sampler.get_data_num is at most 7"),

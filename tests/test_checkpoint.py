@@ -95,19 +95,47 @@ class Payload:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, pickle.dumps({"a": Payload()})],
-                         ids=["empty", "garbage", "plain pickle with code"])
-def test_files_that_are_not_checkpoints(tmp_path, content):
+SOURCE = "; the official one comes from the official MODNet repository (github.com/ZHKKKe/MODNet"
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "not a checkpoint: the file is empty"),
+    (b"\x00garbage" * 100, "not a checkpoint (it starts with b'\\x00garbage', not a PyTorch archive)"),
+    (pickle.dumps({"a": Payload()}), "not a readable PyTorch checkpoint (it holds Python objects other than tensors, "
+                                     "which are never loaded)"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 25\n",
+     "not a checkpoint: it is a text file (starting 'version https://git-lfs.github')"),
+    (b"\n<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not Found</body></html>\n",
+     "not a checkpoint: it looks like a web page (what a failed download saves): download it again"),
+    (torch.zeros(1).numpy().tobytes() + b"PK", "not a checkpoint (it starts with"),
+], ids=["empty", "garbage", "plain pickle with code", "text (a git-lfs pointer)", "web page", "raw floats"])
+def test_files_that_are_not_checkpoints(tmp_path, content, words):
     path = tmp_path / "not.ckpt"
     path.write_bytes(content)
-    with pytest.raises(PipelineError, match=f"{path}: not a readable PyTorch checkpoint"):
+    with pytest.raises(PipelineError) as err:
         load_modnet(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {words}") and SOURCE in message and "\n" not in message
+    assert "weights_only" not in message  # torch's advice to load it unsafely is no fix
+
+
+@pytest.mark.parametrize("content", [b"just some notes\n", b"<html><body>Sign in</body></html>"],
+                         ids=["text", "web page"])
+def test_cli_says_in_one_line_that_a_text_or_html_file_is_no_checkpoint(tmp_path, capsys, content):
+    from pipeline.cli import main
+    path = tmp_path / "modnet_photographic_portrait_matting.ckpt"
+    path.write_bytes(content)
+    code = main(["export", "--config", str(REPO / "build_configs/official_modnet_fp16.yaml"), "--ckpt", str(path),
+                 "--out", str(tmp_path / "out.onnx")])
+    err = capsys.readouterr().err  # the text file was a traceback, then "internal failure"
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {path}: not a checkpoint: ")
+    assert "github.com/ZHKKKe/MODNet" in err and "internal failure" not in err
 
 
 def test_code_in_a_pickle_is_refused_not_run(tmp_path, capsys):
     path = _save(tmp_path, {"module.x": torch.zeros(1)})
     torch.save({"weights": Payload()}, path)
-    with pytest.raises(PipelineError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(PipelineError, match="not a readable PyTorch checkpoint .it holds Python objects"):
         load_modnet(path)
     assert "this must never run" not in capsys.readouterr().out
 

@@ -224,6 +224,9 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
     assert "not MODNet's weights" in text and "generated demo set" in text
     assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    # the fp32 row's file is named after its config (official_modnet_fp16.sim.onnx in `make eval`): why
+    assert (f"fp32 is `{small_sim_onnx.name}` itself on ONNX Runtime: a simplified ONNX holds the model in fp32 "
+            f"whichever config it was exported with") in text
     # each engine's agreement with fp32, computed here directly from the saved 8-bit predictions
     for label in ("fp16", "int8"):
         names = fp32.metrics["predictions"]

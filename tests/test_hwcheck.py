@@ -23,7 +23,8 @@ from pipeline.backends import build_engine
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.hwcheck import Agreement, agreement, numbering_verdict, order_verdict, resize_verdict
+from pipeline.hwcheck import (Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict,
+                              resize_verdict)
 from pipeline.runners import VaststreamxRunner, describe
 
 
@@ -88,13 +89,119 @@ def test_right_order_and_consistent_numbering_pass(checked):
     assert lines[0] == f"hwcheck: {checked.out / 'report.md'}" and lines[-1] == "hwcheck: all settled"
     status = [line[2:30].split() for line in lines if line[2:3] != " " and line.startswith("  ")]
     assert [(" ".join(words[:-1]), words[-1]) for words in status] == [
-        ("channel order", "OK"), ("resize path", "OK"), ("numbering", "OK"), ("prediction", "INFO")]
+        ("channel order", "OK"), ("resize path", "OK"), ("numbering", "OK"), ("prediction", "OK")]
     assert "host BGR agrees with fp32" in text and "vamc counts skip_conv_layers in vamc numbering" in text
     assert "fix:" not in text and max(len(line) for line in lines) <= 118
     report = (checked.out / "report.md").read_text()
     assert "| channel order | OK |" in report and "## The skip list of the numbering check" in report
     for name in ("numbering/vamc", "numbering_vamc/ort", "numbering_onnx/ort", "reference/ort"):
         assert (checked.out / "engines" / name / "manifest.json").is_file()
+
+
+def hwcheck_args(inputs, out) -> list[str]:
+    return ["hwcheck", "--config-fp16", str(inputs.config_fp16), "--config-int8", str(inputs.config_int8),
+            "--onnx-fp16", str(inputs.onnx_fp16), "--onnx-int8", str(inputs.onnx_int8),
+            "--engine-fp16", str(inputs.engine_fp16), "--engine-int8", str(inputs.engine_int8),
+            "--calib", str(inputs.calib), "--data", str(inputs.data), "--out", str(out)]
+
+
+def test_a_card_like_neither_reference_gets_no_numbering_verdict(checked, tmp_path, monkeypatch, capsys):
+    """Issue 17's stand-in card: its int8 engines run the fp32 model. Before, `numbering CHANGE` (to onnx) and a bare
+    INFO prediction; now the prediction fails with its limit and the numbering is not judged."""
+    put_standin_on_path(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    monkeypatch.setenv("STANDIN_VAMC_SOURCE", str(out / "configs" / "numbering_vamc.yaml"))
+    install(monkeypatch, Card(noise={checked.engines["fp16"]: 0.002}))  # no models: every engine runs its fp32 ONNX
+    skip = load_config(checked.out / "configs" / "numbering_vamc.yaml").backend.quantize.skip_conv_layers
+    code = main(hwcheck_args(checked.inputs, out) + ["--skip-conv-layers", str(skip[0])])  # the fixture's choice
+    stdout, err = capsys.readouterr()
+    text = stdout[stdout.index("hwcheck: "):]
+    print(text)
+    status = {line[2:16].strip(): line[17:30].strip() for line in text.splitlines() if line[:3].strip() == line[2]}
+    assert status == {"channel order": "OK", "resize path": "OK", "numbering": "INCONCLUSIVE", "prediction": "FAIL"}
+    assert "  numbering      INCONCLUSIVE not judged: our reference int8 does not predict this card's int8" in text
+    assert "CHANGE" not in text and "conv_numbering:" not in text
+    assert "does not transfer to this card until the emulation" in " ".join(text.split())
+    assert text.endswith("hwcheck: needs attention: prediction\n")  # the config skips no layer: numbering unneeded
+    assert code == 2
+    assert err.splitlines()[-1] == f"error: hwcheck: prediction: see the fix above and in {out / 'report.md'}"
+    assert "| reference int8 | fp32 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("flag, swap, words", [
+    ("--config-int8", "config_fp16", "--config-int8 names an fp16 config (backend.dtype); pass the int8 one"),
+    ("--config-fp16", "config_int8", "--config-fp16 names an int8 config (backend.dtype); pass the fp16 one"),
+    ("--engine-int8", "engine_fp16", "--engine-int8 names an fp16 engine; pass the int8 one"),
+])
+def test_an_input_of_the_wrong_kind_is_refused_before_any_check(checked, tmp_path, monkeypatch, capsys, flag, swap,
+                                                               words):
+    fake = install(monkeypatch, checked.card)
+    args = hwcheck_args(checked.inputs, tmp_path / "out")
+    args[args.index(flag) + 1] = str(getattr(checked.inputs, swap))
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err  # was a KeyError: 'quantize' after two checks
+    assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
+def _engine_with_vdsp(checked, tmp_path, text: str, record: bool):
+    """A copy of the fp16 vamc engine whose vdsp_params.json holds TEXT; RECORD: its manifest records that file."""
+    import json
+    import shutil
+
+    from pipeline.fileio import sha256_file
+    engine = tmp_path / "fp16"
+    shutil.copytree(checked.engines["fp16"], engine)
+    (engine / "vdsp_params.json").write_text(text)
+    if record:
+        manifest = json.loads((engine / "manifest.json").read_text())
+        manifest["vdsp_params"]["sha256"] = sha256_file(engine / "vdsp_params.json")
+        (engine / "manifest.json").write_text(json.dumps(manifest))
+    return engine
+
+
+def _vdsp_with(checked, **config) -> str:
+    import json
+    vdsp = json.loads((checked.engines["fp16"] / "vdsp_params.json").read_text())
+    vdsp["OpConfig"].update(config)
+    vdsp["OpConfig"] = {k: v for k, v in vdsp["OpConfig"].items() if v is not None}
+    return json.dumps(vdsp)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{not json", "vdsp_params.json: not JSON (Expecting property name"),
+    ("[]", "vdsp_params.json: expected an object with an \"OpConfig\" object (the vendor's fused-op format), got []"),
+    ('"abc"', 'got "abc"'),
+    ("96.7", "got 96.7"),
+    (dict(IimageHeight=None), "vdsp_params.json: OpConfig.IimageHeight is missing, expected a whole number of pixels"),
+    (dict(IimageHeight="abc"), 'OpConfig.IimageHeight is "abc", expected a whole number of pixels > 0'),
+    (dict(IimageWidth=96.7), "OpConfig.IimageWidth is 96.7, expected a whole number of pixels > 0"),
+    (dict(IimageHeight=True), "OpConfig.IimageHeight is true, expected"),
+])
+def test_malformed_vdsp_params_are_one_line(checked, tmp_path, monkeypatch, text, words):
+    install(monkeypatch, checked.card)
+    engine = _engine_with_vdsp(checked, tmp_path, text if isinstance(text, str) else _vdsp_with(checked, **text),
+                               record=True)
+    with pytest.raises(PipelineError) as err:
+        VaststreamxRunner(describe(engine))
+    message = str(err.value)
+    assert message.startswith(f"{engine / 'vdsp_params.json'}: ") and "\n" not in message
+    assert words in message and message.endswith("; rebuild the engine (make fp16 int8 BACKEND=vamc)")
+
+
+def test_vdsp_params_other_than_the_manifest_records_are_refused_before_any_check(checked, tmp_path, monkeypatch,
+                                                                                   capsys):
+    fake = install(monkeypatch, checked.card)
+    engine = _engine_with_vdsp(checked, tmp_path, _vdsp_with(checked, Mean=[0.0, 0.0, 0.0]), record=False)
+    args = hwcheck_args(checked.inputs, tmp_path / "out")
+    args[args.index("--engine-fp16") + 1] = str(engine)
+    code = main(args)
+    err = capsys.readouterr().err
+    recorded = describe(checked.engines["fp16"]).model_files["vdsp_params.json"]
+    assert code == 2 and err == (f"error: {engine / 'vdsp_params.json'}: content differs from the sha256 its "
+                                 f"manifest.json records ({recorded}); rebuild the engine (make fp16 int8 "
+                                 f"BACKEND=vamc)\n")
+    assert fake.calls == []
 
 
 def test_the_card_saw_model_size_planes_for_host_resize_and_the_photo_for_card_resize(checked):
@@ -229,8 +336,12 @@ def test_resize_verdict(host, card, configured, status, value):
     ((0.01,) * 5, (0.05,) * 5, 0.05, "ok", "vamc"),
     ((0.05,) * 5, (0.01,) * 5, 0.05, "change", "onnx"),
     ((0.04,) * 5, (0.05,) * 5, 0.05, "inconclusive", None),           # closer by only a fifth of the gap
-    ((0.01, 0.01, 0.01, 0.09, 0.09), (0.05,) * 5, 0.05, "inconclusive", None),  # closer on 3 of 5 images only
+    ((0.0, 0.0, 0.0, 0.03, 0.03), (0.02,) * 5, 0.05, "inconclusive", None),  # near, but closer on 3 of 5 images
     ((0.0,) * 5, (0.0005,) * 5, 0.0005, "inconclusive", None),        # the references barely differ
+    # issue 17's stand-in card (its int8 ran the fp32 model): 0.0069 is 0.69 of the 0.0100 separation away,
+    # twice the third a verdict needs, however much closer it is than 0.0129
+    ((0.0129,) * 5, (0.0069,) * 5, 0.0100, "inconclusive", None),
+    ((0.0129,) * 5, (0.0033,) * 5, 0.0100, "change", "onnx"),         # within a third: a verdict
 ])
 def test_numbering_verdict(to_vamc, to_onnx, between, status, value):
     a, b = agree(float(np.mean(to_vamc)), to_vamc), agree(float(np.mean(to_onnx)), to_onnx)
@@ -238,6 +349,40 @@ def test_numbering_verdict(to_vamc, to_onnx, between, status, value):
     assert (v.status, v.value, v.failing) == (status, value, status == "change")
     if status == "inconclusive":
         assert numbering_verdict(a, b, agree(between), "vamc", "int8.yaml", matters=True).failing
+
+
+def test_an_inconclusive_numbering_says_what_to_try_with_the_figures():
+    v = numbering_verdict(agree(0.0129), agree(0.0069), agree(0.0100), "vamc", "int8.yaml", matters=True)
+    assert v.finding == ("the vamc engine is near neither reference (mean |diff| to the vamc-numbering reference "
+                         "0.0129, to the ONNX-order one 0.0069; references 0.0100 apart; the nearer, onnx, is 0.69 "
+                         "of that distance away, closer on 100% of images; a verdict needs <= 0.33 and >= 80%)")
+    assert "HWCHECK_SKIP=" in v.action and "more images" in v.action and v.failing
+
+
+def test_no_numbering_verdict_when_our_int8_does_not_predict_the_card():
+    v = numbering_verdict(agree(0.01), agree(0.05), agree(0.05), "vamc", "int8.yaml", matters=False, predicts=False)
+    assert (v.status, v.value, v.failing) == ("inconclusive", None, False)
+    assert v.finding.startswith("not judged: our reference int8 does not predict this card's int8")
+
+
+SCORES = {"mse": 0.2, "mad": 0.4, "miou": 0.5}
+
+
+@pytest.mark.parametrize("card, ours, status", [
+    (0.005, 0.0595, "ok"),     # the fixture's card: 0.08 of our int8's distance from fp32
+    (0.01, 0.04, "ok"),        # 0.25: the limit, included
+    (0.0101, 0.04, "fail"),
+    (0.0128, 0.0120, "fail"),  # issue 17's stand-in card, whose int8 runs fp32: as far from ours as fp32 is
+    (0.0, 0.0, "ok"),          # our int8 is fp32 here, and so is the card's
+    (0.001, 0.0, "fail"),
+])
+def test_prediction_verdict(card, ours, status):
+    v = prediction_verdict(agree(card), agree(ours), SCORES, SCORES)
+    assert (v.status, v.failing) == (status, status == "fail")
+    assert f"mean |diff| {card:.4f}, " in v.finding and f"from fp32 ({ours:.4f}; predicting needs <= 0.25)" in v.finding
+    if status == "fail":
+        assert v.action.startswith("tuning advice from the reference backend (make analyze, make tune) does not "
+                                   "transfer to this card until the emulation (pipeline/backends/ort) is fixed")
 
 
 def test_choose_skip_picks_the_index_whose_two_convs_matter_most():

@@ -30,6 +30,18 @@ def test_help_starts_here_then_targets_then_variables():
     assert any(line.split()[0] == "clean-all" for line in lines[:variables] if line.startswith("  "))
 
 
+def test_help_shows_defaults_as_make_expands_them():
+    lines = make("help").stdout.splitlines()
+    assert not [line for line in lines if "$(" in line]  # was `calib/$(patsubst %_tuned,%,...).txt`
+    default = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in lines if "(default: " in line}
+    assert default["CALIB_LIST"] == "calib/official_modnet_int8.txt" and default["RELEASE_ROOT"] == "artifacts/release"
+    assert default["CKPT"] == "checkpoints/modnet_photographic_portrait_matting.ckpt" and default["LIMIT"] == ""
+    other = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in make(
+        "help", "CONFIG_INT8=build_configs/official_modnet_fp16.yaml", "ART=elsewhere").stdout.splitlines()
+        if "(default: " in line}  # the defaults follow the variables they are made of
+    assert other["CALIB_LIST"] == "calib/official_modnet_fp16.txt" and other["RELEASE_ROOT"] == "elsewhere/release"
+
+
 @pytest.mark.parametrize("variable, value, message", [
     ("BACKEND", "onnx", "BACKEND=onnx is not a backend: use one of vamc ort"),
     ("BACKEND", "ort vamc", "BACKEND=ort vamc is not a backend: use one of vamc ort"),
@@ -119,20 +131,22 @@ def test_clean_removes_only_pipeline_outputs_and_keeps_releases_clean_all_remove
     art = root / "artifacts"
     removed = pipeline_outputs(art) + pipeline_outputs(art / "demo")
     (art / "mine.txt").write_text("not the pipeline's\n")
+    (art / "hwcheck" / "engines").mkdir(parents=True)  # the card's verdicts: kept by clean, removed by clean-all
+    (art / "hwcheck" / "report.md").write_text("# hwcheck\n")
     kept = tree(root) - {str(p.relative_to(root)) for r in removed for p in [r, *r.rglob("*")]}
     done = make("clean", cwd=root)
     assert done.returncode == 0, done.stderr
     assert tree(root) == kept
     assert "keeping artifacts/release artifacts/demo/release" in done.stdout
     assert {"artifacts/release/official_modnet-0123456789ab/MANIFEST.json", "artifacts/mine.txt", "notes.txt",
-            ".git/HEAD", "Makefile", "artifacts/README.md"} <= kept
+            ".git/HEAD", "Makefile", "artifacts/README.md", "artifacts/hwcheck/report.md"} <= kept
 
     done = make("clean-all", cwd=root)
     assert done.returncode == 0, done.stderr
     printed = done.stdout.splitlines()
     for bundle in ("artifacts/release/official_modnet-0123456789ab", "artifacts/demo/release/official_modnet-ba9876543210"):
         assert f"removing release bundle {bundle}" in printed
-    assert not (art / "release").exists() and not (art / "demo").exists()
+    assert not (art / "release").exists() and not (art / "demo").exists() and not (art / "hwcheck").exists()
     assert {"artifacts/mine.txt", "notes.txt", ".git/HEAD", "Makefile", "artifacts/README.md"} <= tree(root)
 
 

@@ -310,3 +310,26 @@ def test_a_committed_calibration_list_is_recorded_as_such(fake_build, tmp_path):
     assert repository["calibration_list_committed"] is True
     from pipeline.provenance import git_state
     assert repository["clean"] == git_state()["clean"]
+
+
+@pytest.mark.parametrize("where, warned", [
+    ("calib/official_modnet_int8_new.txt", True),     # a real draw's record, not yet committed: commit it
+    ("artifacts/demo/calib_list/official_modnet_int8.txt", False),  # the demo's list: gitignored, never committed
+    ("artifacts/verify/verify-x/calib_list/official_modnet_int8.txt", False),  # verify's scratch copy
+    (None, False),                                    # outside the checkout (tmp_path)
+])
+def test_only_a_list_meant_to_be_committed_gets_the_commit_warning(monkeypatch, tmp_path, capsys, where, warned):
+    from conftest import REPO
+    from pipeline.cli import main
+    listed = REPO / where if where else tmp_path / "official_modnet_int8.txt"
+    monkeypatch.setattr(release, "assemble", lambda inputs, root: (tmp_path / "bundle", True))
+    monkeypatch.setattr(release, "load_manifest", lambda bundle: {"repository": {"calibration_list_committed": False}})
+    args = ["release", "--config-fp16", str(FP16_CONFIG), "--config-int8", str(INT8_CONFIG), "--calib-list",
+            str(listed), "--report", "r.md"]
+    args += [a for flag in ("--ckpt", "--data", "--backend", "--calib", "--onnx-fp16", "--onnx-int8", "--engine-fp16",
+                            "--engine-int8", "--eval-dir", "--out-root") for a in (flag, "x")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out == f"wrote release {tmp_path / 'bundle'}\n"
+    assert err == (f"warning: {listed} is not committed in this repository, so MANIFEST.json says repository.clean: "
+                   f"false; commit it to make the release reproducible from the repository alone\n" if warned else "")

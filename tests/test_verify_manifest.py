@@ -98,6 +98,32 @@ def test_missing_scratch_folder(bundle, tmp_path, capsys):
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize("where, words", [
+    ("elsewhere/modnet.ckpt", "the release's checkpoint is not there any more; pass CKPT=/path/to/modnet.ckpt"),
+    # what `make clean` leaves of the demo's release: the words name what writes the checkpoint again
+    ("artifacts/demo/inputs/demo_checkpoint.ckpt", "the release's checkpoint is not there any more: it is the "
+                                                   "demo's, which `make clean` removes; `make demo-ckpt demo-data` "
+                                                   "writes it and the demo data again byte for byte"),
+])
+def test_a_missing_checkpoint_says_how_to_get_it_back(bundle, tmp_path, capsys, where, words):
+    folder, manifest = bundle
+    manifest["inputs"]["checkpoint"]["path"] = str(tmp_path / where)
+    manifest["inputs"]["checkpoint"]["file"] = Path(where).name
+    write(folder, manifest)
+    root = tmp_path / "scratch"
+    root.mkdir()
+    code, err = run_verify(folder, root, capsys)
+    assert code == 2 and err.startswith(f"error: {tmp_path / where}: {words}") and "\n" not in err, err
+
+
+def test_the_demo_checkpoint_path_is_the_makefiles():
+    from pipeline.release import DEMO_CKPT
+    makefile = (REPO / "Makefile").read_text()
+    assert "\nDEMO := artifacts/demo\n" in makefile
+    assert "\nDEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt\n" in makefile
+    assert DEMO_CKPT == Path("artifacts/demo/inputs/demo_checkpoint.ckpt")
+
+
 def test_the_rebuild_gets_explicit_variables_only(bundle, tmp_path):
     folder, manifest = bundle
     manifest = copy.deepcopy(manifest)
