@@ -130,6 +130,9 @@ def read_source(tar_path: Path, sha256: str, code: str, where: str) -> list[tupl
                     files[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PipelineError(f"{tar_path}: not a readable tar ({type(exc).__name__}); nothing unpacked") from None
+    missing = [name for name in TOP_FILES if name not in files]
+    if missing:
+        raise PipelineError(f"{tar_path}: refused: no {' or '.join(missing)}; nothing unpacked")
     ordered = sorted(files.items(), key=lambda item: PurePosixPath(item[0]))  # the digest's order: code_files'
     found = digest_of([(name, hashlib.sha256(data).hexdigest()) for name, data in ordered])
     if found != code:

@@ -154,6 +154,15 @@ def test_an_extra_module_is_refused_by_the_code_digest(tmp_path):
                                    f"built this release; nothing unpacked")
 
 
+def test_a_source_without_its_makefile_is_refused(tmp_path):
+    files = [f for f in _legit() if f[0].name != "Makefile"]
+    path = tmp_path / "s.tar"
+    path.write_bytes(_tar(files))
+    with pytest.raises(PipelineError) as err:
+        read_source(path, hashlib.sha256(path.read_bytes()).hexdigest(), _digest(files), "M")
+    assert str(err.value) == f"{path}: refused: no Makefile; nothing unpacked"
+
+
 def test_not_a_tar(tmp_path):
     path = tmp_path / "s.tar"
     path.write_bytes(b"\x1f\x8b compressed or garbage" * 40)
