@@ -143,9 +143,10 @@ def create_venv(dest: Path, requirements: Path, python: str, pip_args: list[str]
         if pip.wait() != 0:
             missing = missing_requirement("".join(lines))
             if missing:
-                raise PipelineError(f"{requirements}: {missing} cannot be installed any more (pip finds no such "
-                                    f"version); the release cannot be rebuilt in its own environment")
-            raise PipelineError(f"pip install -r {requirements} failed (exit {pip.returncode}); its output is above")
+                raise PipelineError(f"{missing}: pip finds no such version (PIP_ARGS can point it at another "
+                                    f"index); the release's requirements.txt cannot be installed, nothing kept")
+            raise PipelineError(f"pip install of the release's requirements.txt failed (exit {pip.returncode}); its "
+                                f"output is above, nothing kept")
         (part / VENV_STAMP).touch()
         os.chmod(part, 0o755)
         os.replace(part, dest)
