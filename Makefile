@@ -258,10 +258,10 @@ release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, conf
 		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
 		--report '$(ART)/report.md' '$(ART)/report.png' --out-root '$(RELEASE_ROOT)'
 
-verify: $(STAMP) ## rebuild RELEASE from its manifest in a scratch folder and compare every file
+verify: $(STAMP) ## rebuild RELEASE with its own code (source/) in a scratch folder and compare every file
 	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))
 	@mkdir -p -- '$(ART)/verify'
-	$(PY) -m pipeline verify --release '$(RELEASE)' --scratch-root '$(ART)/verify'
+	$(PY) -m pipeline verify --release '$(RELEASE)' --scratch-root '$(ART)/verify' --venv-cache '$(ART)/verify/venvs'
 
 ##@ Demo and tests
 DEMO := artifacts/demo

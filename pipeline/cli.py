@@ -292,58 +292,12 @@ def cmd_release(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    import os
-    import subprocess
-    import tempfile
-
-    from .fileio import remove_tree
-    from .release import (code_digest, compare, copy_list, format_table, load_manifest, make_environment,
-                          rebuild_variables, tampered)
-    repo = Path(__file__).resolve().parent.parent
-    bundle = Path(args.release)
-    manifest = load_manifest(bundle)
-    changed = tampered(bundle, manifest)
-    if manifest["inputs"]["code"] != code_digest():
-        print("note: the pipeline code differs from the release's (inputs.code); differences may come from that")
-    root = Path(args.scratch_root) if args.scratch_root else None
-    if args.scratch is None and root is not None and not root.is_dir():
-        raise PipelineError(f"{root}: no such folder for verify's scratch rebuild (create it, or pass --scratch)")
-    if args.scratch is not None and not Path(args.scratch).parent.is_dir():
-        raise PipelineError(f"{Path(args.scratch).parent}: no such folder for verify's scratch rebuild")
-    # A folder we make is ours to remove once the rebuild matches; one the caller names is the caller's.
-    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="verify-", dir=root))
-    try:
-        variables = rebuild_variables(manifest, bundle.resolve(), scratch.resolve(),
-                                      Path(args.ckpt) if args.ckpt else None, Path(args.data) if args.data else None)
-        copy_list(manifest, bundle, scratch)
-    except BaseException:
-        if args.scratch is None:  # refused before anything ran: leave nothing behind
-            remove_tree(scratch)
-        raise
-    print(f"rebuilding {bundle.name} in {scratch} ...", flush=True)
-    done = subprocess.run(["make", "--no-print-directory", *variables, "release"], cwd=repo,
-                          env=make_environment(dict(os.environ), repo / "Makefile"))
-    kept = f"; the rebuild is kept in {scratch}"
-    if done.returncode != 0:
-        raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above{kept}")
-    rebuilt = scratch / "release" / bundle.name
-    if not rebuilt.is_dir():
-        found = sorted(p.name for p in (scratch / "release").iterdir())
-        raise PipelineError(f"the rebuild produced {found}, not {bundle.name}: its inputs digest differs{kept}")
-    rows = compare(bundle, rebuilt)
-    rows = [(rel, status, f"{note}; changed since release (MANIFEST.json)".lstrip("; ") if rel in changed else note)
-            for rel, status, note in rows]
-    equal = sum(status == "equal" for _, status, _ in rows)
-    shown = [row for row in rows if row[1] != "equal"]
-    if shown:
-        print(format_table(shown))
-    bad = [rel for rel, status, _ in rows if status not in ("equal", "expected")]
-    if bad:
-        raise PipelineError(f"{len(bad)} file(s) of {bundle.name} differ from the rebuild: {', '.join(bad)}{kept}")
-    if args.scratch is None:
-        remove_tree(scratch)
-    print(f"verified: {equal} files identical, {len(rows) - equal} expected differences (listed above)"
-          + ("" if args.scratch else "; scratch rebuild removed"))
+    from .provenance import REPO
+    from .verify import verify
+    optional = {name: Path(getattr(args, name)) if getattr(args, name) else None
+                for name in ("scratch", "scratch_root", "ckpt", "data")}
+    venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / "artifacts" / "verify" / "venvs"
+    print(verify(Path(args.release), venv_cache=venv_cache, say=lambda line: print(line, flush=True), **optional))
 
 
 def cmd_hwcheck(args) -> None:
@@ -475,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="PPM-100-shaped folder, if it moved since the release")
     p.add_argument("--scratch", help="folder for the rebuild (default: a new one under --scratch-root)")
     p.add_argument("--scratch-root", default=None, help="where the default scratch folder is made")
+    p.add_argument("--venv-cache", help="where venvs made for releases whose environment differs from this one are "
+                                        "kept, by requirements.txt sha256 (default: artifacts/verify/venvs)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("hwcheck", help="on a machine with a VACC card: channel order, resize path, skip_conv_layers "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,30 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def installed_packages() -> list[str]:
+    """name==version of every distribution this interpreter can import, names in their canonical form, sorted."""
+    found = {f"{re.sub(r'[-_.]+', '-', dist.metadata['Name']).lower()}=={dist.version}"
+             for dist in importlib.metadata.distributions() if dist.metadata["Name"]}
+    return sorted(found)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name on Linux (platform.processor() is often empty there), else ""."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    found = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
+    return found.group(1).strip() if found else ""
+
+
+def environment() -> dict:
+    """What a rebuild may differ in besides the inputs: the interpreter, every installed package, the machine."""
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "system": platform.system(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpu": _cpu_model(), "packages": installed_packages()}
 
 
 def _git(*args: str) -> str | None:

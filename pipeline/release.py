@@ -6,8 +6,8 @@ own code, the backend, the evaluation data (name and sha256 of every image and m
 the compiler (its --version line and sha256) and VAMC_COMMAND. The same inputs give the same name, so an existing
 bundle is never overwritten and a changed input always gets a new folder.
 
-A bundle ships only what this run produced (the eval folders of fp32 and of this backend's fp16 and int8), and is
-assembled only when the engine manifests, the metrics and the report refer, by sha256, to the very files it
+A bundle ships only what this run produced (the eval folders of fp32 and of this backend's fp16 and int8) and the
+code that produced it (source/, see source.py), and is assembled only when the engine manifests, the metrics and the report refer, by sha256, to the very files it
 ships. Its files and folders are read-only.
 """
 from __future__ import annotations
@@ -25,12 +25,11 @@ from .dataset import matte_path
 from .errors import PipelineError
 from .fileio import atomic_dir, dumps_json, sha256_file
 from .names import check_name, check_path
-from .provenance import REPO, committed, git_state, versions
+from .provenance import REPO, committed, environment, git_state, versions
+from .source import code_digest, source_name, write_source_tar
 
 MANIFEST = "MANIFEST.json"
 SHORT_HASH = 12
-# The code whose change can change an artifact: every module of the package, the recipe and the pinned tools.
-CODE_GLOBS = ("pipeline/**/*.py", "Makefile", "requirements.txt")
 # Files a rebuild is not expected to reproduce byte for byte, why, and (for JSON) the only keys allowed to differ;
 # None means the whole file may differ. Every other file must come back identical.
 EXPECTED_DIFFERENCES = {
@@ -64,14 +63,6 @@ class ReleaseInputs:
 def eval_folders(backend: str) -> dict[str, str]:
     """Label -> folder under the eval dir of this run's three evaluations (the Makefile's EVAL_* names)."""
     return {"fp32": "fp32", "fp16": f"fp16-{backend}", "int8": f"int8-{backend}"}
-
-
-def code_digest(repo: Path = REPO) -> str:
-    """sha256 over (relative path, content sha256) of the pipeline's code, in path order."""
-    files = sorted({p for pattern in CODE_GLOBS for p in repo.glob(pattern) if p.is_file()
-                    and "__pycache__" not in p.parts})
-    lines = [f"{p.relative_to(repo).as_posix()} {sha256_file(p)}" for p in files]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -276,6 +267,10 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             _copy_tree(engine, tmp / "engines" / engine.parent.name / engine.name)
         for folder in eval_folders(inputs.backend).values():  # this run's only: not other backends', not leftovers
             _copy_tree(inputs.eval_dir / folder, tmp / "report" / "eval" / folder)
+        source = source_name(record["code"])
+        if write_source_tar(REPO, tmp / source) != record["code"]:
+            raise PipelineError(f"{REPO}: the pipeline's code changed while the release was being assembled; "
+                                f"run `make release` again")
         hashes = file_hashes(tmp)  # of everything but MANIFEST.json, which is written last
         check_references(tmp, inputs, hashes)
         manifest = {
@@ -285,6 +280,8 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             "data": str(inputs.data.resolve()),
             "calibration_images": _calibration_images(inputs.calib_dir),
             "files": hashes,
+            "source": {"file": source, "sha256": hashes[source], "bytes": (tmp / source).stat().st_size},
+            "environment": environment(),
             "versions": versions(),
             "repository": repository_record(inputs.calib_list),
         }

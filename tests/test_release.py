@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
+import tarfile
 import stat
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from conftest import FP16_CONFIG, INT8_CONFIG
 from pipeline import release
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
+from pipeline.source import code_digest, code_files
 from pipeline.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
                               inputs_record, tampered)
 
@@ -107,8 +111,15 @@ def test_bundle_contents_and_manifest(fake_build, tmp_path):
     digest = manifest["inputs_digest"]
     assert bundle.name == f"official_modnet-{digest[:12]}" == manifest["name"]
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
-    assert files == sorted(EXPECTED_FILES + [MANIFEST])
-    assert list(manifest["files"]) == EXPECTED_FILES
+    source = f"source/pipeline-{code_digest()[:12]}.tar"
+    assert files == sorted(EXPECTED_FILES + [source, MANIFEST])
+    assert list(manifest["files"]) == EXPECTED_FILES + [source]
+    assert manifest["source"] == {"file": source, "sha256": sha256_file(bundle / source),
+                                  "bytes": (bundle / source).stat().st_size}
+    environment = manifest["environment"]
+    assert environment["python"] == platform.python_version() and environment["machine"] == platform.machine()
+    assert environment["packages"] == sorted(environment["packages"])
+    assert f"numpy=={importlib.metadata.version('numpy')}" in environment["packages"]
     for rel, sha in manifest["files"].items():
         assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == sha
     assert (bundle / "engines/official_modnet_int8/ort/model.onnx").read_bytes() == b"official_modnet_int8 engine"
@@ -138,6 +149,21 @@ def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
     again, written = assemble(fake_build, tmp_path / "release")
     assert (again, written) == (bundle, False)
     assert file_hashes(bundle) == before
+
+
+def test_two_releases_of_the_same_inputs_ship_the_same_source_tar(fake_build, tmp_path):
+    first, _ = assemble(fake_build, tmp_path / "one")
+    second, _ = assemble(fake_build, tmp_path / "two")
+    one, two = (json.loads((b / MANIFEST).read_text()) for b in (first, second))
+    assert one["source"] == two["source"]
+    tar_path = first / one["source"]["file"]
+    assert tar_path.read_bytes() == (second / two["source"]["file"]).read_bytes()
+    with tarfile.open(tar_path) as tar:  # exactly the files of the code digest, nothing of the machine
+        members = tar.getmembers()
+        assert [m.name for m in members] == [rel for rel, _ in code_files()]
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) for m in members} == \
+            {(946684800, 0, 0, "", "", 0o644, tarfile.REGTYPE)}
+        assert tar.extractfile("pipeline/release.py").read() == (Path(release.__file__)).read_bytes()
 
 
 COMPILER = {"executable": "/opt/vastai/bin/vamc", "version": "vamc 3.4.1", "sha256": "a" * 64, "command": "compile"}

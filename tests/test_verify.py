@@ -1,16 +1,19 @@
 """make release + verify end to end on generated data (small shape, reference backend): a rebuild reproduces the
-bundle (in a clean Make environment, the release's own LIMIT replayed), and one changed byte of an engine is caught
-and named; a manifest is data, never code."""
+bundle with the code the bundle carries, though the checkout's code has changed since (in a clean Make environment,
+the release's own LIMIT replayed); a bundle made before bundles carried their source is rebuilt with the current
+code, and one changed byte of an engine is caught and named; a manifest is data, never code."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
+from pipeline.source import SOURCE_MTIME, code_files
 
 
 @pytest.fixture(scope="module")
@@ -69,38 +72,90 @@ def test_release_manifest_covers_the_bundle(released):
             "configs/small_int8.yaml", "calib/small_int8.txt", "report/report.md",
             "report/eval/int8-ort/metrics.json"} <= set(files)
     assert len(manifest["calibration_images"]) == 4
+    assert manifest["source"]["file"] in files and manifest["source"]["bytes"] < 1_000_000
     assert bundle.name == f"official_modnet-{manifest['inputs_digest'][:12]}"
 
 
-def test_make_verify_rebuilds_in_a_clean_environment_and_tidies_up(released):
+def later_checkout(folder):
+    """A copy of this checkout (git-free) with two commits' worth of change since the release: a docstring, and a
+    stage whose output changes (the prediction is rounded instead of truncated)."""
+    for rel, path in code_files(REPO):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / rel)
+    shutil.copytree(REPO / "build_configs", folder / "build_configs")
+    os.symlink((REPO / ".venv").resolve(), folder / ".venv")
+    os.utime(folder / "requirements.txt", (SOURCE_MTIME, SOURCE_MTIME))  # never newer than the shared venv's stamp
+    metrics = folder / "pipeline" / "metrics.py"
+    code = metrics.read_text()
+    truncated = "return np.clip(a * 255, 0, 255).astype(np.uint8)"
+    assert code.count(truncated) == 1 and code.count('"""') >= 2
+    code = code.replace('"""', '"""A docstring changed since the release. ', 1)
+    metrics.write_text(code.replace(truncated, "return np.rint(np.clip(a * 255, 0, 255)).astype(np.uint8)"))
+    return folder
+
+
+def test_make_verify_rebuilds_with_the_release_code_in_a_clean_environment_and_tidies_up(released):
     bundle, root = released
+    later = later_checkout(root / "later")
     art = root / "verify-art"
-    done = subprocess.run(["make", "--no-print-directory", f"ART={art}", f"RELEASE={bundle}", "verify"], cwd=REPO,
+    done = subprocess.run(["make", "--no-print-directory", f"ART={art}", f"RELEASE={bundle}", "verify"], cwd=later,
                           capture_output=True, text=True, env={**os.environ, **HOSTILE})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    lines = done.stdout.splitlines()
+    assert f"rebuilding with the release's own code ({manifest['source']['file']}), not this checkout's, which " \
+           f"differs" in lines
+    assert f"environment: {later / '.venv'}, as the release's (same requirements.txt, same installed packages)" in lines
+    assert not any(line.startswith("note:") for line in lines)  # same machine, same Python, same packages
     shown = rows(done.stdout)  # only the rows that are not byte-equal
     assert set(shown.values()) == {"expected"} and "engines/small_int8/ort/manifest.json" in shown
     equal = len(manifest["files"]) - len(shown)
     assert f"verified: {equal} files identical, {len(shown)} expected differences" in done.stdout
     assert "overriding recipe" not in done.stderr and "ignoring old recipe" not in done.stderr
-    assert list((art / "verify").iterdir()) == []  # the scratch rebuild is removed once it matches
+    assert list((art / "verify").iterdir()) == []  # the scratch rebuild (source and outputs) is removed once it matches
+
+    # ... while this checkout's code would not reproduce the release: its int8 evaluation scores differently
+    config, engine = bundle / "configs" / "small_int8.yaml", bundle / "engines" / "small_int8" / "ort"
+    evaluated = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--config", str(config), "--engine",
+                                str(engine), "--data", manifest["data"], "--limit", "5", "--out", str(root / "now")],
+                               cwd=later, capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    released_mad = json.loads((bundle / "report/eval/int8-ort/metrics.json").read_text())["mad"]
+    assert json.loads((root / "now" / "metrics.json").read_text())["mad"] != released_mad
 
 
-def test_verify_catches_one_changed_byte(released):
+def old_style(bundle, folder):
+    """BUNDLE as `make release` wrote it before bundles carried their source."""
+    copy = folder / bundle.name
+    shutil.copytree(bundle, copy)
+    os.chmod(copy, 0o755)
+    for path in copy.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    manifest = json.loads((copy / "MANIFEST.json").read_text())
+    shutil.rmtree(copy / "source")
+    del manifest["files"][manifest.pop("source")["file"]], manifest["environment"]
+    (copy / "MANIFEST.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_bundle_without_source_is_rebuilt_with_the_current_code_and_one_changed_byte_is_caught(released):
     bundle, root = released
+    bundle = old_style(bundle, root / "old")
     scratch = root / "scratch"
 
     engine = bundle / "engines/small_int8/ort/model.onnx"
-    os.chmod(engine, 0o644)
     data = bytearray(engine.read_bytes())
     data[len(data) // 2] ^= 0xFF
     engine.write_bytes(bytes(data))
     second = verify(bundle, scratch)
     assert second.returncode == 2
-    assert rows(second.stdout)["engines/small_int8/ort/model.onnx"] == "DIFFERENT"
+    assert second.stdout.splitlines()[0] == (f"note: {bundle.name} carries no source (made before bundles did): "
+                                             f"only the current code can rebuild it, so this checkout's is used")
+    found = rows(second.stdout)
+    assert found["engines/small_int8/ort/model.onnx"] == "DIFFERENT"
+    assert [status for rel, status in found.items() if rel.startswith("source/")] == ["expected"]
     assert "changed since release" in second.stdout
     assert second.stderr.strip().splitlines()[-1] == (f"error: 1 file(s) of {bundle.name} differ from the rebuild: "
                                                       f"engines/small_int8/ort/model.onnx; the rebuild is kept in "
                                                       f"{scratch}")
-    assert (scratch / "release" / bundle.name).is_dir()
+    assert (scratch / "art" / "release" / bundle.name).is_dir()

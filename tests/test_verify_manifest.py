@@ -137,3 +137,34 @@ def test_the_rebuild_gets_explicit_variables_only(bundle, tmp_path):
     env = make_environment({"MAKEFLAGS": "LIMIT=1", "MAKELEVEL": "1", "LIMIT": "1", "REDRAW": "1", "VAMC": "x",
                             "CONFIG_INT8": "y", "PATH": "/bin", "HOME": "/root"}, REPO / "Makefile")
     assert env == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_a_tampered_source_is_refused_before_anything_is_made(bundle, tmp_path, capsys):
+    import io
+    import tarfile
+    folder, manifest = bundle
+    link = tarfile.TarInfo("pipeline/x.py")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.addfile(link)
+    tar_path = folder / "source" / "pipeline-0123456789ab.tar"
+    tar_path.parent.mkdir()
+    tar_path.write_bytes(out.getvalue())
+    manifest["source"] = {"file": "source/pipeline-0123456789ab.tar", "sha256": hashlib.sha256(out.getvalue()).hexdigest()}
+    write(folder, manifest)
+    root = tmp_path / "scratch"
+    root.mkdir()
+    code, err = run_verify(folder, root, capsys)
+    assert code == 2 and err == f"error: {tar_path}: refused: 'pipeline/x.py' is a link; nothing unpacked"
+    assert list(root.iterdir()) == []
+
+
+def test_a_bundle_without_source_says_only_the_current_code_can_rebuild_it(bundle, tmp_path, capsys):
+    folder, manifest = bundle
+    write(folder, manifest)
+    (tmp_path / "modnet.ckpt").unlink()  # refused before the rebuild: the note is printed first
+    code = main(["verify", "--release", str(folder), "--scratch-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 2 and out.splitlines()[0] == (f"note: {folder.name} carries no source (made before bundles did): "
+                                                 f"only the current code can rebuild it, so this checkout's is used")
