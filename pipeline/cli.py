@@ -99,8 +99,10 @@ def _check_seed(seed: int) -> None:
 
 def _check_out_folder(out: Path) -> None:
     """For a stage that writes files into its --out folder (the folder itself is never replaced)."""
-    if out.exists() and not out.is_dir():
-        raise PipelineError(f"{out}: is a file, not a folder; --out names the folder to write into")
+    from .fileio import out_place_problem
+    problem = out_place_problem(out)
+    if problem:
+        raise PipelineError(f"{out}: {problem}")
 
 
 def cmd_demo_ckpt(args) -> None:

@@ -84,12 +84,14 @@ def _listing(entries: list[Path]) -> str:
     return ", ".join(names[:SHOWN_ENTRIES]) + more
 
 
-def out_dir_problem(dest: str | os.PathLike, stage: str) -> str | None:
-    """Why STAGE may not replace the folder DEST, or None if it may: DEST is missing, empty, or STAGE's own."""
-    dest = Path(dest)
-    own = "name a new or empty folder of its own"
-    if dest.is_symlink():
-        return f"is a symbolic link; {own}"
+OWN_FOLDER = "name a new or empty folder of its own"
+
+
+def out_place_problem(dest: str | os.PathLike) -> str | None:
+    """Why no stage may write its outputs into the folder DEST, or None: the checkout, the current folder, a
+    folder holding either or holding .git, or a file. Stages that only add files to their folder (tune, hwcheck)
+    check this much; stages that replace their folder also check that it is theirs (out_dir_problem)."""
+    dest, own = Path(dest), OWN_FOLDER
     where = dest.resolve()
     if where == REPO or where in REPO.parents:
         return f"is the checkout{'' if where == REPO else ' or holds it'} ({REPO}); {own}"
@@ -102,6 +104,18 @@ def out_dir_problem(dest: str | os.PathLike, stage: str) -> str | None:
         return None
     if not dest.is_dir():
         return f"is a file, not a folder; {own}"
+    return None
+
+
+def out_dir_problem(dest: str | os.PathLike, stage: str) -> str | None:
+    """Why STAGE may not replace the folder DEST, or None if it may: DEST is missing, empty, or STAGE's own."""
+    dest = Path(dest)
+    own = OWN_FOLDER
+    if dest.is_symlink():
+        return f"is a symbolic link; {own}"
+    problem = out_place_problem(dest)
+    if problem or not dest.exists():
+        return problem
     entries = list(dest.iterdir())
     if not entries:
         return None

@@ -187,14 +187,29 @@ def test_analyze_refuses_before_any_work(tmp_path):
     assert tree_bytes(victim) == before
 
 
+def _adding_stage_flags(command: str) -> list[str]:
+    return (["--config", "c.yaml", "--onnx", "m.onnx", "--calib", "calib", "--data", "data"] if command == "tune"
+            else [a for flag in ("--config-fp16", "--config-int8", "--onnx-fp16", "--onnx-int8", "--engine-fp16",
+                                 "--engine-int8", "--calib", "--data") for a in (flag, "absent")])
+
+
 @pytest.mark.parametrize("command", ["tune", "hwcheck"])
 def test_stages_writing_into_a_folder_refuse_a_file_as_out(tmp_path, capsys, command):
     readme = tmp_path / "README.md"
     readme.write_text("mine\n")
-    flags = (["--config", "c.yaml", "--onnx", "m.onnx", "--calib", "calib", "--data", "data"] if command == "tune"
-             else [a for flag in ("--config-fp16", "--config-int8", "--onnx-fp16", "--onnx-int8", "--engine-fp16",
-                                  "--engine-int8", "--calib", "--data") for a in (flag, "absent")])
-    assert main([command, *flags, "--out", str(readme)]) == 2
+    assert main([command, *_adding_stage_flags(command), "--out", str(readme)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {readme}: is a file, not a folder; --out names the folder to write into"]
+        f"error: {readme}: is a file, not a folder; name a new or empty folder of its own"]
     assert readme.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", ["tune", "hwcheck"])
+def test_stages_writing_into_a_folder_refuse_the_checkout_and_the_current_folder(tmp_path, capsys, monkeypatch,
+                                                                                  command):
+    # tune and hwcheck never replace their folder, but they delete and write report.md / tuned.yaml in it
+    monkeypatch.chdir(tmp_path)
+    for out, why in ((REPO, f"is the checkout ({REPO})"), (REPO.parent, f"is the checkout or holds it ({REPO})"),
+                     (Path("."), "is the current folder")):
+        assert main([command, *_adding_stage_flags(command), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {out}: {why}; name a new or empty folder of its own"]
