@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from .errors import PipelineError
+from .fileio import check_out_dir
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
 
@@ -95,14 +96,6 @@ def _losses_bar(losses, total: int):
 def _check_seed(seed: int) -> None:
     if seed < 0:  # NumPy's generators take no negative seed
         raise PipelineError(f"--seed must be 0 or more, got {seed}")
-
-
-def _check_out_folder(out: Path) -> None:
-    """For a stage that writes files into its --out folder (the folder itself is never replaced)."""
-    from .fileio import out_place_problem
-    problem = out_place_problem(out)
-    if problem:
-        raise PipelineError(f"{out}: {problem}")
 
 
 def cmd_demo_ckpt(args) -> None:
@@ -191,7 +184,7 @@ def cmd_tune(args) -> None:
 
     from .tuning.tune import summary_line, tune
     out = Path(args.out)
-    _check_out_folder(out)
+    check_out_dir(out, "tune")  # before any work; tune marks the folder as its own when it starts writing
     wb = _workbench(args, out / "candidates.json")
     if wb.cache.notice:
         print(f"warning: {wb.cache.notice}", file=sys.stderr)
@@ -304,7 +297,7 @@ def cmd_verify(args) -> None:
 
 def cmd_hwcheck(args) -> None:
     from .hwcheck import Inputs, run
-    _check_out_folder(Path(args.out))
+    check_out_dir(Path(args.out), "hwcheck")  # before any work; claim_dir checks again
     skip = None
     if args.skip_conv_layers is not None:
         try:

@@ -19,6 +19,10 @@ from .errors import PipelineError
 from .provenance import REPO
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -53,8 +57,9 @@ STAGE_MARKER = ".pipeline-stage"
 # that name, a key only that stage's has. demo-data's is the `.complete` the Makefile touches inside its folder.
 EARLIER_OUTPUTS = {"calib": ("manifest.json", "tensors"), "build": ("manifest.json", "backend"),
                    "evaluate": ("metrics.json", "per_image"), "analyze": ("analysis.json", "candidate"),
-                   "demo-data": (".complete", None)}
-SHOWN_ENTRIES = 5  # entries of a refused folder named in the error
+                   "demo-data": (".complete", None), "tune": ("candidates.json", "context")}
+SHOWN_ENTRIES = 5
+BUNDLE_MANIFEST = "MANIFEST.json"  # release.MANIFEST: what makes a folder a release bundle  # entries of a refused folder named in the error
 
 
 def _written_by(folder: Path) -> str | None:
@@ -100,10 +105,22 @@ def out_place_problem(dest: str | os.PathLike) -> str | None:
         return f"is the current folder{'' if where == cwd else ' or holds it'}; {own}"
     if (where / ".git").exists():
         return f"holds .git (a repository); {own}"
+    bundle = release_bundle_holding(where)
+    if bundle is not None:
+        return f"is inside the release bundle {bundle}, which is never rewritten; {own}"
     if not dest.exists():
         return None
     if not dest.is_dir():
         return f"is a file, not a folder; {own}"
+    return None
+
+
+def release_bundle_holding(path: Path) -> Path | None:
+    """The release bundle PATH is in (or is), if any: a folder holding MANIFEST.json. A bundle's copied engine and
+    evaluation folders look like their stages' own outputs, so without this a stage would replace them."""
+    for folder in (path, *path.parents):
+        if (folder / BUNDLE_MANIFEST).is_file():
+            return folder
     return None
 
 
@@ -139,6 +156,15 @@ def check_out_dir(dest: str | os.PathLike, stage: str) -> Path:
 
 def mark_stage(folder: Path, stage: str) -> None:
     (folder / STAGE_MARKER).write_text(f"{stage}\n", encoding="utf-8")
+
+
+def claim_dir(dest: str | os.PathLike, stage: str) -> Path:
+    """DEST, made and marked as STAGE's, for a stage that writes files into its folder instead of replacing it
+    whole (tune, hwcheck): the same rule as check_out_dir, so it never writes among files that are not its own."""
+    dest = check_out_dir(dest, stage)
+    dest.mkdir(parents=True, exist_ok=True)
+    mark_stage(dest, stage)
+    return dest
 
 
 @contextlib.contextmanager

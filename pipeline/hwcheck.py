@@ -33,7 +33,7 @@ from . import metrics
 from .config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
                      HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
 from .errors import PipelineError
-from .fileio import write_text
+from .fileio import claim_dir, write_text
 from .runners import open_runner
 
 ORDER_IMAGES = 5  # calibration images of the channel-order and resize checks
@@ -441,7 +441,6 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     from .evaluate import load_gt
     cfg16, cfg8 = load_config(inputs.config_fp16), load_config(inputs.config_int8)
     check_kinds(inputs, cfg16, cfg8)
-    (out / "report.md").unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
     images = calibration_photos(inputs.calib)
     few = images[:ORDER_IMAGES]
     model = onnx.load(str(inputs.onnx_int8))
@@ -450,6 +449,8 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     if bad:
         raise PipelineError(f"--skip-conv-layers {bad[0]} is out of range: {inputs.onnx_int8} has "
                             f"{len(orders['vamc'])} Conv nodes (0..{len(orders['vamc']) - 1})")
+    claim_dir(out, "hwcheck")
+    (out / "report.md").unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
 
     order, resize, rows = check_input(inputs, cfg16, few, progress)
     tables = {"Channel order and resize path (fp16 vamc engine vs ONNX Runtime fp32)": rows}

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from .dataset import matte_path
 from .errors import PipelineError
-from .fileio import atomic_dir, dumps_json, sha256_file
+from .fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file
 from .names import check_name, check_path
 from .provenance import REPO, committed, environment, git_state, versions
 from .source import code_digest, source_name, write_source_tar
 
-MANIFEST = "MANIFEST.json"
+MANIFEST = BUNDLE_MANIFEST
 SHORT_HASH = 12
 # Files a rebuild is not expected to reproduce byte for byte, why, and (for JSON) the only keys allowed to differ;
 # None means the whole file may differ. Every other file must come back identical.
@@ -152,7 +152,8 @@ def inputs_digest(record: dict) -> str:
 def _copy_tree(src: Path, dest: Path) -> None:
     if not src.is_dir():
         raise PipelineError(f"{src}: no such folder; `make release` needs the outputs of `make fp16 int8 eval`")
-    shutil.copytree(src, dest, copy_function=shutil.copyfile)
+    # Without their stage markers: a bundle's copies are the release's, not folders a stage may replace.
+    shutil.copytree(src, dest, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns(STAGE_MARKER))
 
 
 def _layout(inputs: ReleaseInputs) -> list[tuple[Path, str]]:

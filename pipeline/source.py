@@ -9,7 +9,6 @@ anything is unpacked.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -17,7 +16,8 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from .errors import PipelineError
-from .fileio import atomic_path, sha256_file
+from .fileio import atomic_path, sha256_bytes, sha256_file
+from .names import name_problem
 from .provenance import REPO
 
 # The code whose change can change an artifact: every module of the package, the recipe and the pinned tools.
@@ -31,14 +31,16 @@ SOURCE_FILE = re.compile(r"source/pipeline-[0-9a-f]{12}\.tar")
 
 def code_files(repo: Path = REPO) -> list[tuple[str, Path]]:
     """(path relative to REPO, path) of the pipeline's code, in the code digest's order."""
-    files = sorted({p for pattern in CODE_GLOBS for p in repo.glob(pattern) if p.is_file()
-                    and "__pycache__" not in p.parts})
-    return [(p.relative_to(repo).as_posix(), p) for p in files]
+    files = sorted({p for pattern in CODE_GLOBS for p in repo.glob(pattern) if p.is_file()})
+    # Hidden folders (an editor's or Jupyter's checkpoints) and caches are not code: the same rule as a member's
+    # name in read_source, so every tar a release writes is one its verify accepts.
+    return [(p.relative_to(repo).as_posix(), p) for p in files
+            if not any(name_problem(part) for part in p.relative_to(repo).parts) and "__pycache__" not in p.parts]
 
 
 def digest_of(hashes: list[tuple[str, str]]) -> str:
     """sha256 over (relative path, content sha256) lines, in the order given."""
-    return hashlib.sha256("\n".join(f"{rel} {sha}" for rel, sha in hashes).encode()).hexdigest()
+    return sha256_bytes("\n".join(f"{rel} {sha}" for rel, sha in hashes).encode())
 
 
 def code_digest(repo: Path = REPO) -> str:
@@ -71,7 +73,7 @@ def write_source_tar(repo: Path, dest: Path) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
         tmp.write_bytes(tar_bytes(files))
-    return digest_of([(rel, hashlib.sha256(data).hexdigest()) for rel, data in files])
+    return digest_of([(rel, sha256_bytes(data)) for rel, data in files])
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:
@@ -85,8 +87,7 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
     parts = name.rstrip("/").split("/") if member.isdir() else name.split("/")
     if ".." in parts:
         return f"{name!r} holds `..`"
-    if any(part in ("", ".") or part.startswith(".") or any(ord(c) < 32 for c in part) for part in parts) or \
-            "__pycache__" in parts:
+    if any(name_problem(part) for part in parts) or "__pycache__" in parts:
         return f"{name!r} is not a plain relative name"
     expected = (name in TOP_FILES and member.isfile()) or (parts[0] == "pipeline" and (
         member.isdir() or (len(parts) > 1 and name.endswith(".py"))))
@@ -130,11 +131,16 @@ def read_source(tar_path: Path, sha256: str, code: str, where: str) -> list[tupl
                     files[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PipelineError(f"{tar_path}: not a readable tar ({type(exc).__name__}); nothing unpacked") from None
+    folders = {str(PurePosixPath(name).parent) for name in files}
+    clash = sorted(name for name in files if any(f == name or f.startswith(name + "/") for f in folders))
+    if clash:  # a file that another member needs as its folder: unpacking would fail half-way
+        raise PipelineError(f"{tar_path}: refused: {clash[0]!r} is a file and a folder of another member; nothing "
+                            f"unpacked")
     missing = [name for name in TOP_FILES if name not in files]
     if missing:
         raise PipelineError(f"{tar_path}: refused: no {' or '.join(missing)}; nothing unpacked")
     ordered = sorted(files.items(), key=lambda item: PurePosixPath(item[0]))  # the digest's order: code_files'
-    found = digest_of([(name, hashlib.sha256(data).hexdigest()) for name, data in ordered])
+    found = digest_of([(name, sha256_bytes(data)) for name, data in ordered])
     if found != code:
         raise PipelineError(f"{tar_path}: its files give code digest {found[:12]}..., not inputs.code "
                             f"{str(code)[:12]}... of {where}: not the code that built this release; nothing unpacked")

@@ -10,11 +10,9 @@ rebuilt with this checkout's code, as before.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import PipelineError
-from .fileio import remove_tree
+from .fileio import remove_tree, sha256_bytes
 from .names import check_path
 from .provenance import REPO, installed_packages
 from .release import (MANIFEST, compare, copy_list, format_table, load_manifest, make_environment,
@@ -44,7 +42,7 @@ class VenvChoice:
 
 
 def requirements_key(requirements: bytes) -> str:
-    return hashlib.sha256(requirements).hexdigest()
+    return sha256_bytes(requirements)
 
 
 def _packages(listed) -> dict[str, str] | None:
@@ -109,7 +107,7 @@ def missing_requirement(pip_output: str) -> str | None:
 
 
 def cached_venvs(cache: Path) -> frozenset[str]:
-    """Keys of the complete venvs in CACHE (a .part folder is an interrupted one, never listed)."""
+    """Keys of the complete venvs in CACHE (one without its stamp is an interrupted build, never listed)."""
     if not cache.is_dir():
         return frozenset()
     return frozenset(p.name for p in cache.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name)
@@ -122,18 +120,20 @@ def current_venv() -> Path | None:
 
 
 def create_venv(dest: Path, requirements: Path, python: str, pip_args: list[str], say: Callable[[str], None]) -> None:
-    """A venv at DEST with REQUIREMENTS installed, as `make venv` makes one (PYTHON, PIP_ARGS); built in a .part
-    folder beside DEST and renamed only once complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent))
+    """A venv at DEST with REQUIREMENTS installed, as `make venv` makes one (PYTHON, PIP_ARGS). Built in place (a
+    venv's scripts name its path, so it cannot be moved once made): the stamp, written last, marks it complete,
+    and a failed build is removed."""
+    if dest.exists():  # a build interrupted before its stamp (cached_venvs never lists it): start again
+        remove_tree(dest)
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            made = subprocess.run([python, "-m", "venv", str(part)], capture_output=True, text=True)
+            made = subprocess.run([python, "-m", "venv", str(dest)], capture_output=True, text=True)
         except OSError as exc:
             raise PipelineError(f"{python}: cannot create a venv with it ({exc.strerror}); set PYTHON") from None
         if made.returncode != 0:
             raise PipelineError(f"{python} -m venv failed: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
-        pip = subprocess.Popen([str(part / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+        pip = subprocess.Popen([str(dest / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                                 *pip_args, "-r", str(requirements)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
         lines = []
@@ -147,12 +147,12 @@ def create_venv(dest: Path, requirements: Path, python: str, pip_args: list[str]
                                     f"index); the release's requirements.txt cannot be installed, nothing kept")
             raise PipelineError(f"pip install of the release's requirements.txt failed (exit {pip.returncode}); its "
                                 f"output is above, nothing kept")
-        (part / VENV_STAMP).touch()
-        os.chmod(part, 0o755)
-        os.replace(part, dest)
+        (dest / VENV_STAMP).touch()
+    except OSError as exc:
+        raise PipelineError(f"{dest}: cannot make the release's venv there ({exc.strerror}); nothing kept") from None
     finally:
-        if part.exists():
-            shutil.rmtree(part)
+        if dest.exists() and not (dest / VENV_STAMP).is_file():
+            remove_tree(dest)
 
 
 def _source_setup(manifest: dict, files: list[tuple[str, bytes]], scratch: Path, venv_cache: Path,
@@ -200,8 +200,9 @@ def verify(bundle: Path, scratch: Path | None, scratch_root: Path | None, ckpt: 
         say(f"rebuilding with the release's own code ({entry[0]})" +
             (", not this checkout's, which differs" if code_digest() != manifest["inputs"]["code"] else ""))
     else:
-        say(f"note: {bundle.name} carries no source (made before bundles did): only the current code can rebuild "
-            f"it, so this checkout's is used")
+        say(f"note: {bundle.name} carries no source (made before bundles did): only the code that built it "
+            f"can rebuild it, so this checkout's is used (to verify it, check out its repository.commit and run make "
+            f"verify there)")
         if manifest["inputs"]["code"] != code_digest():
             say("note: the pipeline code differs from the release's (inputs.code); differences may come from that")
     if scratch is None and scratch_root is not None and not scratch_root.is_dir():
@@ -213,7 +214,9 @@ def verify(bundle: Path, scratch: Path | None, scratch_root: Path | None, ckpt: 
     scratch = Path(tempfile.mkdtemp(prefix="verify-", dir=scratch_root)) if ours else scratch
     art = scratch / "art"
     try:
-        variables = rebuild_variables(manifest, bundle.resolve(), art.resolve(), ckpt, data)
+        # Make runs in the unpacked source, so a relative --ckpt/--data must not stay relative to this folder
+        variables = rebuild_variables(manifest, bundle.resolve(), art.resolve(), ckpt and ckpt.resolve(),
+                                      data and data.resolve())
         workdir, extra = (_source_setup(manifest, files, scratch, venv_cache, say) if has_source else (REPO, []))
         copy_list(manifest, bundle, art)
     except BaseException:
@@ -221,8 +224,10 @@ def verify(bundle: Path, scratch: Path | None, scratch_root: Path | None, ckpt: 
             remove_tree(scratch)
         raise
     say(f"rebuilding {bundle.name} in {scratch} ...")
-    done = subprocess.run(["make", "--no-print-directory", *variables, *extra, "release"], cwd=workdir,
-                          env=make_environment(dict(os.environ), workdir / "Makefile"))
+    env = make_environment(dict(os.environ), workdir / "Makefile")
+    if has_source:  # the unpacked code is no commit of the repository around the scratch folder: git must not say so
+        env["GIT_CEILING_DIRECTORIES"] = str(scratch.resolve())
+    done = subprocess.run(["make", "--no-print-directory", *variables, *extra, "release"], cwd=workdir, env=env)
     kept = f"; the rebuild is kept in {scratch}"
     if done.returncode != 0:
         raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above{kept}")

@@ -213,3 +213,26 @@ def test_stages_writing_into_a_folder_refuse_the_checkout_and_the_current_folder
         assert main([command, *_adding_stage_flags(command), "--out", str(out)]) == 2
         assert capsys.readouterr().err.splitlines() == [
             f"error: {out}: {why}; name a new or empty folder of its own"]
+
+
+def test_a_folder_inside_a_release_bundle_is_never_replaced(tmp_path):
+    # a bundle's copy of an evaluation folder looks like evaluate's own earlier output
+    bundle = tmp_path / "release" / "official_modnet-0123abcd4567"
+    fp32 = bundle / "report" / "eval" / "fp32"
+    fp32.mkdir(parents=True)
+    (bundle / "MANIFEST.json").write_text("{}\n")
+    (fp32 / "metrics.json").write_text(json.dumps({"per_image": []}))
+    for dest, stage in ((fp32, "evaluate"), (bundle / "engines" / "new", "build"), (bundle, "release")):
+        assert out_dir_problem(dest, stage) == (f"is inside the release bundle {bundle}, which is never rewritten; "
+                                                f"name a new or empty folder of its own")
+
+
+@pytest.mark.parametrize("command", ["tune", "hwcheck"])
+def test_stages_writing_into_a_folder_refuse_one_of_foreign_files(tmp_path, capsys, command):
+    victim = tmp_path / "victim"
+    before = plant_victim(victim)
+    assert main([command, *_adding_stage_flags(command), "--out", str(victim)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {victim}: holds files `{command}` did not write (precious.txt, sub/); choose an empty or new folder, "
+        f"or delete it yourself"]
+    assert tree_bytes(victim) == before

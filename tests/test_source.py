@@ -30,6 +30,10 @@ def repo(tmp_path) -> Path:
     (root / "pipeline" / "notes.md").write_text("notes\n")
     (root / "calib").mkdir()
     (root / "calib" / "README.md").write_text("lists\n")
+    # an editor's or Jupyter's hidden copies: not code, and a name read_source refuses
+    (root / "pipeline" / ".ipynb_checkpoints").mkdir()
+    (root / "pipeline" / ".ipynb_checkpoints" / "cli-checkpoint.py").write_bytes(b"x = 2\n")
+    (root / "pipeline" / ".scratch.py").write_bytes(b"x = 3\n")
     return root
 
 
@@ -45,7 +49,8 @@ def test_the_tar_is_the_same_bytes_whatever_the_files_mtime_and_mode(repo, tmp_p
     assert write_source_tar(other, tmp_path / "two.tar") == digest
     assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
     with tarfile.open(tmp_path / "one.tar") as tar:
-        # the code digest's order (path parts: backends/ before backends.py), no __pycache__, no notes, no calib/
+        # the code digest's order (path parts: backends/ before backends.py), no __pycache__, no notes, no calib/,
+        # no hidden files
         assert tar.getnames() == ["Makefile", "pipeline/__init__.py", "pipeline/backends/ort.py",
                                   "pipeline/backends.py", "requirements.txt"]
         assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar} == {(SOURCE_MTIME, 0, 0, "", "", 0o644)}
@@ -116,6 +121,24 @@ def test_the_checked_source_unpacks_with_the_fixed_mtime(tmp_path):
     assert (tmp_path / "out" / "pipeline/backends/ort.py").read_bytes() == b"X = 1\n"
     # older than any venv stamp: Make never reinstalls a venv for the unpacked requirements.txt
     assert (tmp_path / "out" / "requirements.txt").stat().st_mtime == SOURCE_MTIME
+
+
+def test_what_a_release_writes_its_verify_reads(repo, tmp_path):
+    code = write_source_tar(repo, tmp_path / "s.tar")
+    files = read_source(tmp_path / "s.tar", hashlib.sha256((tmp_path / "s.tar").read_bytes()).hexdigest(), code, "M")
+    assert [name for name, _ in files] == ["Makefile", "pipeline/__init__.py", "pipeline/backends/ort.py",
+                                           "pipeline/backends.py", "requirements.txt"]
+
+
+def test_a_file_that_another_member_needs_as_its_folder_is_refused(tmp_path):
+    files = _legit() + [_file("pipeline/backends/ort.py/inner.py")]
+    path = tmp_path / "s.tar"
+    path.write_bytes(_tar(files))
+    with pytest.raises(PipelineError) as err:
+        read_source(path, hashlib.sha256(path.read_bytes()).hexdigest(), _digest(files), "M")
+    assert str(err.value) == (f"{path}: refused: 'pipeline/backends/ort.py' is a file and a folder of another "
+                              f"member; nothing unpacked")
+    assert not (tmp_path / "pipeline").exists()
 
 
 def test_a_folder_member_is_allowed(tmp_path):

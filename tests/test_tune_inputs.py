@@ -92,6 +92,7 @@ def promote_args(to: str, *extra: str, tuned: Path | None = None) -> list[str]:
     ("build_configs/official_modnet_int8.yaml", "is the input config, which tuning must not overwrite"),
     ("build_configs/../build_configs/./official_modnet_int8.yaml", "is the input config"),
     ("build_configs/mine.yaml", "exists and is not a tuned config (no `Tuned by `python -m pipeline tune`` header)"),
+    ("build_configs/sub/new.yaml", "outside build_configs/"),  # a subfolder is made by nobody but the user
 ])
 def test_promote_refuses_a_target_that_is_not_tunes_to_write(folders, capsys, to, words):
     (folders / "build_configs" / "mine.yaml").write_text("name: mine\n")
@@ -103,6 +104,23 @@ def test_promote_refuses_a_target_that_is_not_tunes_to_write(folders, capsys, to
         assert words in one_error_line(capsys)
     assert {p: p.read_bytes() for p in before} == before
     assert not (folders.parent / "escape.yaml").exists()
+
+
+def test_a_demo_promote_never_writes_into_a_release_bundle(folders, capsys):
+    bundle = folders / "artifacts" / "demo" / "release" / "official_modnet-0123abcd4567"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "MANIFEST.json").write_text("{}\n")
+    target = bundle / "configs" / "official_modnet_int8_tuned.yaml"
+    target.write_text(tuned_text())  # an earlier tuned config, as a bundle of a demo tune carries one
+    before = target.read_bytes()
+    tuned = folders / "tuned.yaml"
+    tuned.write_text(tuned_text(" again"))
+    for args in (promote_args(str(target), "--demo"), promote_args(str(target), "--demo", tuned=tuned)):
+        assert cli.main(args) == 2
+        assert one_error_line(capsys) == (f"error: TUNED_CONFIG={target}: inside the release bundle {bundle}, which "
+                                          f"is never rewritten; name a config file in artifacts/demo/ (the demo's "
+                                          f"outputs: `make demo-tune`)")
+    assert target.read_bytes() == before
 
 
 def test_promote_writes_a_new_or_earlier_tuned_config_and_a_hand_edited_one_only_with_force(folders, capsys):

@@ -150,7 +150,9 @@ def test_a_bundle_without_source_is_rebuilt_with_the_current_code_and_one_change
     second = verify(bundle, scratch)
     assert second.returncode == 2
     assert second.stdout.splitlines()[0] == (f"note: {bundle.name} carries no source (made before bundles did): "
-                                             f"only the current code can rebuild it, so this checkout's is used")
+                                             f"only the code that built it can rebuild it, so this checkout's is "
+                                             f"used (to verify it, check out its repository.commit and run make "
+                                             f"verify there)")
     found = rows(second.stdout)
     assert found["engines/small_int8/ort/model.onnx"] == "DIFFERENT"
     assert [status for rel, status in found.items() if rel.startswith("source/")] == ["expected"]

@@ -82,9 +82,11 @@ def test_a_version_that_cannot_be_had_is_named():
 
 
 def _fake_python(folder: Path, pip_says: str, pip_exit: int) -> str:
-    """A `python` whose `-m venv DIR` makes DIR/bin/python, a pip stand-in that prints PIP_SAYS and exits PIP_EXIT."""
+    """A `python` whose `-m venv DIR` makes DIR/bin/python, a pip stand-in that prints PIP_SAYS and exits PIP_EXIT,
+    and adds DIR to FOLDER/made-in."""
     script = folder / "python"
     script.write_text(f"""#!/bin/sh
+printf '%s\\n' "$3" >> "{folder}/made-in"
 mkdir -p "$3/bin"
 printf '#!/bin/sh\\necho "{pip_says}"\\nexit {pip_exit}\\n' > "$3/bin/python"
 chmod +x "$3/bin/python"
@@ -93,7 +95,7 @@ chmod +x "$3/bin/python"
     return str(script)
 
 
-def test_a_venv_is_built_aside_and_renamed_once_complete(tmp_path):
+def test_a_venv_is_listed_once_its_stamp_is_written(tmp_path):
     reqs = tmp_path / "requirements.txt"
     reqs.write_bytes(REQS)
     cache = tmp_path / "venvs"
@@ -102,6 +104,19 @@ def test_a_venv_is_built_aside_and_renamed_once_complete(tmp_path):
     assert said == ["Successfully installed torch-2.3.1"]
     assert sorted(p.name for p in cache.iterdir()) == [KEY] and (cache / KEY / VENV_STAMP).is_file()
     assert cached_venvs(cache) == frozenset({KEY})
+
+
+def test_a_venv_is_made_where_it_stays_and_an_interrupted_one_is_made_anew(tmp_path):
+    # a venv's scripts name the folder it was made in, so it is made at its final path, never moved
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_bytes(REQS)
+    cache = tmp_path / "venvs"
+    (cache / KEY / "bin").mkdir(parents=True)
+    (cache / KEY / "bin" / "leftover").write_text("from an interrupted build\n")  # no stamp: never listed
+    assert cached_venvs(cache) == frozenset()
+    create_venv(cache / KEY, reqs, _fake_python(tmp_path, "ok", 0), [], lambda line: None)
+    assert (tmp_path / "made-in").read_text().splitlines() == [str(cache / KEY)]
+    assert not (cache / KEY / "bin" / "leftover").exists() and cached_venvs(cache) == frozenset({KEY})
 
 
 def test_a_version_that_cannot_be_installed_leaves_nothing(tmp_path):

@@ -167,4 +167,5 @@ def test_a_bundle_without_source_says_only_the_current_code_can_rebuild_it(bundl
     code = main(["verify", "--release", str(folder), "--scratch-root", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 2 and out.splitlines()[0] == (f"note: {folder.name} carries no source (made before bundles did): "
-                                                 f"only the current code can rebuild it, so this checkout's is used")
+                                                 f"only the code that built it can rebuild it, so this checkout's is used (to verify "
+                                                 f"it, check out its repository.commit and run make verify there)")

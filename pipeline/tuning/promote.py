@@ -1,8 +1,8 @@
 """`python -m pipeline promote`: the copy of a tuned.yaml that `make tune` hands back as TUNED_CONFIG.
 
 The copy writes one file, so where it may go is checked before tuning starts (`--check`) and again when copying:
-a `*.yaml` inside build_configs/ (or, for a config tuned on the demo's generated data, inside artifacts/demo/,
-never the tracked build_configs/), not the input config, and either new or an earlier tuned config whose body
+a `*.yaml` directly in build_configs/ (or, for a config tuned on the demo's generated data, inside artifacts/demo/
+but outside its release bundles, never the tracked build_configs/), not the input config, and either new or an earlier tuned config whose body
 still matches its header (a hand-edited one only with --force). Any other existing file, tracked or not, is not
 tune's to replace.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..fileio import write_text
+from ..fileio import release_bundle_holding, write_text
+from ..provenance import REPO
 from . import tuned_yaml
 
-REPO = Path(__file__).resolve().parent.parent.parent
 CONFIGS = REPO / "build_configs"
 DEMO = REPO / "artifacts" / "demo"
 
@@ -34,9 +34,14 @@ def check_target(target: Path, config: Path, demo: bool, force: bool) -> None:
     resolved = target.resolve()
     if target.suffix != ".yaml" or target.name == ".yaml":
         raise PipelineError(f"{name}: not a *.yaml file; name a config file in {where}")
-    if not resolved.is_relative_to(folder.resolve()):
+    inside = resolved.is_relative_to(folder.resolve()) if demo else resolved.parent == folder.resolve()
+    if not inside:
         hint = " (a config tuned on the generated demo data stays out of build_configs/)" if demo else ""
         raise PipelineError(f"{name}: outside {where}{hint}; name a config file there")
+    bundle = release_bundle_holding(resolved.parent)
+    if bundle is not None:
+        raise PipelineError(f"{name}: inside the release bundle {bundle}, which is never rewritten; name a config "
+                            f"file in {where}")
     if config.exists() and resolved == config.resolve():
         raise PipelineError(f"{name}: is the input config, which tuning must not overwrite; name another file, "
                             f"e.g. {target.with_name(target.stem + '_tuned.yaml')}")

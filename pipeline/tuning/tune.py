@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..fileio import write_bytes, write_text
+from ..fileio import mark_stage, write_bytes, write_text
 from . import plot, tuned_yaml
 from .analyze import sqnr_rows, worst_first
 from .candidates import Candidate, calibrations
@@ -119,7 +119,10 @@ def header(wb: Workbench, outcome: Outcome, command: str) -> list[str]:
 
 def tune(wb: Workbench, out: Path, command: str, bar) -> Outcome:
     text = wb.cfg.source.read_text(encoding="utf-8")  # before the unlink below: the input may be OUT's tuned.yaml
+    # Checked by the CLI before the workbench opened; not again here, since the workbench may have set an invalid
+    # candidates.json of this folder aside, which would then read as a file tune did not write.
     out.mkdir(parents=True, exist_ok=True)
+    mark_stage(out, "tune")
     (out / "tuned.yaml").unlink(missing_ok=True)  # until this run writes its own
     started = time.perf_counter()
     outcome = run_search(wb, bar)
