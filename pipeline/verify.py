@@ -174,11 +174,13 @@ def _source_setup(manifest: dict, files: list[tuple[str, bytes]], scratch: Path,
         except ValueError as exc:
             raise PipelineError(f"PIP_ARGS: {exc}; quote it as for the shell") from None
         create_venv(choice.path, workdir / "requirements.txt", os.environ.get("PYTHON") or "python3", pip_args, say)
-    # The report flags DATA as the demo set by its path under DEMO (artifacts/demo of the folder Make runs in): the
-    # rebuild runs in the scratch folder but must judge DATA as a rebuild in this checkout would.
-    demo = REPO / "artifacts" / "demo"
+    # The report flags DATA as the demo set by its path (DEMO_DATA, under artifacts/demo of the folder Make runs in):
+    # the rebuild runs in the scratch folder but must judge DATA as a rebuild in this checkout would. DEMO_DATA, not
+    # DEMO: with DEMO here, the demo checkpoint CKPT names would become a target of the rebuild, retrained (minutes)
+    # in this checkout's artifacts/ whenever the bundle's config is newer than it.
+    demo_data = REPO / "artifacts" / "demo" / "inputs" / "PPM-100"
     return workdir, [f"VENV={check_path(str(choice.path), 'the venv folder')}",
-                     f"DEMO={check_path(str(demo), 'the demo folder')}"]
+                     f"DEMO_DATA={check_path(str(demo_data), 'the demo data folder')}"]
 
 
 def _old_style(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
