@@ -11,14 +11,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, small_config_dict, write_config
+from conftest import FP16_CONFIG, INT8_CONFIG, small_config_dict, write_config
 from pipeline import metrics
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.flops import count
-from pipeline.report import Evaluated, gate, gate_failures, write_report
+from pipeline.report import Evaluated, Scope, gate, gate_failures, write_report
 
 KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
 
@@ -45,7 +45,7 @@ def engines(tmp_path_factory, small_config, small_sim_onnx, data) -> dict[str, P
     quiet = lambda items, total=None: items  # noqa: E731 - no progress bar in tests
     build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", quiet)
     build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", quiet)
-    return {"fp16": root / "fp16", "int8": root / "int8"}
+    return {"fp16": root / "fp16", "int8": root / "int8", "calib": root / "calib"}
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +169,12 @@ def test_not_an_engine(tmp_path, small_config, data):
         evaluate(load_config(small_config), tmp_path, data, tmp_path / "out")
 
 
-def _gate_config(tmp_path: Path, mse: float, mad: float, miou: float) -> Path:
-    raw = small_config_dict()
+def _gate_config(tmp_path: Path, mse: float, mad: float, miou: float, base: Path = FP16_CONFIG,
+                 name: str | None = None) -> Path:
+    raw = small_config_dict(base)
     raw["pipeline"]["gate"] = {"max_mse_increase": mse, "max_mad_increase": mad, "max_miou_drop": miou}
-    return write_config(tmp_path / f"gate_{mse}_{mad}_{miou}.yaml", raw)
+    kind = "int8_" if base == INT8_CONFIG else ""
+    return write_config(tmp_path / (name or f"gate_{kind}{mse}_{mad}_{miou}.yaml"), raw)
 
 
 def _ev(label, m, cfg=None):
@@ -210,20 +212,48 @@ def test_gate_cli_exit_codes(evaluated, tmp_path, capsys):
     assert f"int8 MSE increase {change:.5f} > 0.001" in capsys.readouterr().err
 
 
-def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, data):
+def _gt(data: Path, name: str, cfg) -> np.ndarray:
+    matte = cv2.imread(str(data / "matte" / name), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(matte, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+
+
+def test_report_table_and_contact_sheet(evaluated, engines, tmp_path, small_sim_onnx, data):
     cfg, out, _, _ = evaluated
+    from pipeline.calibrate import read_calibration_manifest
     from pipeline.report import load_metrics
     fp32 = Evaluated("fp32", out / "fp32", load_metrics(out / "fp32"), None)
     loose = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0))  # random weights: int8 is far from fp32
-    engines = [Evaluated(label, out / label, load_metrics(out / label), loose) for label in ("fp16", "int8")]
-    rows = write_report(fp32, engines, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
-                        tmp_path / "report.png", demo_ckpt=True)
+    int8_cfg = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG))
+    engines_ = [Evaluated("fp16", out / "fp16", load_metrics(out / "fp16"), loose),
+                Evaluated("int8", out / "int8", load_metrics(out / "int8"), int8_cfg)]
+    calibrated = {e["name"] for e in read_calibration_manifest(engines["calib"])["images"]}
+    rows = write_report(fp32, engines_, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
+                        tmp_path / "report.png", demo_ckpt=True, scope=Scope(frozenset(calibrated)))
     assert all(r["ok"] for r in rows)
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
     assert "not MODNet's weights" in text and "generated demo set" in text
-    assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    assert "ours (generated demo set, 3 images): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    # the calibration subset is 2 of the 3 images: the same rows on the third, computed here from its prediction
+    (held,) = [n for n in sorted(p.name for p in (data / "image").iterdir()) if n not in calibrated]
+    assert len(calibrated) == 2 and ("The table above scores all 3 images, 2 calibration images among them, as the "
+                                     "vendor's table does") in text
+    assert "the same rows on the 1 image outside the calibration subset, which no engine" in text
+    assert "## Accuracy gate (change against our fp32 on all 3 scored images, calibration images included;" in text
+    gt = _gt(data, held, cfg)
+    for label in ("fp32", "fp16", "int8"):
+        pred = cv2.imread(str(out / label / "preds" / f"{Path(held).stem}.png"), cv2.IMREAD_GRAYSCALE)
+        p, g = pred / 255.0, gt / 255.0
+        fg, bg = pred >= 128, gt >= 128
+        iou_fg = np.sum(fg & bg) / np.sum(fg | bg) if np.any(fg | bg) else 1.0
+        iou_bg = np.sum(~fg & ~bg) / np.sum(~fg | ~bg) if np.any(~fg | ~bg) else 1.0
+        (row,) = [line for line in text.splitlines()
+                  if line.startswith(f"| ours (generated demo set, 1 outside calibration): {label}, ")]
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[3:5] == [f"{np.mean((p - g) ** 2):.5f}", f"{np.mean(np.abs(p - g)):.5f}"]
+        assert cells[5] == f"{np.sum(np.abs(p - g)) / 1000:.3f}"
+        assert cells[8] == f"{(iou_fg + iou_bg) / 2:.6f}" and cells[9] == "3x128x96"
     # the fp32 row's file is named after its config (official_modnet_fp16.sim.onnx in `make eval`): why
     assert (f"fp32 is `{small_sim_onnx.name}` itself on ONNX Runtime: a simplified ONNX holds the model in fp32 "
             f"whichever config it was exported with") in text
@@ -233,9 +263,13 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
         a = [cv2.imread(str(out / "fp32" / "preds" / n), cv2.IMREAD_GRAYSCALE).astype(int) for n in names]
         b = [cv2.imread(str(out / label / "preds" / n), cv2.IMREAD_GRAYSCALE).astype(int) for n in names]
         diff = np.abs(np.stack(a) - np.stack(b))
-        flips = np.mean((np.stack(a) >= 128) != (np.stack(b) >= 128))
+        flips_of = lambda x, y: (x >= 128) != (y >= 128)  # noqa: E731
+        flips = np.mean(flips_of(np.stack(a), np.stack(b)))
         assert f"| {label} | 3 | {diff.mean() / 255:.5f} | {diff.max() / 255:.4f} | {100 * flips:.3f}% |" in text
         assert label == "fp16" or diff.max() > 0  # the int8 engine really is another model
+        i = names.index(f"{Path(held).stem}.png")  # and on the held-out image alone
+        assert (f"| {label} (1 outside calibration) | 1 | {diff[i].mean() / 255:.5f} | {diff[i].max() / 255:.4f} | "
+                f"{100 * np.mean(flips_of(a[i], b[i])):.3f}% |") in text
     sheet = cv2.imread(str(tmp_path / "report.png"))
     tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
     assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
