@@ -341,3 +341,142 @@ def test_flops_and_params_of_a_tiny_graph_by_hand(tmp_path):
     counted = count(path)
     assert counted["by_op"] == {"Conv": 6912, "MatMul": 512}
     assert counted["flops"] == 2 * 7424 and counted["params"] == 112 + 512
+
+
+def _constructed(label: str, rows: list[dict], cfg=None) -> Evaluated:
+    """metrics.json as `evaluate` writes it, for per-image records chosen by hand (dataset figures of all of them)."""
+    acc = metrics.Accumulator([{**row} for row in rows])
+    engine = {"backend": "onnx" if cfg is None else "ort", "model_files": {f"{label}.onnx": "0" * 64}}
+    return Evaluated(label, Path(label), {**acc.summary(), "per_image": rows, "engine": engine,
+                                          "input_shape": [1, 3, 8, 8], "predictions": []}, cfg)
+
+
+def _image(name, mse, mad, sad, grad, conn, tp, fp, fn, tn):
+    return {"name": name, "mse": mse, "mad": mad, "sad": sad, "grad": grad, "conn": conn,
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+COUNTED = {"flops": 2e9, "params": 1e6, "macs": 1e9, "rule": "by hand"}
+
+
+def test_held_out_rows_are_the_per_image_figures_of_the_other_images_by_hand(tmp_path):
+    from pipeline.report import markdown
+    rows = [_image("a.jpg", 0.9, 0.9, 9.0, 9.0, 9.0, 0, 50, 50, 0),  # calibration
+            _image("b.jpg", 0.7, 0.8, 7.0, 7.0, 7.0, 1, 40, 40, 19),  # tune's selection
+            _image("c.jpg", 0.1, 0.2, 1.0, 2.0, 3.0, 10, 2, 3, 85),
+            _image("d.jpg", 0.3, 0.4, 3.0, 4.0, 5.0, 20, 0, 5, 75)]
+    int8 = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG))
+    fp32, engine = _constructed("fp32", rows), _constructed("int8", rows, int8)
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                    Scope(frozenset({"a.jpg", "z.jpg"}), frozenset({"b.jpg"})))
+    # c and d: means 0.2, 0.3, 2, 3, 4; confusion summed 30, 2, 8, 160: IoU 30/40 and 160/170
+    miou = (30 / 40 + 160 / 170) / 2
+    assert (f"| ours (PPM-100, 2 outside calibration and selection): int8, ort engine on ONNX Runtime | - | - | "
+            f"0.20000 | 0.30000 | 2.000 | 3.000 | 4.000 | {miou:.6f} | 3x8x8 |") in text
+    assert ("| ours (PPM-100, 2 outside calibration and selection): fp32, simplified ONNX on ONNX Runtime | 2.000 | "
+            "1.000 | 0.20000 |") in text
+    # the table of all 4 stays, as evaluate computed it
+    assert "| ours (PPM-100, 4 images): int8, ort engine on ONNX Runtime | - | - | 0.50000 | 0.57500 |" in text
+    assert ("The table above scores all 4 images, 1 calibration image and 1 selection image among them, as the "
+            "vendor's table does (its 50 calibration images are 50 of PPM-100's 100). The table below gives the "
+            "same rows on the 2 images outside the calibration subset and tune's selection images") in text
+    assert "on all 4 scored images, calibration images included;" in text
+
+    # nothing left outside: said in bold, no second table
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                    Scope(frozenset({"a.jpg", "b.jpg"}), frozenset({"c.jpg", "d.jpg"})))
+    assert ("**No scored image lies outside the calibration subset and tune's selection images: every figure of "
+            "this report was measured on images the engines were calibrated or tuned on") in text
+    assert "outside calibration and selection" not in text
+    # an int8 engine whose calibration images are unknown: said so
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None, Scope())
+    assert "The calibration images of int8 are unknown (no calibration folder given" in text
+
+    # an engine that did not score a held-out image is one line naming its metrics.json
+    partial = _constructed("int8", rows[:3], int8)
+    with pytest.raises(PipelineError, match=r"^int8/metrics\.json: no per-image figures of d\.jpg, which fp32 scored"):
+        markdown(fp32, [partial], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                 Scope(frozenset({"a.jpg"})))
+
+
+@pytest.fixture
+def report_cli(evaluated, tmp_path, small_sim_onnx, small_config, data):
+    """`report` on the evaluated engines, the int8 one under a tuned config's name; a calibration folder of one
+    image (the first) and what else to pass; returns (exit code, stderr, report.md or None)."""
+    _, out, _, _ = evaluated
+    tuned = _gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG, name="small_int8_tuned.yaml")
+    loose = _gate_config(tmp_path, 1.0, 1.0, 1.0)
+    first, second, third = sorted(p.name for p in (data / "image").iterdir())
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "manifest.json").write_text(json.dumps({"images": [{"name": first, "sha256": "0" * 64}]}))
+    md = tmp_path / "report.md"
+
+    def run(*extra: str):
+        code = main(["report", "--fp32", str(out / "fp32"), "--engine", "fp16", str(out / "fp16"), str(loose),
+                     "--engine", "int8", str(out / "int8"), str(tuned), "--config", str(small_config), "--onnx",
+                     str(small_sim_onnx), "--data", str(data), "--out", str(md), "--png", str(tmp_path / "r.png"),
+                     "--calib", str(calib), *extra])
+        return code, md.read_text() if md.is_file() else None
+    run.names, run.out = (first, second, third), out
+    return run
+
+
+def _selection(path: Path, data: Path, *names: str) -> Path:
+    from pipeline.dataset import format_image_list
+    from pipeline.fileio import sha256_file
+    path.write_text(format_image_list([(n, sha256_file(data / "image" / n)) for n in names]))
+    return path
+
+
+def test_report_leaves_out_a_tuned_configs_selection_images(report_cli, tmp_path, data, capsys):
+    first, second, third = report_cli.names
+    # no selection list: the held-out rows exclude the calibration image only, and say why
+    code, text = report_cli()
+    assert code == 0
+    assert ("`small_int8_tuned.yaml` is a tuned config whose selection images are unknown (no selection list given: "
+            "`make tune` writes ART/tune/NAME/selection.txt), so the held-out figures exclude only the calibration "
+            "images.") in text
+    assert "ours (PPM-100, 2 outside calibration): int8" in text
+    # its selection list: the third image is left out too, so the held-out rows are the second image's own figures
+    code, text = report_cli("--exclude-selection", str(_selection(tmp_path / "selection.txt", data, third)))
+    assert code == 0 and "selection images are unknown" not in text
+    assert "all 3 images, 1 calibration image and 1 selection image among them" in text
+    for label in ("fp32", "fp16", "int8"):
+        m = json.loads((report_cli.out / label / "metrics.json").read_text())
+        (row,) = [r for r in m["per_image"] if r["name"] == second]
+        line = next(line for line in text.splitlines()
+                    if line.startswith(f"| ours (PPM-100, 1 outside calibration and selection): {label}, "))
+        assert f"| {row['mse']:.5f} | {row['mad']:.5f} | {row['sad']:.3f} | {row['grad']:.3f} | {row['conn']:.3f} | " \
+               f"{metrics.miou(row['confusion']):.6f} |" in line
+
+
+@pytest.mark.parametrize("content, words", [
+    ("nonsense\n", "{sel}:1: expected `<sha256>  <file name>`, got 'nonsense'"),
+    (f"# selection\n{'a' * 64}  ../x.jpg\n", "{sel}:2: '../x.jpg' holds a path separator: only a plain file name is "
+                                           "allowed"),
+    (f"{'A' * 64}  x.jpg\n", f"{{sel}}:1: expected `<sha256>  <file name>`, got '{'A' * 64}  x.jpg'"),
+    ("# nothing listed\n", "{sel}: tune's selection list names no images; tune again (make tune)"),
+    (f"{'a' * 64}  x.jpg\n{'b' * 64}  x.jpg\n", "{sel}: a file is listed twice"),
+    ("changed", "{image}: sha256 {actual}... differs from 000000000000... recorded in {sel}: the image changed since; "
+                "restore it, or tune again on this data (make tune)"),
+])
+def test_a_bad_selection_list_is_one_line_and_no_report(report_cli, tmp_path, data, capsys, content, words):
+    from pipeline.fileio import sha256_file
+    sel = tmp_path / "selection.txt"
+    image = data / "image" / report_cli.names[2]
+    sel.write_text(f"{'0' * 64}  {image.name}\n" if content == "changed" else content)
+    code, text = report_cli("--exclude-selection", str(sel))
+    expected = words.format(sel=sel, image=image, actual=sha256_file(image)[:12])
+    assert (code, capsys.readouterr().err, text) == (2, f"error: {expected}\n", None)
+
+
+def test_a_bad_calibration_manifest_is_one_line_and_no_report(report_cli, tmp_path, capsys):
+    manifest = tmp_path / "calib" / "manifest.json"
+    manifest.write_text(json.dumps({"images": [{"name": "../a.jpg", "sha256": "0" * 64}]}))
+    assert report_cli() == (2, None)
+    assert capsys.readouterr().err == (f"error: {manifest}: images: '../a.jpg' holds a path separator: only a plain "
+                                       f"file name is allowed\n")
+    manifest.write_text(json.dumps({"images": "x"}))
+    assert report_cli() == (2, None)
+    assert capsys.readouterr().err.startswith(f"error: {manifest}: not a calibration manifest (TypeError")
