@@ -265,7 +265,8 @@ release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, conf
 		--data '$(DATA)' --backend '$(BACKEND)' --calib-list '$(CALIB_LIST)' --calib '$(CALIB_DIR)' \
 		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
 		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
-		--report '$(ART)/report.md' '$(ART)/report.png' --out-root '$(RELEASE_ROOT)'
+		--report '$(ART)/report.md' '$(ART)/report.png' $(if $(SELECTION),--selection '$(SELECTION)') \
+		--out-root '$(RELEASE_ROOT)'
 
 verify: $(STAMP) ## rebuild RELEASE with its own code (source/) in a scratch folder and compare every file
 	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))

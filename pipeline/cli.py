@@ -306,7 +306,8 @@ def cmd_release(args) -> None:
                            calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
                            onnx_int8=Path(args.onnx_int8), engine_fp16=Path(args.engine_fp16),
                            engine_int8=Path(args.engine_int8), report=tuple(Path(p) for p in args.report),
-                           eval_dir=Path(args.eval_dir), limit=args.limit)
+                           eval_dir=Path(args.eval_dir), limit=args.limit,
+                           selection=Path(args.selection) if args.selection else None)
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
@@ -452,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--out-root", "folder that receives NAME-HASH/")):
         p.add_argument(flag, required=True, help=text)
     p.add_argument("--limit", type=int, help="LIMIT the evaluation ran with (part of the release's identity)")
+    p.add_argument("--selection", help="a tuned config's selection list, which the report read (`make eval` passes it "
+                                       "as --exclude-selection): bundled, so verify's rebuild reads it too")
     p.add_argument("--report", nargs="+", required=True, help="report files (report.md, report.png)")
     p.set_defaults(func=cmd_release)
 

@@ -168,10 +168,10 @@ def test_the_report_is_told_the_calibration_folders_and_a_tuned_configs_selectio
     tuned = tmp_path / "mine_tuned.yaml"
     shutil.copyfile(REPO / "build_configs" / "official_modnet_int8.yaml", tuned)
 
-    def report_command(config: Path) -> str:
-        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", f"{art}/report.md")
+    def report_command(config: Path, goal: str = f"{art}/report.md", stage: str = "report") -> str:
+        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", goal)
         assert done.returncode == 0, done.stderr
-        return next(line for line in done.stdout.replace("\\\n", "").splitlines() if " -m pipeline report " in line)
+        return next(line for line in done.stdout.replace("\\\n", "").splitlines() if f" -m pipeline {stage} --" in line)
 
     selection = art / "tune" / "mine" / "selection.txt"
     assert f"--calib '{art}/calib/mine_tuned'" in report_command(tuned)
@@ -179,6 +179,7 @@ def test_the_report_is_told_the_calibration_folders_and_a_tuned_configs_selectio
     selection.parent.mkdir(parents=True)
     selection.write_text("")
     assert f"--exclude-selection '{selection}'" in report_command(tuned)
+    assert f"--selection '{selection}'" in report_command(tuned, "release", "release")  # bundled: verify reads it
     untuned = tmp_path / "mine.yaml"
     shutil.copyfile(tuned, untuned)
     assert "--exclude-selection" not in report_command(untuned)  # a selection list belongs to a tuned config
