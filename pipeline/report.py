@@ -372,7 +372,8 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
 
 
 def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, onnx: Path, data: Path,
-                 demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False, scope: Scope = Scope()) -> list[dict]:
+                 demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False,
+                 scope: Scope = Scope()) -> list[dict]:
     """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows.
     DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is a demo one (checkpoint.is_demo_checkpoint);
     SCOPE: the scored images the engines were calibrated or tuned on."""

@@ -365,7 +365,8 @@ def test_a_tuned_configs_selection_list_is_bundled_named_and_put_back_for_the_re
     """The report leaves a tuned config's selection images out of its held-out rows: the list is an input of the
     bundle (its name, a file of its own), and verify puts it where the rebuild's `make eval` reads NAME_tuned's."""
     without, _ = assemble(fake_build, tmp_path / "release")
-    tuned = Path(shutil.copy(fake_build.config_int8, fake_build.config_int8.with_name("official_modnet_int8_tuned.yaml")))
+    config = fake_build.config_int8
+    tuned = Path(shutil.copy(config, config.with_name("official_modnet_int8_tuned.yaml")))
     listed = _write(tmp_path / "art" / "tune" / "official_modnet_int8" / "selection.txt", f"{'3' * 64}  p2.jpg\n".encode())
     inputs = ReleaseInputs(**{**fake_build.__dict__, "config_int8": tuned, "selection": listed})
     write_eval(inputs)
