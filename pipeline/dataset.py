@@ -82,4 +82,4 @@ def check_listed_images(root: str | Path, entries, path: Path, fix: str) -> None
         image = folder / name
         if image.is_file() and (actual := sha256_file(image)) != digest:
             raise PipelineError(f"{image}: sha256 {actual[:12]}... differs from {digest[:12]}... recorded in {path}: "
-                                f"the image changed since; {fix}")
+                                f"the image changed since it was listed; {fix}")

@@ -458,8 +458,8 @@ def test_report_leaves_out_a_tuned_configs_selection_images(report_cli, tmp_path
     (f"{'A' * 64}  x.jpg\n", f"{{sel}}:1: expected `<sha256>  <file name>`, got '{'A' * 64}  x.jpg'"),
     ("# nothing listed\n", "{sel}: tune's selection list names no images; tune again (make tune)"),
     (f"{'a' * 64}  x.jpg\n{'b' * 64}  x.jpg\n", "{sel}: a file is listed twice"),
-    ("changed", "{image}: sha256 {actual}... differs from 000000000000... recorded in {sel}: the image changed since; "
-                "restore it, or tune again on this data (make tune)"),
+    ("changed", "{image}: sha256 {actual}... differs from 000000000000... recorded in {sel}: the image changed "
+                "since it was listed; restore it, or tune again on this data (make tune)"),
 ])
 def test_a_bad_selection_list_is_one_line_and_no_report(report_cli, tmp_path, data, capsys, content, words):
     from pipeline.fileio import sha256_file
