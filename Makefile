@@ -225,13 +225,22 @@ $(EVAL_INT8)/metrics.json: $(ENGINE_INT8)/manifest.json $(CONFIG_INT8) $(EVAL_IN
 $(EVAL_VENDOR)/metrics.json: $(VENDOR_ENGINE)/manifest.json $(VENDOR_INT8) $(EVAL_INPUTS)
 	$(PY) -m pipeline evaluate --config '$(VENDOR_INT8)' --engine '$(VENDOR_ENGINE)' $(EVAL_ARGS) --out '$(@D)'
 
+# The report adds every row on the images no engine was calibrated or tuned on: outside each int8 engine's
+# calibration subset (the vendor row's too, while its folder is there: for NAME_tuned it is the same subset, drawn
+# from NAME's list) and, for a tuned config NAME_tuned, outside the selection images `make tune` scored NAME's
+# candidates on (without that list the report says it excludes only the calibration images).
+VENDOR_CALIB := $(if $(VENDOR_ROW),$(wildcard $(ART)/calib/$(call name,$(VENDOR_INT8))/manifest.json))
+SELECTION := $(if $(filter %_tuned,$(INT8)),$(wildcard $(ART)/tune/$(patsubst %_tuned,%,$(INT8))/selection.txt))
+SCOPE_ARGS = --calib '$(CALIB_DIR)' $(if $(VENDOR_CALIB),--calib '$(patsubst %/manifest.json,%,$(VENDOR_CALIB))') \
+	$(if $(SELECTION),--exclude-selection '$(SELECTION)')
+
 # The report is written whatever the gate says (it shows the gate's outcome); the gate is the `eval` recipe
 # below, so a failing gate fails `make eval` without deleting the report.
 $(ART)/report.md $(ART)/report.png &: $(EVAL_FP32)/metrics.json $(EVAL_FP16)/metrics.json $(EVAL_INT8)/metrics.json \
-		$(if $(VENDOR_ROW),$(EVAL_VENDOR)/metrics.json) \
+		$(if $(VENDOR_ROW),$(EVAL_VENDOR)/metrics.json) $(CALIB_DIR)/manifest.json $(VENDOR_CALIB) $(SELECTION) \
 		$(FP32_ONNX) $(CONFIG_FP16) $(CONFIG_INT8) $(REPORT_CODE) $(STAMP)
-	$(PY) -m pipeline report $(ENGINE_ARGS) --config '$(CONFIG_FP16)' --onnx '$(FP32_ONNX)' --data '$(DATA)' \
-		--ckpt '$(CKPT)' $(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
+	$(PY) -m pipeline report $(ENGINE_ARGS) $(SCOPE_ARGS) --config '$(CONFIG_FP16)' --onnx '$(FP32_ONNX)' \
+		--data '$(DATA)' --ckpt '$(CKPT)' $(DEMO_FLAG) --out '$(ART)/report.md' --png '$(ART)/report.png'
 
 eval: $(ART)/report.md $(ART)/report.png ## evaluate fp32, fp16, int8 of BACKEND on DATA: artifacts/report.md + .png, then the accuracy gate
 	$(PY) -m pipeline gate $(ENGINE_ARGS)
@@ -256,7 +265,8 @@ release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, conf
 		--data '$(DATA)' --backend '$(BACKEND)' --calib-list '$(CALIB_LIST)' --calib '$(CALIB_DIR)' \
 		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
 		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
-		--report '$(ART)/report.md' '$(ART)/report.png' --out-root '$(RELEASE_ROOT)'
+		--report '$(ART)/report.md' '$(ART)/report.png' $(if $(SELECTION),--selection '$(SELECTION)') \
+		--out-root '$(RELEASE_ROOT)'
 
 verify: $(STAMP) ## rebuild RELEASE with its own code (source/) in a scratch folder and compare every file
 	$(if $(RELEASE),,$(error set RELEASE to a bundle folder: make verify RELEASE=$(ART)/release/NAME-HASH))

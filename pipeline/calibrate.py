@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import BuildConfig
-from .dataset import image_dir, list_images
+from .dataset import format_image_list, image_dir, list_images, read_image_list
 from .errors import PipelineError
 from .fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
 from .names import check_name
@@ -69,42 +69,19 @@ def names_digest(names) -> str:
 
 def format_list(cfg: BuildConfig, entries: list[tuple[str, str]], origin: tuple[str, list[str]] | None = None) -> str:
     """ORIGIN: (the data folder as given, its candidate names), recorded in two header lines."""
-    lines = [f"# calibration subset of {cfg.name} (python -m pipeline calib); sha256sum format, draw order",
-             f"# seed: {cfg.pipeline.seed}",
-             f"# count: {len(entries)}",
-             f"# rule: {RULE}"]
+    comments = [f"calibration subset of {cfg.name} (python -m pipeline calib); sha256sum format, draw order",
+                f"seed: {cfg.pipeline.seed}", f"count: {len(entries)}", f"rule: {RULE}"]
     if origin is not None:
         folder, names = origin
-        lines += [f"# data: {folder}", f"# data names sha256: {names_digest(names)} ({len(names)} images)"]
-    lines += [f"{digest}  {name}" for name, digest in entries]
-    return "\n".join(lines) + "\n"
+        comments += [f"data: {folder}", f"data names sha256: {names_digest(names)} ({len(names)} images)"]
+    return format_image_list(entries, tuple(comments))
 
 
 def parse_list(path: Path) -> tuple[dict, list[tuple[str, str]]]:
     """(header fields, [(name, sha256)]) of a committed list; a malformed line is an error naming it."""
-    header: dict = {}
-    entries: list[tuple[str, str]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path}: cannot read the calibration list: {exc}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.startswith("#"):
-            key, sep, value = line[1:].partition(":")
-            if sep:
-                header[key.strip()] = value.strip()
-            continue
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
-            raise PipelineError(f"{path}:{number}: expected `<sha256>  <file name>`, got {line!r}")
-        entries.append((check_name(name, f"{path}:{number}"), digest))
+    header, entries = read_image_list(path, "the calibration list")
     if not entries:
         raise PipelineError(f"{path}: the calibration list names no files (delete it or use REDRAW=1 to draw anew)")
-    names = [n for n, _ in entries]
-    if len(set(names)) != len(names):
-        raise PipelineError(f"{path}: a file is listed twice")
     return header, entries
 
 
@@ -214,6 +191,25 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
     return manifest
 
 
+def read_calibration_manifest(calib: Path) -> dict:
+    """CALIB's manifest.json, with the names of its images checked as data: plain file names, each once (which images
+    an engine was calibrated on: the report leaves them out of its held-out figures)."""
+    path = calib / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        names = [entry["name"] for entry in manifest["images"]]
+    except FileNotFoundError:
+        raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: not a calibration manifest ({type(exc).__name__}: {exc}); rerun `make calib`") \
+            from None
+    for name in names:
+        check_name(name, f"{path}: images")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{path}: an image is listed twice; rerun `make calib`")
+    return manifest
+
+
 def read_calibration_folder(cfg: BuildConfig, calib: Path) -> dict:
     """CALIB's manifest, once its tensors file is checked whole against it and against CFG's input shape.
 
@@ -222,17 +218,13 @@ def read_calibration_folder(cfg: BuildConfig, calib: Path) -> dict:
     """
     redo = "rerun `make calib`"
     path = calib / "manifest.json"
+    manifest = read_calibration_manifest(calib)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        count, images, tensors = manifest["count"], manifest["images"], manifest["tensors"]
-        names = [entry["name"] for entry in images]
+        count, tensors = manifest["count"], manifest["tensors"]
+        names = [entry["name"] for entry in manifest["images"]]
         recorded = (tensors["file"], tuple(tensors["shape"]), tensors["sha256"])
-    except FileNotFoundError:
-        raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)") from None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: not a calibration manifest ({type(exc).__name__}: {exc}); {redo}") from None
-    for name in names:
-        check_name(name, f"{path}: images")
     file, shape, digest = recorded
     check_name(file, f"{path}: tensors.file")
     expected = (count, *cfg.input_shape[1:])

@@ -232,14 +232,40 @@ def _evaluated(args):
     return fp32, engines
 
 
+def _scope(args, engines):
+    """Which images of DATA the engines were calibrated or tuned on: the calibration folders' manifests and tune's
+    selection lists, checked as data (a selection image of DATA must be the file that was tuned on)."""
+    from .calibrate import read_calibration_manifest
+    from .dataset import check_listed_images, read_image_list
+    from .report import Scope
+    from .tuning.tuned_yaml import is_tuned
+    calibration = None
+    for folder in args.calib or ():
+        names = {entry["name"] for entry in read_calibration_manifest(Path(folder))["images"]}
+        calibration = (calibration or frozenset()) | names
+    selection: frozenset[str] = frozenset()
+    for file in args.exclude_selection or ():
+        path = Path(file)
+        _, entries = read_image_list(path, "tune's selection list")
+        if not entries:
+            raise PipelineError(f"{path}: tune's selection list names no images; tune again (make tune)")
+        check_listed_images(args.data, entries, path, "restore it, or tune again on this data (make tune)")
+        selection |= {name for name, _ in entries}
+    unknown = () if args.exclude_selection else tuple(
+        ev.cfg.source.name for ev in engines if ev.cfg is not None and is_tuned(ev.cfg.source))
+    return Scope(calibration, selection, unknown)
+
+
 def cmd_report(args) -> None:
     from .checkpoint import is_demo_checkpoint
     from .report import described, gate_failures, write_report
     fp32, engines = _evaluated(args)
+    scope = _scope(args, engines)
     out = Path(args.out)
     before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
     rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
-                        out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
+                        out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)),
+                        scope=scope)
     now = described(out.read_text(encoding="utf-8"))
     if before and before != now:
         print(f"replaced {out}: was {before}, now {now}")
@@ -275,7 +301,8 @@ def cmd_release(args) -> None:
                            calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
                            onnx_int8=Path(args.onnx_int8), engine_fp16=Path(args.engine_fp16),
                            engine_int8=Path(args.engine_int8), report=tuple(Path(p) for p in args.report),
-                           eval_dir=Path(args.eval_dir), limit=args.limit)
+                           eval_dir=Path(args.eval_dir), limit=args.limit,
+                           selection=Path(args.selection) if args.selection else None)
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
@@ -397,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the evaluated folder (inputs and mattes of the contact sheet)")
     p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the report")
     p.add_argument("--ckpt", help="the checkpoint evaluated: the report says so if it is the demo checkpoint")
+    p.add_argument("--calib", action="append", metavar="DIR",
+                   help="calibration folder of an int8 engine (its manifest.json names the images): the report adds "
+                        "its figures on the images outside them; repeat for each int8 engine")
+    p.add_argument("--exclude-selection", action="append", metavar="FILE",
+                   help="tune's selection.txt of a tuned config (`<sha256>  <name>` lines): its images are left "
+                        "out of the held-out figures too")
     p.add_argument("--out", required=True, help="report.md to write")
     p.add_argument("--png", required=True, help="report.png to write")
     p.set_defaults(func=cmd_report)
@@ -415,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--out-root", "folder that receives NAME-HASH/")):
         p.add_argument(flag, required=True, help=text)
     p.add_argument("--limit", type=int, help="LIMIT the evaluation ran with (part of the release's identity)")
+    p.add_argument("--selection", help="a tuned config's selection list, which the report read (`make eval` passes it "
+                                       "as --exclude-selection): bundled, so verify's rebuild reads it too")
     p.add_argument("--report", nargs="+", required=True, help="report files (report.md, report.png)")
     p.set_defaults(func=cmd_release)
 

@@ -1,9 +1,18 @@
-"""PPM-100-shaped folders: `ROOT/image/<name>` photos and `ROOT/matte/<name>` alpha mattes."""
+"""PPM-100-shaped folders: `ROOT/image/<name>` photos and `ROOT/matte/<name>` alpha mattes, and the lists that
+record a subset of their images (the calibration list, tune's selection.txt).
+
+An image list is `sha256sum` output: one `<sha256>  <file name>` line per image (two spaces), in the order the
+subset was drawn, after optional `# key: value` comment lines; blank lines are ignored.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import PipelineError
+from .fileio import sha256_file
+from .names import check_name
+
+HEX = frozenset("0123456789abcdef")
 
 SOURCE = ("PPM-100 comes from its official repository, github.com/ZHKKKe/PPM (a download link in its README): unpack "
           "it into datasets/PPM-100/ or pass DATA=/path/to/PPM-100")
@@ -31,3 +40,46 @@ def list_images(root: str | Path, suffix: str) -> list[Path]:
 def matte_path(image: Path) -> Path:
     """The matte of ROOT/image/NAME is ROOT/matte/NAME."""
     return image.parent.parent / "matte" / image.name
+
+
+def format_image_list(entries, comments: tuple[str, ...] = ()) -> str:
+    """ENTRIES [(name, sha256)] as an image list, after one `# ` line per comment."""
+    return "".join(f"# {c}\n" for c in comments) + "".join(f"{digest}  {name}\n" for name, digest in entries)
+
+
+def read_image_list(path: Path, what: str) -> tuple[dict, list[tuple[str, str]]]:
+    """(comment fields, [(name, sha256)]) of the image list at PATH, WHAT it is ("the calibration list"); an
+    unreadable file, a malformed line or a name listed twice is one line naming the file (and the line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read {what}: {exc}") from None
+    header: dict = {}
+    entries: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition(":")
+            if sep:
+                header[key.strip()] = value.strip()
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not set(digest) <= HEX or not name:
+            raise PipelineError(f"{path}:{number}: expected `<sha256>  <file name>`, got {line!r}")
+        entries.append((check_name(name, f"{path}:{number}"), digest))
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{path}: a file is listed twice")
+    return header, entries
+
+
+def check_listed_images(root: str | Path, entries, path: Path, fix: str) -> None:
+    """Each listed image that ROOT/image holds must be the file the list recorded (its sha256); FIX says what to do
+    otherwise. Listed images absent from ROOT are the caller's to judge."""
+    folder = Path(root) / "image"
+    for name, digest in entries:
+        image = folder / name
+        if image.is_file() and (actual := sha256_file(image)) != digest:
+            raise PipelineError(f"{image}: sha256 {actual[:12]}... differs from {digest[:12]}... recorded in {path}: "
+                                f"the image changed since it was listed; {fix}")

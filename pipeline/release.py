@@ -3,7 +3,8 @@
 A bundle is `RELEASE_ROOT/<name>-<short hash>/`, where the short hash is the start of the inputs digest: sha256
 over everything that can change what it ships: the checkpoint, both configs, the calibration list, the pipeline's
 own code, the backend, the evaluation data (name and sha256 of every image and matte scored), LIMIT, and for vamc
-the compiler (its --version line and sha256) and VAMC_COMMAND. The same inputs give the same name, so an existing
+the compiler (its --version line and sha256) and VAMC_COMMAND, and for a tuned config the selection list the
+report read. The same inputs give the same name, so an existing
 bundle is never overwritten and a changed input always gets a new folder.
 
 A bundle ships only what this run produced (the eval folders of fp32 and of this backend's fp16 and int8) and the
@@ -27,9 +28,11 @@ from .fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha25
 from .names import check_name, check_path
 from .provenance import REPO, committed, environment, git_state, versions
 from .source import code_digest, source_name, write_source_tar
+from .tuning.tuned_yaml import TUNED_SUFFIX
 
 MANIFEST = BUNDLE_MANIFEST
 SHORT_HASH = 12
+SELECTION = "tune/selection.txt"  # where a bundle keeps its tuned config's selection list
 # Files a rebuild is not expected to reproduce byte for byte, why, and (for JSON) the only keys allowed to differ;
 # None means the whole file may differ. Every other file must come back identical.
 EXPECTED_DIFFERENCES = {
@@ -58,6 +61,7 @@ class ReleaseInputs:
     report: tuple[Path, ...]
     eval_dir: Path
     limit: int | None = None
+    selection: Path | None = None  # a tuned config's selection list (tune's selection.txt): the report read it
 
 
 def eval_folders(backend: str) -> dict[str, str]:
@@ -135,6 +139,9 @@ def inputs_record(inputs: ReleaseInputs) -> dict:
         "data": data_record(inputs.data, scored_names(inputs)),
         "limit": inputs.limit,
         "compiler": compiler_record(inputs.backend),
+        # only for a tuned config: every other release keeps the record (and the name) it had before
+        **({"selection_list": {"file": inputs.selection.name, "sha256": sha256_file(inputs.selection)}}
+           if inputs.selection is not None else {}),
     }
 
 
@@ -145,7 +152,8 @@ def inputs_digest(record: dict) -> str:
              "configs": {dtype: c["sha256"] for dtype, c in record["configs"].items()},
              "calibration_list": record["calibration_list"]["sha256"], "code": record["code"],
              "backend": record["backend"], "data": record["data"], "limit": record["limit"],
-             "compiler": compiler and {k: compiler[k] for k in ("version", "sha256", "command")}}
+             "compiler": compiler and {k: compiler[k] for k in ("version", "sha256", "command")},
+             **({"selection_list": record["selection_list"]["sha256"]} if "selection_list" in record else {})}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
@@ -164,6 +172,8 @@ def _layout(inputs: ReleaseInputs) -> list[tuple[Path, str]]:
     for onnx in sorted({inputs.onnx_fp16, inputs.onnx_int8}):  # the exact model each engine was built from
         files += [(onnx, f"onnx/{onnx.name}"), (Path(f"{onnx}.json"), f"onnx/{onnx.name}.json")]
     files += [(path, f"report/{path.name}") for path in inputs.report]
+    if inputs.selection is not None:
+        files.append((inputs.selection, SELECTION))
     for src, _ in files:
         if not src.is_file():
             raise PipelineError(f"{src}: missing; `make release` needs the outputs of `make fp16 int8 eval`")
@@ -435,11 +445,19 @@ def scratch_list(manifest: dict, scratch: Path) -> Path:
 
 
 def copy_list(manifest: dict, bundle: Path, scratch: Path) -> None:
-    name = check_name(manifest["inputs"]["calibration_list"]["file"], f"{bundle / MANIFEST}: "
-                                                                      f"inputs.calibration_list.file")
+    """The bundle's calibration list where the rebuild reads it, and a tuned config's selection list where the
+    Makefile looks for NAME_tuned's (ART/tune/NAME/selection.txt), so the rebuilt report leaves out the same images."""
+    where = bundle / MANIFEST
+    name = check_name(manifest["inputs"]["calibration_list"]["file"], f"{where}: inputs.calibration_list.file")
     dest = scratch_list(manifest, scratch)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle / "calib" / name, dest)
+    if "selection_list" in manifest["inputs"]:
+        config = Path(check_name(manifest["inputs"]["configs"]["int8"]["file"], f"{where}: inputs.configs.int8.file"))
+        tuned_from = config.stem.removesuffix(TUNED_SUFFIX)  # as the Makefile's patsubst %_tuned,%
+        dest = scratch / "tune" / tuned_from / "selection.txt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle / SELECTION, dest)
 
 
 def compiler_variables(compiler, where: Path) -> list[str]:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from . import flops as flops_count
+from . import metrics
 from .config import BuildConfig
 from .dataset import matte_path
 from .errors import PipelineError
@@ -45,6 +46,18 @@ class Evaluated:
     folder: Path
     metrics: dict
     cfg: BuildConfig | None  # the engine's build config (its pipeline.gate); None for fp32
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which scored images the engines were calibrated or tuned on (by name): the report gives its figures on every
+    scored image, as the vendor's table does, and again on the others, the held-out images."""
+    calibration: frozenset[str] | None = None  # every int8 engine's calibration images; None: not known
+    selection: frozenset[str] = frozenset()  # tune's selection images of a tuned config
+    unknown_selection: tuple[str, ...] = ()  # tuned configs reported without their selection list
+
+    def excluded(self) -> frozenset[str]:
+        return (self.calibration or frozenset()) | self.selection
 
 
 def load_metrics(folder: str | Path) -> dict:
@@ -91,10 +104,13 @@ def gate_failures(rows: list[dict]) -> str | None:
 
 # --- agreement with fp32 --------------------------------------------------------------------------------------
 
-def agreement(fp32: Evaluated, engine: Evaluated) -> dict | None:
+def agreement(fp32: Evaluated, engine: Evaluated, images: list[str] | None = None) -> dict | None:
     """How far an engine's predictions are from fp32's on the same images (not gated: metrics against the ground
-    truth can stay put while the predictions move, e.g. with random weights). None if predictions are missing."""
-    names = [n for n in fp32.metrics.get("predictions", []) if (engine.folder / "preds" / n).is_file()]
+    truth can stay put while the predictions move, e.g. with random weights), on every saved prediction or on those
+    of IMAGES (image names). None if predictions are missing."""
+    stems = None if images is None else {Path(n).stem for n in images}
+    names = [n for n in fp32.metrics.get("predictions", []) if (engine.folder / "preds" / n).is_file()
+             and (stems is None or Path(n).stem in stems)]
     if not names:
         return None
     total = flipped = pixels = 0
@@ -109,6 +125,33 @@ def agreement(fp32: Evaluated, engine: Evaluated) -> dict | None:
     return {"images": len(names), "mad": total / 255 / pixels, "max": worst / 255, "flipped": flipped / pixels}
 
 
+# --- held-out figures -------------------------------------------------------------------------------------------
+
+def scored_names(ev: Evaluated) -> list[str]:
+    """The image names EV's metrics.json has per-image figures for, in scoring order."""
+    try:
+        return [row["name"] for row in ev.metrics["per_image"]]
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{ev.folder / 'metrics.json'}: no per-image figures ({type(exc).__name__}: {exc}); "
+                            f"rerun `make eval`") from None
+
+
+def subset_figures(ev: Evaluated, names: list[str]) -> dict:
+    """EV's dataset figures on NAMES only, recomputed from its per-image records exactly as `evaluate` computed them
+    on every image (means over images; mIoU from the summed confusion counts)."""
+    path = ev.folder / "metrics.json"
+    by_name = dict(zip(scored_names(ev), ev.metrics["per_image"]))
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise PipelineError(f"{path}: no per-image figures of {missing[0]}, which fp32 scored; compare engines on the "
+                            f"same images (rerun `make eval`)")
+    try:
+        return metrics.Accumulator([by_name[n] for n in names]).summary()
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: malformed per-image figures ({type(exc).__name__}: {exc}); rerun `make eval`") \
+            from None
+
+
 # --- report.md ---------------------------------------------------------------------------------------------------
 
 def _f(value, digits: int = 5) -> str:
@@ -120,8 +163,72 @@ def _shape(m: dict) -> str:
     return f"{c}x{h}x{w}"
 
 
+def _model_rows(fp32: Evaluated, engines: list[Evaluated], counted: dict, label: str, figures) -> list[str]:
+    """The table's rows of ours, FIGURES(ev) giving each engine's dataset figures."""
+    lines = []
+    for i, ev in enumerate([fp32, *engines]):
+        m, engine = figures(ev), ev.metrics["engine"]
+        runtime = "ONNX Runtime" if engine["backend"] in ("onnx", "ort") else "vaststreamx"
+        backend = "simplified ONNX" if engine["backend"] == "onnx" else f"{engine['backend']} engine"
+        fl = f"{counted['flops'] / 1e9:.3f}" if i == 0 else "-"
+        pa = f"{counted['params'] / 1e6:.3f}" if i == 0 else "-"
+        lines.append(f"| ours ({label}): {ev.label}, {backend} on {runtime} | {fl} | {pa} | {_f(m['mse'])} | "
+                     f"{_f(m['mad'])} | {_f(m['sad'], 3)} | {_f(m['grad'], 3)} | {_f(m['conn'], 3)} | "
+                     f"{_f(m['miou'], 6)} | {_shape(ev.metrics)} |")
+    return lines
+
+
+TABLE_HEAD = ["| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |",
+              "|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The scored images outside the calibration (and selection) images, and how the report names them."""
+    names: list[str]  # in scoring order; empty if every scored image was calibrated or tuned on
+    label: str  # "25 outside calibration and selection"
+    text: list[str]  # what the report says about which images each table scored
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def held_out(fp32: Evaluated, engines: list[Evaluated], scope: Scope) -> HeldOut | None:
+    """None when no scored image is known to have been calibrated or tuned on (nothing to hold out)."""
+    scored = scored_names(fp32)
+    notes = [f"`{config}` is a tuned config whose selection images are unknown (no selection list given: `make "
+             f"tune` writes ART/tune/NAME/selection.txt), so the held-out figures exclude only the calibration "
+             f"images." for config in scope.unknown_selection]
+    int8 = [ev.label for ev in engines if ev.cfg is not None and ev.cfg.backend.dtype == "int8"]
+    if scope.calibration is None and int8:
+        notes.append(f"The calibration images of {', '.join(int8)} are unknown (no calibration folder given; `make "
+                     f"eval` gives it): these figures may include them.")
+    calibrated = [n for n in scored if n in (scope.calibration or ())]
+    selected = [n for n in scored if n in scope.selection and n not in calibrated]
+    kinds = [(kind, count) for kind, count, known in (("calibration", len(calibrated), scope.calibration is not None),
+                                                      ("selection", len(selected), bool(scope.selection))) if known]
+    if not calibrated and not selected:
+        if kinds:
+            notes.insert(0, f"None of the {len(scored)} scored images is one of the "
+                            f"{' or '.join(kind for kind, _ in kinds)} images.")
+        return HeldOut([], "", notes) if notes else None
+    names = [n for n in scored if n not in scope.excluded()]
+    among = " and ".join(_count(count, f"{kind} image") for kind, count in kinds)
+    what = " and ".join({"calibration": "the calibration subset", "selection": "tune's selection images"}[kind]
+                        for kind, _ in kinds)
+    text = [f"The table above scores all {len(scored)} images, {among} among them, as the vendor's table does (its "
+            f"50 calibration images are 50 of PPM-100's 100). "
+            + (f"The table below gives the same rows on the {_count(len(names), 'image')} outside {what}, which no "
+               f"engine here was calibrated or tuned on." if names else
+               f"**No scored image lies outside {what}: every figure of this report was measured on images the "
+               f"engines were calibrated or tuned on; score more images (DATA, LIMIT).**"), *notes]
+    label = f"{len(names)} outside {' and '.join(kind for kind, _ in kinds)}"
+    return HeldOut(names, label, text)
+
+
 def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Path, data_label: str,
-             demo: tuple[bool, bool], gate_rows: list[dict], sheet: str | None) -> str:
+             demo: tuple[bool, bool], gate_rows: list[dict], sheet: str | None, scope: Scope = Scope()) -> str:
     """DEMO: (the data is the generated demo set, the checkpoint is the demo one)."""
     lines = ["# MODNet accuracy report", ""]
     if any(demo):
@@ -131,26 +238,23 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
               f"table (docs/model-card.md, \"How the accuracy is measured\"): OpenCV decode, bilinear resize to "
               f"288x480, `(x - 127.5) / 127.5`; ground truth = matte as grey, INTER_AREA to 288x480; prediction = "
               f"`(alpha * 255).astype(uint8)` at 480x288; no trimap; mIoU from one confusion matrix over the "
-              f"dataset; the other figures are means over images.", "",
-              "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |",
-              "|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
+              f"dataset; the other figures are means over images.", "", *TABLE_HEAD]
     for row in VENDOR_ROWS:
         lines.append(f"| vendor (published, PPM-100): {row['model']} | {row['flops']} | {row['params']} | "
                      f"{row['mse']:.5f} | {row['mad']:.5f} | - | - | - | {row['miou']:.6f} | 3x480x288 |")
-    for i, ev in enumerate([fp32, *engines]):
-        m, engine = ev.metrics, ev.metrics["engine"]
-        runtime = "ONNX Runtime" if engine["backend"] in ("onnx", "ort") else "vaststreamx"
-        backend = "simplified ONNX" if engine["backend"] == "onnx" else f"{engine['backend']} engine"
-        fl = f"{counted['flops'] / 1e9:.3f}" if i == 0 else "-"
-        pa = f"{counted['params'] / 1e6:.3f}" if i == 0 else "-"
-        lines.append(f"| ours ({data_label}): {ev.label}, {backend} on {runtime} | {fl} | {pa} | {_f(m['mse'])} | "
-                     f"{_f(m['mad'])} | {_f(m['sad'], 3)} | {_f(m['grad'], 3)} | {_f(m['conn'], 3)} | "
-                     f"{_f(m['miou'], 6)} | {_shape(m)} |")
+    lines += _model_rows(fp32, engines, counted, f"{data_label}, {m0['images']} images", lambda ev: ev.metrics)
+    held = held_out(fp32, engines, scope)
+    for text in held.text if held else ():
+        lines += ["", text]
+    if held and held.names:
+        lines += ["", *TABLE_HEAD, *_model_rows(fp32, engines, counted, f"{data_label}, {held.label}",
+                                                lambda ev: subset_figures(ev, held.names))]
     lines += ["", f"FLOPs and params of ours are counted from `{Path(onnx).name}`: {counted['rule']}. "
               f"That gives {counted['macs'] / 1e9:.3f} GMACs ({counted['flops'] / 1e9:.3f} GFLOPs) and "
               f"{counted['params']:,} params; the card gives 6.49 M params and about 8.16 GMACs for the official "
               f"model. The vendor's published 24.011 G / 8.700 M follow no rule we could reproduce.", ""]
-    lines += ["## Accuracy gate (change against our fp32, limits from each engine's config)", "",
+    on = f"all {m0['images']} scored images" + (", calibration images included" if held and held.names else "")
+    lines += [f"## Accuracy gate (change against our fp32 on {on}; limits from each engine's config)", "",
               "| Engine | Metric | Change | Limit | Result |", "|:--|:--|--:|--:|:--|"]
     for r in gate_rows:
         lines.append(f"| {r['engine']} | {r['metric']} {'drop' if r['metric'] == 'miou' else 'increase'} | "
@@ -159,10 +263,15 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
     failure = gate_failures(gate_rows)
     lines += ["", f"Gate: {'FAILED: ' + failure.split(': ', 1)[1] if failure else 'passed'}.", ""]
     agreements = [(ev.label, agreement(fp32, ev)) for ev in engines]
+    held_rows = bool(held and held.names)
+    if held_rows:
+        agreements = [pair for ev, whole in zip(engines, agreements)
+                      for pair in (whole, (f"{ev.label} ({held.label})", agreement(fp32, ev, held.names)))]
     if any(a for _, a in agreements):
         lines += ["## Agreement with fp32 (informational, not gated)", "",
                   "Mean and largest |engine - fp32| of the 8-bit predictions (as alpha), and the share of pixels "
-                  "whose foreground/background label (>= 128) differs from fp32's.", "",
+                  "whose foreground/background label (>= 128) differs from fp32's"
+                  + (", on every scored image and on the held-out images" if held_rows else "") + ".", "",
                   "| Engine | Images | Mean abs diff | Max abs diff | Label flips |", "|:--|--:|--:|--:|--:|"]
         for label, a in agreements:
             if a:
@@ -263,9 +372,11 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
 
 
 def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, onnx: Path, data: Path,
-                 demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False) -> list[dict]:
+                 demo: bool, out_md: Path, out_png: Path, demo_ckpt: bool = False,
+                 scope: Scope = Scope()) -> list[dict]:
     """Writes report.png and report.md (the gate's outcome included, whatever it is); returns the gate rows.
-    DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is a demo one (checkpoint.is_demo_checkpoint)."""
+    DEMO: DATA is the generated demo set; DEMO_CKPT: the checkpoint is a demo one (checkpoint.is_demo_checkpoint);
+    SCOPE: the scored images the engines were calibrated or tuned on."""
     counted = flops_count.count(onnx)
     gate_rows = gate(fp32, engines)
     data_label = "generated demo set" if demo else "PPM-100" if Path(data).name == "PPM-100" else f"`{data}`"
@@ -273,7 +384,8 @@ def write_report(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, on
     ok, buf = cv2.imencode(".png", sheet)
     if not ok:
         raise PipelineError(f"{out_png}: could not encode the contact sheet")
-    write_bytes(out_png, buf.tobytes())
     rel = Path(out_png).name if Path(out_png).parent == Path(out_md).parent else str(out_png)
-    write_text(out_md, markdown(fp32, engines, counted, onnx, data_label, (demo, demo_ckpt), gate_rows, rel))
+    text = markdown(fp32, engines, counted, onnx, data_label, (demo, demo_ckpt), gate_rows, rel, scope)
+    write_bytes(out_png, buf.tobytes())
+    write_text(out_md, text)
     return gate_rows

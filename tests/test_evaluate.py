@@ -11,14 +11,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, small_config_dict, write_config
+from conftest import FP16_CONFIG, INT8_CONFIG, small_config_dict, write_config
 from pipeline import metrics
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.flops import count
-from pipeline.report import Evaluated, gate, gate_failures, write_report
+from pipeline.report import Evaluated, Scope, gate, gate_failures, write_report
 
 KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
 
@@ -45,7 +45,7 @@ def engines(tmp_path_factory, small_config, small_sim_onnx, data) -> dict[str, P
     quiet = lambda items, total=None: items  # noqa: E731 - no progress bar in tests
     build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", quiet)
     build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", quiet)
-    return {"fp16": root / "fp16", "int8": root / "int8"}
+    return {"fp16": root / "fp16", "int8": root / "int8", "calib": root / "calib"}
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +169,12 @@ def test_not_an_engine(tmp_path, small_config, data):
         evaluate(load_config(small_config), tmp_path, data, tmp_path / "out")
 
 
-def _gate_config(tmp_path: Path, mse: float, mad: float, miou: float) -> Path:
-    raw = small_config_dict()
+def _gate_config(tmp_path: Path, mse: float, mad: float, miou: float, base: Path = FP16_CONFIG,
+                 name: str | None = None) -> Path:
+    raw = small_config_dict(base)
     raw["pipeline"]["gate"] = {"max_mse_increase": mse, "max_mad_increase": mad, "max_miou_drop": miou}
-    return write_config(tmp_path / f"gate_{mse}_{mad}_{miou}.yaml", raw)
+    kind = "int8_" if base == INT8_CONFIG else ""
+    return write_config(tmp_path / (name or f"gate_{kind}{mse}_{mad}_{miou}.yaml"), raw)
 
 
 def _ev(label, m, cfg=None):
@@ -210,20 +212,48 @@ def test_gate_cli_exit_codes(evaluated, tmp_path, capsys):
     assert f"int8 MSE increase {change:.5f} > 0.001" in capsys.readouterr().err
 
 
-def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, data):
+def _gt(data: Path, name: str, cfg) -> np.ndarray:
+    matte = cv2.imread(str(data / "matte" / name), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(matte, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+
+
+def test_report_table_and_contact_sheet(evaluated, engines, tmp_path, small_sim_onnx, data):
     cfg, out, _, _ = evaluated
+    from pipeline.calibrate import read_calibration_manifest
     from pipeline.report import load_metrics
     fp32 = Evaluated("fp32", out / "fp32", load_metrics(out / "fp32"), None)
     loose = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0))  # random weights: int8 is far from fp32
-    engines = [Evaluated(label, out / label, load_metrics(out / label), loose) for label in ("fp16", "int8")]
-    rows = write_report(fp32, engines, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
-                        tmp_path / "report.png", demo_ckpt=True)
+    int8_cfg = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG))
+    engines_ = [Evaluated("fp16", out / "fp16", load_metrics(out / "fp16"), loose),
+                Evaluated("int8", out / "int8", load_metrics(out / "int8"), int8_cfg)]
+    calibrated = {e["name"] for e in read_calibration_manifest(engines["calib"])["images"]}
+    rows = write_report(fp32, engines_, cfg, small_sim_onnx, data, True, tmp_path / "report.md",
+                        tmp_path / "report.png", demo_ckpt=True, scope=Scope(frozenset(calibrated)))
     assert all(r["ok"] for r in rows)
     text = (tmp_path / "report.md").read_text()
     assert "| Model | FLOPs(G) | Params(M) | MSE | MAD | SAD | Grad | Conn | mIoU | Shape |" in text
     assert "vendor (published, PPM-100): modnet vacc int8 kl | - | - | 0.01915 | 0.02453" in text
     assert "not MODNet's weights" in text and "generated demo set" in text
-    assert "ours (generated demo set): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    assert "ours (generated demo set, 3 images): int8, ort engine on ONNX Runtime" in text and "3x128x96" in text
+    # the calibration subset is 2 of the 3 images: the same rows on the third, computed here from its prediction
+    (held,) = [n for n in sorted(p.name for p in (data / "image").iterdir()) if n not in calibrated]
+    assert len(calibrated) == 2 and ("The table above scores all 3 images, 2 calibration images among them, as the "
+                                     "vendor's table does") in text
+    assert "the same rows on the 1 image outside the calibration subset, which no engine" in text
+    assert "## Accuracy gate (change against our fp32 on all 3 scored images, calibration images included;" in text
+    gt = _gt(data, held, cfg)
+    for label in ("fp32", "fp16", "int8"):
+        pred = cv2.imread(str(out / label / "preds" / f"{Path(held).stem}.png"), cv2.IMREAD_GRAYSCALE)
+        p, g = pred / 255.0, gt / 255.0
+        fg, bg = pred >= 128, gt >= 128
+        iou_fg = np.sum(fg & bg) / np.sum(fg | bg) if np.any(fg | bg) else 1.0
+        iou_bg = np.sum(~fg & ~bg) / np.sum(~fg | ~bg) if np.any(~fg | ~bg) else 1.0
+        (row,) = [line for line in text.splitlines()
+                  if line.startswith(f"| ours (generated demo set, 1 outside calibration): {label}, ")]
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[3:5] == [f"{np.mean((p - g) ** 2):.5f}", f"{np.mean(np.abs(p - g)):.5f}"]
+        assert cells[5] == f"{np.sum(np.abs(p - g)) / 1000:.3f}"
+        assert cells[8] == f"{(iou_fg + iou_bg) / 2:.6f}" and cells[9] == "3x128x96"
     # the fp32 row's file is named after its config (official_modnet_fp16.sim.onnx in `make eval`): why
     assert (f"fp32 is `{small_sim_onnx.name}` itself on ONNX Runtime: a simplified ONNX holds the model in fp32 "
             f"whichever config it was exported with") in text
@@ -233,9 +263,13 @@ def test_report_table_and_contact_sheet(evaluated, tmp_path, small_sim_onnx, dat
         a = [cv2.imread(str(out / "fp32" / "preds" / n), cv2.IMREAD_GRAYSCALE).astype(int) for n in names]
         b = [cv2.imread(str(out / label / "preds" / n), cv2.IMREAD_GRAYSCALE).astype(int) for n in names]
         diff = np.abs(np.stack(a) - np.stack(b))
-        flips = np.mean((np.stack(a) >= 128) != (np.stack(b) >= 128))
+        flips_of = lambda x, y: (x >= 128) != (y >= 128)  # noqa: E731
+        flips = np.mean(flips_of(np.stack(a), np.stack(b)))
         assert f"| {label} | 3 | {diff.mean() / 255:.5f} | {diff.max() / 255:.4f} | {100 * flips:.3f}% |" in text
         assert label == "fp16" or diff.max() > 0  # the int8 engine really is another model
+        i = names.index(f"{Path(held).stem}.png")  # and on the held-out image alone
+        assert (f"| {label} (1 outside calibration) | 1 | {diff[i].mean() / 255:.5f} | {diff[i].max() / 255:.4f} | "
+                f"{100 * np.mean(flips_of(a[i], b[i])):.3f}% |") in text
     sheet = cv2.imread(str(tmp_path / "report.png"))
     tile_h, tile_w = round(cfg.height * 0.5), round(cfg.width * 0.5)
     assert sheet.shape[1] == 6 * tile_w  # input, gt, fp32, fp16, int8, heat map
@@ -307,3 +341,142 @@ def test_flops_and_params_of_a_tiny_graph_by_hand(tmp_path):
     counted = count(path)
     assert counted["by_op"] == {"Conv": 6912, "MatMul": 512}
     assert counted["flops"] == 2 * 7424 and counted["params"] == 112 + 512
+
+
+def _constructed(label: str, rows: list[dict], cfg=None) -> Evaluated:
+    """metrics.json as `evaluate` writes it, for per-image records chosen by hand (dataset figures of all of them)."""
+    acc = metrics.Accumulator([{**row} for row in rows])
+    engine = {"backend": "onnx" if cfg is None else "ort", "model_files": {f"{label}.onnx": "0" * 64}}
+    return Evaluated(label, Path(label), {**acc.summary(), "per_image": rows, "engine": engine,
+                                          "input_shape": [1, 3, 8, 8], "predictions": []}, cfg)
+
+
+def _image(name, mse, mad, sad, grad, conn, tp, fp, fn, tn):
+    return {"name": name, "mse": mse, "mad": mad, "sad": sad, "grad": grad, "conn": conn,
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+COUNTED = {"flops": 2e9, "params": 1e6, "macs": 1e9, "rule": "by hand"}
+
+
+def test_held_out_rows_are_the_per_image_figures_of_the_other_images_by_hand(tmp_path):
+    from pipeline.report import markdown
+    rows = [_image("a.jpg", 0.9, 0.9, 9.0, 9.0, 9.0, 0, 50, 50, 0),  # calibration
+            _image("b.jpg", 0.7, 0.8, 7.0, 7.0, 7.0, 1, 40, 40, 19),  # tune's selection
+            _image("c.jpg", 0.1, 0.2, 1.0, 2.0, 3.0, 10, 2, 3, 85),
+            _image("d.jpg", 0.3, 0.4, 3.0, 4.0, 5.0, 20, 0, 5, 75)]
+    int8 = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG))
+    fp32, engine = _constructed("fp32", rows), _constructed("int8", rows, int8)
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                    Scope(frozenset({"a.jpg", "z.jpg"}), frozenset({"b.jpg"})))
+    # c and d: means 0.2, 0.3, 2, 3, 4; confusion summed 30, 2, 8, 160: IoU 30/40 and 160/170
+    miou = (30 / 40 + 160 / 170) / 2
+    assert (f"| ours (PPM-100, 2 outside calibration and selection): int8, ort engine on ONNX Runtime | - | - | "
+            f"0.20000 | 0.30000 | 2.000 | 3.000 | 4.000 | {miou:.6f} | 3x8x8 |") in text
+    assert ("| ours (PPM-100, 2 outside calibration and selection): fp32, simplified ONNX on ONNX Runtime | 2.000 | "
+            "1.000 | 0.20000 |") in text
+    # the table of all 4 stays, as evaluate computed it
+    assert "| ours (PPM-100, 4 images): int8, ort engine on ONNX Runtime | - | - | 0.50000 | 0.57500 |" in text
+    assert ("The table above scores all 4 images, 1 calibration image and 1 selection image among them, as the "
+            "vendor's table does (its 50 calibration images are 50 of PPM-100's 100). The table below gives the "
+            "same rows on the 2 images outside the calibration subset and tune's selection images") in text
+    assert "on all 4 scored images, calibration images included;" in text
+
+    # nothing left outside: said in bold, no second table
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                    Scope(frozenset({"a.jpg", "b.jpg"}), frozenset({"c.jpg", "d.jpg"})))
+    assert ("**No scored image lies outside the calibration subset and tune's selection images: every figure of "
+            "this report was measured on images the engines were calibrated or tuned on") in text
+    assert "outside calibration and selection" not in text
+    # an int8 engine whose calibration images are unknown: said so
+    text = markdown(fp32, [engine], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None, Scope())
+    assert "The calibration images of int8 are unknown (no calibration folder given" in text
+
+    # an engine that did not score a held-out image is one line naming its metrics.json
+    partial = _constructed("int8", rows[:3], int8)
+    with pytest.raises(PipelineError, match=r"^int8/metrics\.json: no per-image figures of d\.jpg, which fp32 scored"):
+        markdown(fp32, [partial], COUNTED, Path("m.onnx"), "PPM-100", (False, False), [], None,
+                 Scope(frozenset({"a.jpg"})))
+
+
+@pytest.fixture
+def report_cli(evaluated, tmp_path, small_sim_onnx, small_config, data):
+    """`report` on the evaluated engines, the int8 one under a tuned config's name; a calibration folder of one
+    image (the first) and what else to pass; returns (exit code, stderr, report.md or None)."""
+    _, out, _, _ = evaluated
+    tuned = _gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG, name="small_int8_tuned.yaml")
+    loose = _gate_config(tmp_path, 1.0, 1.0, 1.0)
+    first, second, third = sorted(p.name for p in (data / "image").iterdir())
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "manifest.json").write_text(json.dumps({"images": [{"name": first, "sha256": "0" * 64}]}))
+    md = tmp_path / "report.md"
+
+    def run(*extra: str):
+        code = main(["report", "--fp32", str(out / "fp32"), "--engine", "fp16", str(out / "fp16"), str(loose),
+                     "--engine", "int8", str(out / "int8"), str(tuned), "--config", str(small_config), "--onnx",
+                     str(small_sim_onnx), "--data", str(data), "--out", str(md), "--png", str(tmp_path / "r.png"),
+                     "--calib", str(calib), *extra])
+        return code, md.read_text() if md.is_file() else None
+    run.names, run.out = (first, second, third), out
+    return run
+
+
+def _selection(path: Path, data: Path, *names: str) -> Path:
+    from pipeline.dataset import format_image_list
+    from pipeline.fileio import sha256_file
+    path.write_text(format_image_list([(n, sha256_file(data / "image" / n)) for n in names]))
+    return path
+
+
+def test_report_leaves_out_a_tuned_configs_selection_images(report_cli, tmp_path, data, capsys):
+    first, second, third = report_cli.names
+    # no selection list: the held-out rows exclude the calibration image only, and say why
+    code, text = report_cli()
+    assert code == 0
+    assert ("`small_int8_tuned.yaml` is a tuned config whose selection images are unknown (no selection list given: "
+            "`make tune` writes ART/tune/NAME/selection.txt), so the held-out figures exclude only the calibration "
+            "images.") in text
+    assert "ours (PPM-100, 2 outside calibration): int8" in text
+    # its selection list: the third image is left out too, so the held-out rows are the second image's own figures
+    code, text = report_cli("--exclude-selection", str(_selection(tmp_path / "selection.txt", data, third)))
+    assert code == 0 and "selection images are unknown" not in text
+    assert "all 3 images, 1 calibration image and 1 selection image among them" in text
+    for label in ("fp32", "fp16", "int8"):
+        m = json.loads((report_cli.out / label / "metrics.json").read_text())
+        (row,) = [r for r in m["per_image"] if r["name"] == second]
+        line = next(line for line in text.splitlines()
+                    if line.startswith(f"| ours (PPM-100, 1 outside calibration and selection): {label}, "))
+        assert f"| {row['mse']:.5f} | {row['mad']:.5f} | {row['sad']:.3f} | {row['grad']:.3f} | {row['conn']:.3f} | " \
+               f"{metrics.miou(row['confusion']):.6f} |" in line
+
+
+@pytest.mark.parametrize("content, words", [
+    ("nonsense\n", "{sel}:1: expected `<sha256>  <file name>`, got 'nonsense'"),
+    (f"# selection\n{'a' * 64}  ../x.jpg\n", "{sel}:2: '../x.jpg' holds a path separator: only a plain file name is "
+                                           "allowed"),
+    (f"{'A' * 64}  x.jpg\n", f"{{sel}}:1: expected `<sha256>  <file name>`, got '{'A' * 64}  x.jpg'"),
+    ("# nothing listed\n", "{sel}: tune's selection list names no images; tune again (make tune)"),
+    (f"{'a' * 64}  x.jpg\n{'b' * 64}  x.jpg\n", "{sel}: a file is listed twice"),
+    ("changed", "{image}: sha256 {actual}... differs from 000000000000... recorded in {sel}: the image changed "
+                "since it was listed; restore it, or tune again on this data (make tune)"),
+])
+def test_a_bad_selection_list_is_one_line_and_no_report(report_cli, tmp_path, data, capsys, content, words):
+    from pipeline.fileio import sha256_file
+    sel = tmp_path / "selection.txt"
+    image = data / "image" / report_cli.names[2]
+    sel.write_text(f"{'0' * 64}  {image.name}\n" if content == "changed" else content)
+    code, text = report_cli("--exclude-selection", str(sel))
+    expected = words.format(sel=sel, image=image, actual=sha256_file(image)[:12])
+    assert (code, capsys.readouterr().err, text) == (2, f"error: {expected}\n", None)
+
+
+def test_a_bad_calibration_manifest_is_one_line_and_no_report(report_cli, tmp_path, capsys):
+    manifest = tmp_path / "calib" / "manifest.json"
+    manifest.write_text(json.dumps({"images": [{"name": "../a.jpg", "sha256": "0" * 64}]}))
+    assert report_cli() == (2, None)
+    assert capsys.readouterr().err == (f"error: {manifest}: images: '../a.jpg' holds a path separator: only a plain "
+                                       f"file name is allowed\n")
+    manifest.write_text(json.dumps({"images": "x"}))
+    assert report_cli() == (2, None)
+    assert capsys.readouterr().err.startswith(f"error: {manifest}: not a calibration manifest (TypeError")

@@ -159,3 +159,35 @@ def test_clean_of_an_absolute_art_elsewhere_touches_only_outputs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not any(p.exists() for p in removed)
     assert (out / "keep.txt").is_file() and (out / "release" / "official_modnet-0123456789ab").is_dir()
+
+
+def test_the_report_is_told_the_calibration_folders_and_a_tuned_configs_selection_list(tmp_path):
+    """`make eval`'s report rule: CONFIG_INT8's calibration folder, the vendor engine's while it is there, and for
+    NAME_tuned the selection list `make tune` wrote for NAME, only when it exists (`make -n`: nothing runs)."""
+    art = tmp_path / "art"
+    tuned = tmp_path / "mine_tuned.yaml"
+    shutil.copyfile(REPO / "build_configs" / "official_modnet_int8.yaml", tuned)
+
+    def report_command(config: Path, goal: str = f"{art}/report.md", stage: str = "report") -> str:
+        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", goal)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.replace("\\\n", "").splitlines() if f" -m pipeline {stage} --" in line)
+
+    selection = art / "tune" / "mine" / "selection.txt"
+    assert f"--calib '{art}/calib/mine_tuned'" in report_command(tuned)
+    assert "--exclude-selection" not in report_command(tuned)  # not there yet: the report says so itself
+    selection.parent.mkdir(parents=True)
+    selection.write_text("")
+    assert f"--exclude-selection '{selection}'" in report_command(tuned)
+    assert f"--selection '{selection}'" in report_command(tuned, "release", "release")  # bundled: verify reads it
+    untuned = tmp_path / "mine.yaml"
+    shutil.copyfile(tuned, untuned)
+    assert "--exclude-selection" not in report_command(untuned)  # a selection list belongs to a tuned config
+    # the vendor row's calibration folder, once its engine and folder exist
+    vendor = [art / "engines" / "official_modnet_int8" / "ort", art / "calib" / "official_modnet_int8"]
+    for folder in vendor:
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+    line = report_command(tuned)
+    assert f"--calib '{art}/calib/mine_tuned' --calib '{vendor[1]}'" in line
+    assert f"--engine \"int8 vendor config (KL, per channel, no skip)\" '{art}/eval/int8-vendor-ort'" in line

@@ -359,3 +359,29 @@ def test_only_a_list_meant_to_be_committed_gets_the_commit_warning(monkeypatch, 
     assert out == f"wrote release {tmp_path / 'bundle'}\n"
     assert err == (f"warning: {listed} is not committed in this repository, so MANIFEST.json says repository.clean: "
                    f"false; commit it to make the release reproducible from the repository alone\n" if warned else "")
+
+
+def test_a_tuned_configs_selection_list_is_bundled_named_and_put_back_for_the_rebuild(fake_build, tmp_path):
+    """The report leaves a tuned config's selection images out of its held-out rows: the list is an input of the
+    bundle (its name, a file of its own), and verify puts it where the rebuild's `make eval` reads NAME_tuned's."""
+    without, _ = assemble(fake_build, tmp_path / "release")
+    config = fake_build.config_int8
+    tuned = Path(shutil.copy(config, config.with_name("official_modnet_int8_tuned.yaml")))
+    listed = _write(tmp_path / "art" / "tune" / "official_modnet_int8" / "selection.txt", f"{'3' * 64}  p2.jpg\n".encode())
+    inputs = ReleaseInputs(**{**fake_build.__dict__, "config_int8": tuned, "selection": listed})
+    write_eval(inputs)
+    bundle, written = assemble(inputs, tmp_path / "release")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert written and bundle != without
+    assert manifest["inputs"]["selection_list"] == {"file": "selection.txt", "sha256": sha256_file(listed)}
+    assert (bundle / "tune" / "selection.txt").read_bytes() == listed.read_bytes()
+    assert manifest["files"]["tune/selection.txt"] == sha256_file(listed)
+    listed.write_bytes(f"{'4' * 64}  p1.jpg\n".encode())  # another selection: another release
+    other, _ = assemble(inputs, tmp_path / "release")
+    assert other not in (bundle, without)
+    # an untuned release records nothing of the kind
+    assert "selection_list" not in json.loads((without / MANIFEST).read_text())["inputs"]
+    scratch = tmp_path / "scratch"
+    release.copy_list(manifest, bundle, scratch)
+    assert (scratch / "tune" / "official_modnet_int8" / "selection.txt").read_bytes() == f"{'3' * 64}  p2.jpg\n".encode()
+    assert (scratch / "calib_list" / "official_modnet_int8.txt").read_bytes() == b"1111  a.jpg\n"

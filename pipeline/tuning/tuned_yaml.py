@@ -14,12 +14,14 @@ import copy
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
 from ..errors import PipelineError
 
 MARK = "Tuned by `python -m pipeline tune`"
+TUNED_SUFFIX = "_tuned"  # TUNED_CONFIG's default name, NAME_tuned.yaml (the Makefile strips it: patsubst %_tuned,%)
 BODY_LINE = re.compile(r"# Body sha256: ([0-9a-f]{64})")
 MODEL_LINE = re.compile(r"# Model: .* sha256 ([0-9a-f]{64})")
 
@@ -60,6 +62,17 @@ def split(text: str) -> tuple[Header | None, str]:
     # written before the header recorded the body's sha256: it ended with an empty comment line
     end = comments.index("#") if "#" in comments else -1
     return Header(onnx, None), "".join(lines[end + 1:])
+
+
+def is_tuned(path: Path) -> bool:
+    """PATH is a config `make tune` wrote (its header) or named as one: NAME_tuned.yaml, tuned from NAME.yaml, whose
+    calibration and selection lists are NAME's."""
+    if path.stem.endswith(TUNED_SUFFIX):
+        return True
+    try:
+        return split(path.read_text(encoding="utf-8"))[0] is not None
+    except (OSError, UnicodeDecodeError):
+        return False  # load_config read it a moment ago; a file that vanished since is not worth an error here
 
 
 def edited(header: Header, body: str) -> bool:
