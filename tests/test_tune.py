@@ -20,11 +20,11 @@ from pipeline.errors import PipelineError
 from pipeline.tuning import scoring, search as search_mod, tuned_yaml
 from pipeline.tuning.analyze import analyze
 from pipeline.tuning.candidates import Candidate, calibrations
-from pipeline.tuning.split import validation_split
+from pipeline.tuning.split import split
 from pipeline.tuning.tune import tune
 from pipeline.tuning.workbench import Workbench
 
-CALIB, VALIDATION, IMAGES = 4, 3, 10
+CALIB, IMAGES = 4, 10
 
 
 def no_progress(iterable, desc=None, total=None):
@@ -45,7 +45,7 @@ class Bar:
 def tune_config(tmp_path: Path, **tune) -> Path:
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = CALIB
-    raw["pipeline"]["tune"] = {"validation_images": VALIDATION, **tune}
+    raw["pipeline"]["tune"] = dict(tune)
     return write_config(tmp_path / "small_int8.yaml", raw)
 
 
@@ -64,24 +64,35 @@ def workbench(cfg_path: Path, sim: Path, inputs: Path, cache: Path | None = None
     return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", no_progress, cache)
 
 
-def test_validation_split_skips_the_calibration_subset_by_its_rule(inputs, tmp_path):
+def test_split_skips_the_calibration_subset_by_its_rule_and_halves_the_rest(inputs, tmp_path):
     cfg = load_config(inputs / "small_int8.yaml")
     names = sorted(p.name for p in (inputs / "data" / "image").iterdir())
     ranked = sorted(names, key=lambda n: hashlib.sha256(f"0:{n}".encode()).hexdigest())
     calib = set(ranked[:CALIB])
-    got = validation_split(cfg, inputs / "data", calib)
-    assert [n for n, _ in got] == ranked[CALIB:CALIB + VALIDATION]
-    assert not calib & {n for n, _ in got}
-    assert all(d == hashlib.sha256((inputs / "data" / "image" / n).read_bytes()).hexdigest() for n, d in got)
-    too_many = load_config(tune_config(tmp_path, validation_images=IMAGES))
-    with pytest.raises(PipelineError, match="6 \\*.jpg images outside the calibration subset, fewer than "
-                                            "pipeline.tune.validation_images=10"):
-        validation_split(too_many, inputs / "data", calib)
+    selection, confirmation = split(cfg, inputs / "data", calib)
+    # 10 images, 4 calibration: 3 selection then 3 confirmation, in the subset's ranking
+    assert [n for n, _ in selection] == ranked[CALIB:CALIB + 3]
+    assert [n for n, _ in confirmation] == ranked[CALIB + 3:]
+    assert all(d == hashlib.sha256((inputs / "data" / "image" / n).read_bytes()).hexdigest()
+               for n, d in selection + confirmation)
+    assert split(cfg, inputs / "data", calib) == (selection, confirmation)  # seeded: the same split again
+    one = load_config(tune_config(tmp_path, selection_images=2))
+    assert [len(x) for x in split(one, inputs / "data", calib)] == [2, 4]
+    other = load_config(tune_config(tmp_path, confirmation_images=1))
+    assert [len(x) for x in split(other, inputs / "data", calib)] == [5, 1]
+    too_many = load_config(tune_config(tmp_path, selection_images=5, confirmation_images=2))
+    with pytest.raises(PipelineError, match="6 images outside the calibration subset cannot give 5 selection and 2 "
+                                            "confirmation images"):
+        split(too_many, inputs / "data", calib)
 
 
-@pytest.mark.parametrize("key, value, words", [("validation_images", 0, "must be >= 1"),
+@pytest.mark.parametrize("key, value, words", [("selection_images", 0, "must be >= 1"),
+                                               ("confirmation_images", "half", "expected an integer"),
                                                ("max_builds", 2.5, "expected an integer"),
                                                ("max_mad_increase", -0.1, "must be within"),
+                                               ("max_mse_increase", 2, "must be within"),
+                                               ("max_float_layers", -1, "must be >= 0"),
+                                               ("validation_images", 20, "unknown key"),
                                                ("budget", 3, "unknown key")])
 def test_bad_tune_section_is_one_line_naming_the_key(tmp_path, key, value, words):
     path = tune_config(tmp_path, **{key: value})
@@ -109,30 +120,68 @@ CALIBS = [Candidate("kl_divergence", None), Candidate("max", None), Candidate("m
           Candidate("percentile", 0.9999)]
 
 
+def every_significant(outcome):
+    return search_mod.decide(outcome.steps, [0.0] * (len(outcome.steps) - 1))
+
+
 def test_search_finds_the_fewest_layers_within_its_budget():
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10)
-    assert outcome.met and not outcome.out_of_budget
-    assert outcome.best.candidate == Candidate("mse", None, (3, 7))
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
+                                max_float=5)
+    assert not outcome.out_of_budget
+    decision = every_significant(outcome)
+    assert decision.verdict == "chosen" and decision.chosen.candidate == Candidate("mse", None, (3, 7))
     assert len(calls) == len(set(calls)) == len(outcome.steps) <= 40
     assert [s.phase for s in outcome.steps[:4]] == ["calibration"] * 4
+    assert outcome.steps[0].candidate == CALIBS[0]  # the incumbent first
+
+
+def test_an_input_config_with_skipped_layers_is_the_incumbent_as_it_is():
+    calls = []
+    incumbent = Candidate("kl_divergence", None, (3,))
+    outcome = search_mod.search(incumbent, CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
+                                max_float=5)
+    assert outcome.steps[0].candidate == incumbent and outcome.steps[0].phase == "input"
+    assert [s.candidate for s in outcome.steps[1:5]] == CALIBS
 
 
 @pytest.mark.parametrize("budget", [1, 5, 13])
 def test_search_never_exceeds_max_builds(budget):
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=budget, rank_count=10)
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=budget, rank_count=10,
+                                max_float=5)
     assert len(calls) == len(outcome.steps) == budget and outcome.out_of_budget
-    assert outcome.best.result["violation"] == min(fake_evaluate([])(c)["violation"] for c in calls)
 
 
-def test_unreachable_target_is_reported_with_the_best_found():
+@pytest.mark.parametrize("max_float", [0, 1, 3])
+def test_unreachable_target_keeps_at_most_max_float_layers_float(max_float):
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls, hard=True), prerank, budget=40, rank_count=3)
-    assert not outcome.met and not outcome.out_of_budget  # ran out of layers, not of builds
-    best = outcome.best
-    assert best.result["violation"] == min(s.result["violation"] for s in outcome.steps)
-    assert best.candidate.mode == "mse" and {3, 7} <= set(best.candidate.skip)
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls, hard=True), prerank, budget=40,
+                                rank_count=3, max_float=max_float)
+    assert not outcome.out_of_budget  # ran out of layers it may keep float, not of builds
+    assert max(len(s.candidate.skip) for s in outcome.steps) == max_float
+    decision = every_significant(outcome)
+    assert decision.verdict == "target not met"
+    assert decision.chosen.result["violation"] == min(s.result["violation"] for s in outcome.steps[1:])
+
+
+def test_a_revert_that_makes_the_deviation_worse_ranks_the_rest_again():
+    # Conv 0 alone helps a little, 1 with 0 makes it worse (their errors cancelled), 3 is where the loss is but
+    # the ranking never measured it (rank_count 3 of a prerank order 0, 1, 2, ...): met needs 3 float
+    def evaluate(candidate):
+        skip = set(candidate.skip)
+        deviation = 1 - 0.05 * (0 in skip) + 0.3 * ({0, 1} <= skip) - 0.4 * (3 in skip) + 0.001 * len(skip)
+        return {"deviation": deviation, "violation": deviation / 0.6}
+
+    outcome = search_mod.search(CALIBS[0], CALIBS[:1], evaluate, lambda c: list(range(10)), budget=40,
+                                rank_count=3, max_float=5)
+    phases = [(s.phase, s.candidate.skip) for s in outcome.steps]
+    # {0} was measured by the ranking (n = 1); {0, 1} is worse than {0}: the layers after 0 are measured again with
+    # 0 kept float ({0, 1} is already known), which finds 3
+    assert phases[:7] == [("calibration", ()), ("rank", (0,)), ("rank", (1,)), ("rank", (2,)), ("bisect", (0, 1)),
+                          ("rerank", (0, 2)), ("rerank", (0, 3))]
+    decision = every_significant(outcome)
+    assert decision.chosen.candidate.skip == (0, 3) and decision.verdict == "chosen"
 
 
 # --- the stages on the small model ---------------------------------------------------------------------------------
@@ -141,26 +190,33 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
                                                                                     tmp_path, monkeypatch):
     # A target nothing meets (the scorer's verdict forced), with a budget of 9: the search spends it and says so.
     # The figures are real; on 3 images of a random-weights model a real target is met or missed by luck.
-    monkeypatch.setattr(scoring, "violation", lambda change, mad, miou: 2.0 + abs(change["mad_increase"]))
+    monkeypatch.setattr(scoring, "violation", lambda upper, tune: 2.0 + abs(upper["mad_increase"]))
     cfg_path = tune_config(tmp_path, max_builds=9)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
     bar = Bar()
-    outcome = tune(wb, out, "python -m pipeline tune ...", bar)
-    assert len(outcome.steps) == wb.built == bar.count == 9 and outcome.out_of_budget
+    result = tune(wb, out, "python -m pipeline tune ...", bar)
+    outcome = result.outcome
+    assert len(outcome.steps) == bar.count == 9 and outcome.out_of_budget
+    # + the confirmation of the input and of the chosen one (once scored on the confirmation images, 3 each)
+    assert wb.built == 9 + 1 + (result.chosen is not outcome.steps[0])
+    assert wb.passes == 3 * (2 + 9 + 1 + (result.chosen is not outcome.steps[0]))  # fp32 on both sets, candidates
     assert [s.candidate for s in outcome.steps[:7]] == calibrations(wb.cfg)
-    assert not outcome.met  # every candidate changes the matte somewhat
     assert all(s.result["violation"] > 1 for s in outcome.steps)
-    assert "**target (MAD increase <= 0.002 and mIoU drop <= 0.003) NOT met (max_builds=9 spent); best found: " \
-           f"{outcome.best.candidate.label()}.**" in (out / "tune.md").read_text()
+    assert result.verdict == "target not met"
+    md = (out / "tune.md").read_text()
+    assert "**verdict: target not met: no candidate of 8 that is significantly closer to fp32 than the input " \
+           "config (kl_divergence) meets the target (MSE increase <= 0.002, MAD increase <= 0.002, mIoU drop <= " \
+           f"0.003, upper 95% bounds), nor does the input config; best found: {result.chosen.candidate.label()}; " \
+           "max_builds=9 spent.**" in md
 
     tuned = load_config(out / "tuned.yaml")
     raw_in, raw_out = yaml.safe_load(cfg_path.read_text()), yaml.safe_load((out / "tuned.yaml").read_text())
-    assert raw_out["backend"].pop("quantize") != raw_in["backend"].pop("quantize")
+    raw_out["backend"].pop("quantize"), raw_in["backend"].pop("quantize")
     assert raw_out == raw_in
     text = (out / "tuned.yaml").read_text()
-    assert "NOT met (max_builds=9 spent)" in text.splitlines()[1]
-    best = outcome.best.candidate
+    assert text.splitlines()[1] == "# Verdict: target not met"
+    best = result.chosen.candidate
     q = tuned.backend.quantize
     assert (q.calibrate_mode, q.skip_conv_layers) == (best.mode, best.skip)
     assert q.quantize_per_channel is True
@@ -176,21 +232,63 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     by_name = {n.name: n for n in model.graph.node}
     assert all(by_name[vamc[i]].input[1] in floats for i in best.skip)
 
-    # a rerun builds nothing and follows the same path
+    # a rerun runs no model at all (every figure, confirmation included, is in the cache), follows the same path
+    # and writes the same config: the bootstrap is seeded
+    def no_model(*args):
+        raise AssertionError("a model was run")
+    monkeypatch.setattr(scoring, "predict", no_model)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
     again = tune(rerun, out, "python -m pipeline tune ...", Bar())
-    assert rerun.built == 0 and [s.candidate for s in again.steps] == [s.candidate for s in outcome.steps]
+    assert rerun.built == 0 and [s.candidate for s in again.outcome.steps] == [s.candidate for s in outcome.steps]
     assert (out / "tuned.yaml").read_text() == text
-
-    # another target reuses what was built: this one (any change allowed) is met by every calibration, and the
-    # one nearest fp32 is chosen, skipping nothing
     monkeypatch.undo()
-    looser = tune_config(tmp_path, max_builds=12, max_mad_increase=1.0, max_miou_drop=1.0)
+
+    # another target reuses what was scored on the selection images: this one (any change allowed) is met by
+    # every calibration, so the search stops after them
+    looser = tune_config(tmp_path, max_builds=12, max_mse_increase=1.0, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
     met = tune(raised, out, "python -m pipeline tune ...", Bar())
-    assert raised.built == 0 and met.met and [s.candidate for s in met.steps] == calibrations(raised.cfg)
-    assert met.best.result["violation"] == min(s.result["violation"] for s in met.steps)
+    assert all(s.result["cached"] for s in met.outcome.steps)
+    assert [s.candidate for s in met.outcome.steps] == calibrations(raised.cfg)
+    assert met.verdict in ("confirmed", "not confirmed", "input kept")
     assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
+
+
+def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
+    import json
+    from pipeline import metrics
+    from pipeline.tuning import statistics
+    cfg_path = tune_config(tmp_path, max_builds=3)
+    out = tmp_path / "tune"
+    wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    selection = (out / "selection.txt").read_text()
+    confirmation = (out / "confirmation.txt").read_text()
+    assert selection == "".join(f"{d}  {n}\n" for n, d in wb.selection_entries)
+    assert confirmation == "".join(f"{d}  {n}\n" for n, d in wb.confirmation_entries)
+    names = {line.split("  ")[1] for line in (selection + confirmation).splitlines()}
+    calib = {e["name"] for e in json.loads((inputs / "calib" / "manifest.json").read_text())["images"]}
+    assert len(names) == 6 and not names & calib  # disjoint from each other and from the calibration subset
+
+    saved = json.loads((out / "candidates.json").read_text())
+    entries = {json.dumps(e["candidate"], sort_keys=True): e["figures"] for e in saved["cache"]}
+    key = json.dumps(result.chosen.candidate.to_json(), sort_keys=True)
+    mine, fp32 = entries[key], saved["fp32"]
+    for image_set in ("selection", "confirmation"):
+        own, ref = mine[image_set], fp32[image_set]
+        figures = result.figures[image_set]["chosen"]
+        assert figures["deviation"] == pytest.approx(sum(own["deviation"]) / 3)
+        assert figures["flips"] == pytest.approx(sum(own["flips"]) / 3)
+        assert figures["mad_increase"] == pytest.approx((sum(own["mad"]) - sum(ref["mad"])) / 3)
+        assert figures["mse_increase"] == pytest.approx((sum(own["mse"]) - sum(ref["mse"])) / 3)
+        pooled = lambda f: {k: sum(f[k]) for k in ("tp", "fp", "fn", "tn")}  # noqa: E731
+        assert figures["miou_drop"] == pytest.approx(metrics.miou(pooled(ref)) - metrics.miou(pooled(own)))
+        assert all(d >= f for d, f in zip(own["deviation"], own["flips"]))
+        # the bounds, recomputed from the cached per-image figures alone
+        diff = [a - b for a, b in zip(own["mad"], ref["mad"])]
+        resampled = statistics.resampled_means(diff, statistics.draws(3, 0))
+        assert figures["bounds"]["mad_increase"] == [statistics.lower(resampled), statistics.upper(resampled)]
+    assert f"# Verdict: {result.verdict}" in (out / "tuned.yaml").read_text().splitlines()
 
 
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
