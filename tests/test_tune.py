@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from conftest import INT8_CONFIG, small_config_dict, write_config
+from conftest import INT8_CONFIG, SMALL_HW, small_config_dict, write_config
 from pipeline.backends import build_engine
 from pipeline.backends.ort.numbering import conv_order
 from pipeline.config import load_config
@@ -360,3 +360,112 @@ def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exist
     assert "calib/official_modnet_int8.txt" in subprocess.run(
         ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
         capture_output=True, text=True, check=True).stdout
+
+
+def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibration_images(inputs, small_sim_onnx,
+                                                                                          tmp_path, capsys):
+    import json
+    import shutil
+    from pipeline import cli
+    from pipeline.demo_data import write_demo_data
+    write_demo_data(tmp_path / "other", count=2, seed=9, scale=0.15)
+    extra = tmp_path / "other" / "image"  # photos only: the mattes stay out of reach
+    cfg_path = tune_config(tmp_path, max_builds=2)
+    out = tmp_path / "tune"
+    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", no_progress,
+                   out / "candidates.json", extra=extra)
+    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    saved = json.loads((out / "candidates.json").read_text())
+    assert [e["name"] for e in saved["context"]["extra"]] == sorted(p.name for p in extra.iterdir())
+    first = saved["cache"][0]["figures"]
+    assert set(first["extra"]) == {"deviation", "flips"} and len(first["extra"]["deviation"]) == 2
+    step = result.outcome.steps[0]
+    figures = next(e["figures"] for e in saved["cache"] if e["candidate"] == step.candidate.to_json())
+    assert (step.result["images"], step.result["labelled"]) == (5, 3)
+    assert step.result["deviation"] == pytest.approx(
+        sum(figures["selection"]["deviation"] + figures["extra"]["deviation"]) / 5)
+    # the ground-truth figures are the labelled images' alone: the same as a tune without the extra images
+    plain = workbench(cfg_path, small_sim_onnx, inputs, tmp_path / "plain.json").evaluate(step.candidate)
+    for key in ("mse_increase", "mad_increase", "miou_drop"):
+        assert step.result[key] == pytest.approx(plain[key]) and step.result["bounds"][key] == plain["bounds"][key]
+    assert plain["images"] == 3 and plain["deviation"] != step.result["deviation"]
+    assert result.figures["confirmation"]["input"]["images"] == 3  # confirmation: DATA's images only
+    assert "and 2 unlabelled extra images (deviation and flips only)" in (out / "tune.md").read_text()
+
+    calib = json.loads((inputs / "calib" / "manifest.json").read_text())["images"][0]["name"]
+    shutil.copy(inputs / "data" / "image" / calib, extra / "copy.jpg")
+    args = ["tune", "--config", str(cfg_path), "--onnx", str(small_sim_onnx), "--calib", str(inputs / "calib"),
+            "--data", str(inputs / "data"), "--extra-images", str(extra), "--out", str(tmp_path / "refused")]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == (f"error: --extra-images {extra}: copy.jpg is the calibration image {calib} "
+                                       f"(same sha256); extra images must be other photos: remove it from the "
+                                       f"folder\n")
+    assert not (tmp_path / "refused").exists()
+
+
+# --- a model whose int8 loss sits in one Conv: per-tensor activation outliers from a function-preserving rescale ---
+
+def outlier_model(path: Path, scale: float, width: int = 8, channels=(0, 1)) -> None:
+    """Conv-ReLU-Conv-ReLU-Conv-Sigmoid at the small shape. Channels CHANNELS of the first Conv scaled by SCALE
+    (weights and bias) and their input weights in the second Conv by 1 / SCALE: ReLU(s x) = s ReLU(x) for s > 0, so
+    the function is the same, but the second Conv's input holds channels SCALE times larger than the others, which a
+    per-tensor int8 threshold cannot serve: clipped, or the small channels rounded to nothing."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(0, 0.5, (width, 3, 3, 3)), rng.normal(0.1, 0.1, width)
+    w2, b2 = rng.normal(0, 0.3, (width, width, 3, 3)), rng.normal(0, 0.1, width)
+    w3, b3 = rng.normal(0, 0.9, (1, width, 3, 3)), np.zeros(1)
+    for c in channels:
+        w1[c], b1[c], w2[:, c] = w1[c] * scale, b1[c] * scale, w2[:, c] / scale
+    weights = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3, "b3": b3}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+
+    def conv(x, k, out):
+        return helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [out], name=f"conv{k}", pads=[1, 1, 1, 1],
+                                kernel_shape=[3, 3])
+    nodes = [conv("input", 1, "c1"), helper.make_node("Relu", ["c1"], ["r1"]), conv("r1", 2, "c2"),
+             helper.make_node("Relu", ["c2"], ["r2"]), conv("r2", 3, "c3"), helper.make_node("Sigmoid", ["c3"], ["out"])]
+    h, w = SMALL_HW
+    graph = helper.make_graph(nodes, "outliers", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_path):
+    import cv2
+    from pipeline import metrics, runtime
+    from pipeline.calibrate import make_calibration_set
+    from pipeline.demo_data import write_demo_data
+    from pipeline.preprocess import load_input
+    outlier_model(tmp_path / "plain.onnx", 1.0)
+    outlier_model(tmp_path / "outliers.onnx", 300.0)
+    cfg_path = tune_config(tmp_path, max_builds=20, max_mse_increase=0.01, max_mad_increase=0.02, max_miou_drop=0.1)
+    cfg = load_config(cfg_path)
+    # photos at the model's size whose mattes are fp32's own predictions: any int8 error is a loss against them
+    write_demo_data(tmp_path / "src", count=IMAGES, seed=5, scale=0.15)
+    data = tmp_path / "data"
+    (data / "image").mkdir(parents=True)
+    (data / "matte").mkdir()
+    plain, outliers = runtime.session(tmp_path / "plain.onnx"), runtime.session(tmp_path / "outliers.onnx")
+    for src in sorted((tmp_path / "src" / "image").iterdir()):
+        cv2.imwrite(str(data / "image" / src.name), cv2.resize(cv2.imread(str(src)), SMALL_HW[::-1],
+                                                              interpolation=cv2.INTER_AREA))
+        x = load_input(cfg, data / "image" / src.name)
+        alpha = runtime.run(outliers, x)
+        assert np.abs(alpha - runtime.run(plain, x)).max() < 1e-4  # the rescale preserves the function
+        cv2.imwrite(str(data / "matte" / src.name), metrics.pred_from_alpha(alpha), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    make_calibration_set(cfg, data, tmp_path / "calib", tmp_path / "list.txt")
+    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, no_progress,
+                   tmp_path / "tune" / "candidates.json")
+    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", Bar())
+    calibration = [s for s in result.outcome.steps if s.phase == "calibration"]
+    assert len(calibration) == 7 and min(s.result["violation"] for s in calibration) > 10  # none comes near
+    assert min(s.result["deviation"] for s in calibration) > 0.5
+    ranked = [s for s in result.outcome.steps if s.phase == "rank"]
+    # measured in single-SQNR order: the worst is the second Conv (vamc order), the one reading the outliers, and
+    # keeping it float removes the most deviation
+    assert ranked[0].candidate.skip == (1,) and min(ranked, key=lambda s: s.result["deviation"]) is ranked[0]
+    assert result.verdict == "confirmed" and result.chosen.candidate.skip == (1,)
+    assert result.figures["confirmation"]["chosen"]["deviation"] < 0.05
