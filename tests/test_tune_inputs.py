@@ -494,3 +494,63 @@ def test_demo_analyze_carries_the_banner(inputs, small_sim_onnx, tmp_path, capsy
     assert (out / "layers.md").read_text().splitlines()[2] == f"**{banner}**"
     png = cv2.imdecode(np.frombuffer((out / "layers.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     assert png.shape[0] == plot.HEIGHT + plot.STAMP_H
+
+
+# --- issue 19 section 4: `make tune` promotes only a confirmed (or input kept) tune -------------------------------
+
+def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
+    """A scratch checkout whose tune folder is up to date, with a tuned.yaml of VERDICT: `make tune` then only runs
+    promote. Returns the checkout and the make variables."""
+    import os
+    from test_make_usage import scratch_copy
+    root = scratch_copy(tmp_path)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    stamp = (REPO / ".venv" / ".installed").stat().st_mtime
+    for path in root.rglob("*"):
+        if not path.is_symlink() and path.is_file():
+            os.utime(path, (stamp - 1000, stamp - 1000))  # older than the venv stamp, as in a checkout
+    art, name = root / "artifacts", "official_modnet_int8"
+    (root / "calib" / f"{name}.txt").write_text("the calibration list\n")
+    files = [("inputs/ckpt.path", f"{root}/checkpoints/modnet_photographic_portrait_matting.ckpt\n"),
+             ("inputs/data.path", f"{root}/datasets/PPM-100\n"), ("inputs/tune_extra.path", "\n"),
+             ("inputs/tune_extra.contents", ""), (f"onnx/{name}.onnx", "onnx"), (f"onnx/{name}.sim.onnx", "sim"),
+             (f"calib/{name}/manifest.json", "{}"), (f"tune/{name}/tuned.yaml", tuned_text(verdict=verdict)),
+             (f"tune/{name}/tune.md", "the report\n")]
+    os.utime(root / "calib" / f"{name}.txt", (stamp - 500, stamp - 500))
+    for k, (rel, text) in enumerate(files):
+        (art / rel).parent.mkdir(parents=True, exist_ok=True)
+        (art / rel).write_text(text)
+        os.utime(art / rel, (stamp + 1 + k / 10, stamp + 1 + k / 10))  # in the order the stages write them
+    return root, ["tune", "BACKEND=ort"]
+
+
+def test_make_tune_leaves_build_configs_untouched_unless_confirmed_and_force_promotes_anyway(tmp_path):
+    from test_make_usage import make
+    root, args = up_to_date_tune(tmp_path, "not confirmed")
+    configs = root / "build_configs"
+    before = {p.name: p.read_bytes() for p in configs.iterdir()}
+    done = make(*args, cwd=root)
+    assert done.returncode != 0
+    tuned = "artifacts/tune/official_modnet_int8/tuned.yaml"
+    assert "pipeline tune " not in done.stdout  # up to date: only promote ran
+    assert f"error: {tuned}: verdict not confirmed, so TUNED_CONFIG=build_configs/official_modnet_int8_tuned.yaml " \
+           f"was not written; the report is artifacts/tune/official_modnet_int8/tune.md (FORCE=1 promotes " \
+           f"anyway)" in done.stderr.splitlines()
+    assert {p.name: p.read_bytes() for p in configs.iterdir()} == before
+
+    forced = make(*args, "FORCE=1", cwd=root)
+    assert forced.returncode == 0, forced.stderr
+    assert "promoted with FORCE=1 although the verdict is not confirmed" in forced.stdout
+    promoted = (configs / "official_modnet_int8_tuned.yaml").read_text().splitlines()
+    assert promoted[1:3] == ["# Verdict: not confirmed", "# Promoted with FORCE=1 although the verdict is not "
+                             "confirmed (see the tune folder's tune.md)"]
+    assert {p.name: p.read_bytes() for p in configs.iterdir() if p.name in before} == before
+
+
+def test_make_tune_promotes_a_confirmed_tune(tmp_path):
+    from test_make_usage import make
+    root, args = up_to_date_tune(tmp_path, "confirmed")
+    done = make(*args, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (root / "build_configs" / "official_modnet_int8_tuned.yaml").read_bytes() == \
+        (root / "artifacts" / "tune" / "official_modnet_int8" / "tuned.yaml").read_bytes()
