@@ -51,8 +51,11 @@ def test_the_bound_and_the_test_agree_and_are_seeded():
         p = statistics.p_value(d)
         for level in (0.05, 0.01, 0.0125):
             assert (statistics.lower(d, level) > 0) == (p < level)
-    assert np.array_equal(statistics.draws(7, SEED), statistics.draws(7, SEED))
-    assert not np.array_equal(statistics.draws(7, SEED), statistics.draws(7, SEED + 1))
+    draws = statistics.draws(7, SEED)
+    assert draws.shape == (statistics.RESAMPLES, 7) and (draws.sum(axis=1) == 7).all()  # n draws per resample
+    statistics.draws.cache_clear()
+    assert np.array_equal(statistics.draws(7, SEED), draws)
+    assert not np.array_equal(statistics.draws(7, SEED + 1), draws)
 
 
 # eight images improved by 1, two worsened by 1.2: a resample's mean is <= 0 when it draws the worse ones K >= 5
@@ -101,9 +104,9 @@ def test_decide_takes_the_fewest_float_convs_then_the_lowest_deviation_among_sig
 
 
 def test_miou_of_resampled_images_pools_their_counts():
-    counts = np.array([[10, 2, 3, 85], [40, 5, 5, 50]])
-    idx = np.array([[0, 0], [0, 1], [1, 1]])
-    got = statistics.resampled_miou(counts, idx)
+    confusion = np.array([[10, 2, 3, 85], [40, 5, 5, 50]])
+    draws = np.array([[2, 0], [1, 1], [0, 2]])  # the first image twice; each once; the second twice
+    got = statistics.resampled_miou(confusion, draws)
     # by hand: pooled (tp, fp, fn, tn); IoU fg = tp / (tp + fp + fn), bg = tn / (tn + fp + fn)
     assert got[0] == pytest.approx((20 / 30 + 170 / 180) / 2)
     assert got[1] == pytest.approx((50 / 65 + 135 / 150) / 2)
@@ -125,7 +128,7 @@ def test_summary_bounds_and_target_by_hand():
     assert s["violation"] == pytest.approx(3.0) and s["deviation"] == pytest.approx(0.03)
 
 
-def test_the_bootstrap_of_a_whole_tune_takes_well_under_5_s():
+def test_the_bootstrap_of_a_whole_tune_takes_under_5_s():
     # 40 candidates on 25 selection and 1000 extra images, 2000 resamples each: the paired gains and the summaries
     from pipeline.config import Tune
     tune = Tune(None, None, 0.002, 0.002, 0.003, 40, 5)
@@ -133,6 +136,7 @@ def test_the_bootstrap_of_a_whole_tune_takes_well_under_5_s():
     labelled = {"mse": list(rng.uniform(0, 0.1, 25)), "mad": list(rng.uniform(0, 0.2, 25)),
                 "tp": [100] * 25, "fp": [10] * 25, "fn": [10] * 25, "tn": [880] * 25}
     fidelity = {"deviation": list(rng.uniform(0, 0.1, 1025)), "flips": list(rng.uniform(0, 0.01, 1025))}
+    statistics.draws.cache_clear()
     started = time.perf_counter()
     for _ in range(40):
         scoring.summary(fidelity, labelled, labelled, tune, SEED)

@@ -17,6 +17,8 @@ candidates share images and most of their settings); it rejects everything Bonfe
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 LEVEL = 0.05       # one-sided: "95% bounds"
@@ -24,16 +26,23 @@ RESAMPLES = 2000
 COUNTS = ("tp", "fp", "fn", "tn")
 
 
+@lru_cache(maxsize=8)
 def draws(n: int, seed: int, resamples: int = RESAMPLES) -> np.ndarray:
-    """(resamples, n) image indices drawn with replacement, reproducible from SEED and N."""
+    """(resamples, n): how many times each image is drawn in each resample of N images with replacement,
+    reproducible from SEED and N. Counts, not indices, so a resampled mean is one matrix product."""
     if n < 1:
         raise ValueError("no images to resample")
-    return np.random.default_rng([seed, n]).integers(0, n, size=(resamples, n))
+    picks = np.random.default_rng([seed, n]).integers(0, n, size=(resamples, n))
+    counts = np.bincount((picks + n * np.arange(resamples)[:, None]).ravel(), minlength=resamples * n)
+    counts = counts.reshape(resamples, n).astype(np.float64)
+    counts.flags.writeable = False  # shared by every caller through the cache
+    return counts
 
 
-def resampled_means(values, idx: np.ndarray) -> np.ndarray:
-    """The mean of VALUES (one per image) over each draw of IDX."""
-    return np.asarray(values, dtype=np.float64)[idx].mean(axis=1)
+def resampled_means(values, counts: np.ndarray) -> np.ndarray:
+    """The mean of VALUES (one per image, or [n images, k] for k quantities at once) over each resample of COUNTS
+    (draws): [resamples] or [resamples, k]."""
+    return counts @ np.asarray(values, dtype=np.float64) / counts.shape[1]
 
 
 def miou(counts: np.ndarray) -> np.ndarray:
@@ -47,9 +56,9 @@ def miou(counts: np.ndarray) -> np.ndarray:
     return (iou(tp) + iou(tn)) / 2
 
 
-def resampled_miou(counts, idx: np.ndarray) -> np.ndarray:
-    """mIoU of the counts pooled over each draw of IDX; COUNTS is [n images, 4]."""
-    return miou(np.asarray(counts, dtype=np.int64)[idx].sum(axis=1))
+def resampled_miou(confusion, counts: np.ndarray) -> np.ndarray:
+    """mIoU of the confusion counts ([n images, 4]) pooled over each resample of COUNTS (draws)."""
+    return miou(counts @ np.asarray(confusion, dtype=np.float64))
 
 
 def lower(resampled: np.ndarray, level: float = LEVEL) -> float:
