@@ -288,7 +288,29 @@ def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(input
         diff = [a - b for a, b in zip(own["mad"], ref["mad"])]
         resampled = statistics.resampled_means(diff, statistics.draws(3, 0))
         assert figures["bounds"]["mad_increase"] == [statistics.lower(resampled), statistics.upper(resampled)]
-    assert f"# Verdict: {result.verdict}" in (out / "tuned.yaml").read_text().splitlines()
+    header = (out / "tuned.yaml").read_text().splitlines()
+    assert header[1] == f"# Verdict: {result.verdict}"
+    assert f"# {len(result.outcome.steps) - 1} candidates compared with the input config; each figure is a mean " \
+           f"with [lower, upper] one-sided 95% bounds" in header[3]
+    # the header's figures, recomputed from candidates.json alone: the chosen config's deviation on the selection
+    # images and its paired improvement over the input (at its Holm level)
+    incumbent = entries[json.dumps(result.incumbent.candidate.to_json(), sort_keys=True)]
+    draws = statistics.draws(3, 0)
+    dev = mine["selection"]["deviation"]
+    dev_bounds = [statistics.lower(statistics.resampled_means(dev, draws)),
+                  statistics.upper(statistics.resampled_means(dev, draws))]
+    chosen_line = f"#   this config ({result.chosen.candidate.label()}): deviation {sum(dev) / 3:.5f} " \
+                  f"[{dev_bounds[0]:.5f}, {dev_bounds[1]:.5f}], flips "
+    assert header[header.index(next(line for line in header if line.startswith("# on 3 selection"))) + 1] \
+        .startswith(chosen_line)
+    diff = [a - b for a, b in zip(incumbent["selection"]["deviation"], dev)]
+    at = result.gains["selection"][2]
+    low = statistics.lower(statistics.resampled_means(diff, draws), at)
+    assert f"# on 3 selection images: improvement of deviation over the input {sum(diff) / 3:+.5f}, lower bound " \
+           f"{low:+.5f} (level {at:.4g})" in header
+    assert any(line.startswith("# on 3 confirmation images: improvement of deviation over the input ")
+               for line in header)
+    assert sum(line.startswith(("#   this config (", "#   the input config (")) for line in header) == 4
 
 
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):

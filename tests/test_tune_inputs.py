@@ -218,6 +218,20 @@ def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     assert not any("build_configs/official_modnet_int8_tuned.yaml" in line for line in lines)
 
 
+def test_make_tune_passes_tune_extra_as_a_checked_path(tmp_path):
+    import subprocess
+
+    def dry(*variables):
+        return subprocess.run(["make", "-n", "--no-print-directory", "tune", f"ART={tmp_path}/art", "BACKEND=ort",
+                               *variables], cwd=REPO, capture_output=True, text=True)
+    lines = dry("TUNE_EXTRA=photos/mine").stdout.splitlines()
+    assert " --extra-images 'photos/mine' --out " in next(line for line in lines if "pipeline tune " in line)
+    assert not any("--extra-images" in line for line in dry().stdout.splitlines())
+    refused = dry("TUNE_EXTRA=a;rm")
+    assert refused.returncode != 0 and "TUNE_EXTRA holds ;, which the shell or Make would interpret: use a plain " \
+                                       "path" in refused.stderr
+
+
 def test_make_clean_removes_analyze_and_tune_clean_all_also_hwcheck(tmp_path):
     from test_make_usage import make, scratch_copy
     root = scratch_copy(tmp_path)

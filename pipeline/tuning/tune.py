@@ -84,7 +84,8 @@ def judge(wb: Workbench, outcome: Outcome) -> Result:
         at = statistics.LEVEL
         if image_set == "selection" and chosen is not incumbent:
             at = decision.levels[outcome.steps.index(chosen) - 1] or statistics.LEVEL
-        gains[image_set] = [float(d.mean()), statistics.lower(d, at), at]
+        mean = figures[image_set]["input"]["deviation"] - figures[image_set]["chosen"]["deviation"]
+        gains[image_set] = [mean, statistics.lower(d, at), at]
     verdict = decision.verdict
     if verdict == "chosen":
         held = gains["confirmation"][1] > 0 and figures["confirmation"]["chosen"]["violation"] <= 1
@@ -99,6 +100,11 @@ def target_text(wb: Workbench) -> str:
 
 
 def summary_line(wb: Workbench, result: Result) -> str:
+    return f"verdict: {result.verdict}: {reason(wb, result)}"
+
+
+def reason(wb: Workbench, result: Result) -> str:
+    """Why the verdict is what it is, in a sentence."""
     chosen, incumbent = result.chosen.candidate.label(), result.incumbent.candidate.label()
     m = result.decision.compared
     budget = f"; max_builds={wb.cfg.pipeline.tune.max_builds} spent" if result.outcome.out_of_budget else ""
@@ -118,7 +124,7 @@ def summary_line(wb: Workbench, result: Result) -> str:
     else:
         why = (f"no candidate of {m} that is significantly closer to fp32 than the input config ({incumbent}) meets "
                f"the target ({target_text(wb)}), nor does the input config; best found: {chosen}")
-    return f"verdict: {result.verdict}: {why}{budget}"
+    return f"{why}{budget}"
 
 
 def _interval(r: dict, key: str, sign: str = "+") -> str:
@@ -210,7 +216,7 @@ def header(wb: Workbench, result: Result, command: str) -> list[str]:
     return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize changed.",
             *banner,
             f"{tuned_yaml.VERDICT_PREFIX}{result.verdict}",
-            f"{summary_line(wb, result)}; {len(result.outcome.steps)} candidates of max_builds="
+            f"{reason(wb, result)}; {len(result.outcome.steps)} candidates of max_builds="
             f"{wb.cfg.pipeline.tune.max_builds}. Target: {target_text(wb)}.",
             *report_lines(wb, result),
             f"skip_conv_layers counts Convs in {wb.cfg.pipeline.conv_numbering} order (pipeline.conv_numbering), "
