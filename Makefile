@@ -175,7 +175,7 @@ TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --
 # Where TUNED_CONFIG may go is checked by the Python stage (pipeline/tuning/promote.py) before tuning starts.
 PROMOTE_ARGS = --config '$(CONFIG_INT8)' --to '$(TUNED_CONFIG)' $(DEMO_FLAG) $(if $(FORCE),--force)
 
-analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on validation images (artifacts/analyze/NAME/)
+analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on the selection images (artifacts/analyze/NAME/)
 $(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)
 	$(PY) -m pipeline analyze $(TUNING_ARGS) --out '$(@D)'
 
