@@ -25,6 +25,10 @@ def binomial_tail(n: int, q: float, k: int) -> float:
     return sum(comb(n, j) * q ** j * (1 - q) ** (n - j) for j in range(k, n + 1))
 
 
+def step(skip=(), deviation=0.1, violation=0.5, mode="kl_divergence"):
+    return Step(Candidate(mode, None, tuple(skip)), "calibration", {"deviation": deviation, "violation": violation})
+
+
 def test_better_on_average_but_not_significantly():
     # two images, improvements +0.03 and -0.01 (mean +0.01): a resample of 2 images has mean -0.01 with probability
     # 1/4 (both the second), so the share at or below 0 is 1/4 and the 5% lower bound is -0.01 exactly
@@ -33,6 +37,9 @@ def test_better_on_average_but_not_significantly():
     assert statistics.p_value(d) == pytest.approx(0.25, abs=0.03)
     assert statistics.lower(d) == pytest.approx(-0.01)
     assert statistics.holm([statistics.p_value(d)]) == [None]
+    steps = [step(deviation=0.035), step(mode="max", deviation=0.025)]  # both meet the target
+    decision = decide(steps, [statistics.p_value(d)])
+    assert decision.chosen is steps[0] and decision.verdict == "input kept"  # kept out
 
 
 def test_significantly_better():
@@ -42,6 +49,9 @@ def test_significantly_better():
     assert statistics.p_value(d) == 0.0
     assert statistics.lower(d) == pytest.approx(0.01)
     assert statistics.holm([0.0]) == [0.05]
+    steps = [step(deviation=0.051), step(mode="max", deviation=0.04)]
+    decision = decide(steps, [statistics.p_value(d)])
+    assert decision.chosen is steps[1] and decision.verdict == "chosen"  # taken
 
 
 def test_the_bound_and_the_test_agree_and_are_seeded():
@@ -70,14 +80,14 @@ def test_the_multiple_comparison_correction_changes_a_decision():
     assert statistics.holm([p]) == [0.05]                    # alone: taken
     noise = statistics.p_value(gain([0.05, 0.02], [0.02, 0.03]))  # 0.25, as above
     assert statistics.holm([p] + [noise] * 4) == [None] * 5  # one of five: 0.0328 >= 0.05 / 5, kept out
+    alone = [step(), step(mode="max", deviation=0.05)]
+    assert decide(alone, [p]).chosen is alone[1]
+    crowded = alone + [step(mode="mse", deviation=0.09), step((1,), deviation=0.09), step((2,), deviation=0.09)]
+    assert decide(crowded, [p, noise, noise, noise]).verdict == "input kept"
     # Holm steps down: with a clear winner first, the borderline one is tested at 0.05 / 4 = 0.0125 -> still out;
     # with four clear winners it is tested at 0.05 / 1 and taken
     assert statistics.holm([0.0, p, noise, noise, noise]) == [0.01, None, None, None, None]
     assert statistics.holm([0.0, 0.0, 0.0, 0.0, p]) == [0.01, 0.0125, 0.05 / 3, 0.025, 0.05]
-
-
-def step(skip=(), deviation=0.1, violation=0.5, mode="kl_divergence"):
-    return Step(Candidate(mode, None, tuple(skip)), "calibration", {"deviation": deviation, "violation": violation})
 
 
 def test_input_kept_when_every_candidate_equals_the_input():
