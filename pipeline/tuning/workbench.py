@@ -61,7 +61,7 @@ class Workbench:
                    "conv_numbering": cfg.pipeline.conv_numbering, "dataset": resolved["dataset"],
                    "input_shape": list(cfg.input_shape), "code": code_digest()}
         self.cache = Cache(cache_path, json.loads(dumps_json(context)))  # as it reads back from candidates.json
-        self.built = 0  # candidates scored by a model in this run (not from the cache), per image set
+        self.built = 0  # candidates a model scored in this run (on an image set the cache did not hold)
         self.passes = 0  # int8 and fp32 forward passes run in this run
         self._images: dict[str, scoring.Images] = {}
         self._fp32_preds: dict[str, list] = {}
