@@ -11,7 +11,7 @@ import pytest
 from pipeline import metrics
 from pipeline.tuning import scoring, statistics
 from pipeline.tuning.candidates import Candidate
-from pipeline.tuning.search import Step, decide
+from pipeline.tuning.search import Step, decide, verdict
 
 SEED = 0
 
@@ -152,3 +152,15 @@ def test_the_bootstrap_of_a_whole_tune_takes_under_5_s():
         scoring.summary(fidelity, labelled, labelled, tune, SEED)
         statistics.p_value(gain(fidelity["deviation"], fidelity["flips"]))
     assert time.perf_counter() - started < 5.0
+
+
+def test_the_confirmation_makes_the_verdict():
+    steps = [step(violation=2.0), step(mode="max", deviation=0.05)]
+    chosen = decide(steps, [0.0])
+    assert verdict(chosen, 0.01, 0.9) == "confirmed"
+    assert verdict(chosen, 0.0, 0.9) == "not confirmed"    # not significantly closer to fp32 there
+    assert verdict(chosen, 0.01, 1.2) == "not confirmed"   # misses the target there
+    kept = decide([step(), step(mode="max")], [1.0])
+    assert verdict(kept, -1.0, 5.0) == "input kept"        # nothing chosen: nothing to confirm
+    missed = decide([step(violation=2.0), step(mode="max")], [1.0])
+    assert verdict(missed, 0.0, 2.0) == "target not met"

@@ -69,6 +69,15 @@ def decide(steps: list[Step], p_values: list[float], level: float = statistics.L
     return Decision(nearest, "target not met", levels)
 
 
+def verdict(decision: Decision, gain_lower: float, violation: float) -> str:
+    """The verdict: a choice made on the selection images stands ("confirmed") when, on the confirmation images,
+    its deviation is significantly lower than the input config's (GAIN_LOWER, the lower bound of the paired
+    improvement, above 0) and it meets the target there (VIOLATION <= 1); otherwise "not confirmed"."""
+    if decision.verdict != "chosen":
+        return decision.verdict
+    return "confirmed" if gain_lower > 0 and violation <= 1 else "not confirmed"
+
+
 class _OutOfBudget(Exception):
     pass
 

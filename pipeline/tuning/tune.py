@@ -18,7 +18,7 @@ from ..fileio import write_bytes, write_text
 from . import plot, scoring, statistics, tuned_yaml
 from .analyze import config_candidate, sqnr_rows, worst_first
 from .candidates import Candidate, calibrations
-from .search import Decision, Outcome, Step, decide, search
+from .search import Decision, Outcome, Step, decide, search, verdict
 from .workbench import Workbench, listing
 
 RANK_LAYERS = 10  # layers measured alone kept float to rank them (search.py, step 2)
@@ -86,11 +86,8 @@ def judge(wb: Workbench, outcome: Outcome) -> Result:
             at = decision.levels[outcome.steps.index(chosen) - 1] or statistics.LEVEL
         mean = figures[image_set]["input"]["deviation"] - figures[image_set]["chosen"]["deviation"]
         gains[image_set] = [mean, statistics.lower(d, at), at]
-    verdict = decision.verdict
-    if verdict == "chosen":
-        held = gains["confirmation"][1] > 0 and figures["confirmation"]["chosen"]["violation"] <= 1
-        verdict = "confirmed" if held else "not confirmed"
-    return Result(outcome, decision, verdict, p_values, figures, gains)
+    final = verdict(decision, gains["confirmation"][1], figures["confirmation"]["chosen"]["violation"])
+    return Result(outcome, decision, final, p_values, figures, gains)
 
 
 def target_text(wb: Workbench) -> str:
