@@ -33,7 +33,7 @@ unsafe_chars := $$ ` ' " ; & | < > ( ) { } [ ] * ? ~ \ % \#
 unsafe = $(strip $(foreach c,$(unsafe_chars),$(if $(findstring $c,$(value $1)),$c)) \
 	$(if $(findstring $(newline),$(value $1)),newline) $(if $(word 2,x$(value $1)x),space))
 PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROOT RELEASE VAMC VAMC_COMMAND HWCHECK_SKIP TUNED_CONFIG \
-	PYTHON
+	TUNE_EXTRA PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
 digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,\
@@ -163,7 +163,8 @@ layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX i
 
 ##@ Quantization analysis and tuning (docs/tuning.md)
 TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml: a new *.yaml in build_configs/ or an earlier tuned one (then: make int8 CONFIG_INT8=...)
-FORCE ?= ## set to 1 to let `make tune` replace a TUNED_CONFIG edited by hand since it was tuned
+FORCE ?= ## set to 1 to let `make tune` promote whatever the verdict, and replace a TUNED_CONFIG edited by hand
+TUNE_EXTRA ?= ## folder of unlabelled photos (no mattes) whose deviation from fp32 joins tune's selection figures
 ANALYZE_DIR := $(ART)/analyze/$(INT8)
 TUNE_DIR := $(ART)/tune/$(INT8)
 TUNING_CODE = $(call code,tune)# tune imports analyze: this covers both stages
@@ -174,16 +175,23 @@ TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --
 # Where TUNED_CONFIG may go is checked by the Python stage (pipeline/tuning/promote.py) before tuning starts.
 PROMOTE_ARGS = --config '$(CONFIG_INT8)' --to '$(TUNED_CONFIG)' $(DEMO_FLAG) $(if $(FORCE),--force)
 
-analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on validation images (artifacts/analyze/NAME/)
+analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on the selection images (artifacts/analyze/NAME/)
 $(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)
 	$(PY) -m pipeline analyze $(TUNING_ARGS) --out '$(@D)'
 
-tune: $(STAMP) ## search quantize settings that meet pipeline.tune (artifacts/tune/NAME/), copy to TUNED_CONFIG
+# The extra images are an input of the tune: their folder, and what it holds (names, sizes, times).
+$(ART)/inputs/tune_extra.path: FORCE
+	$(call remember,$(if $(TUNE_EXTRA),$(abspath $(TUNE_EXTRA))))
+$(ART)/inputs/tune_extra.contents: FORCE
+	$(call remember_output,$(if $(TUNE_EXTRA),cd '$(TUNE_EXTRA)' 2>/dev/null && find -L . -maxdepth 1 -type f \
+		-printf '%p\t%s\t%T@\n' 2>/dev/null | LC_ALL=C sort || true,true))
+
+tune: $(STAMP) ## search quantize settings closer to fp32 (artifacts/tune/NAME/); copy to TUNED_CONFIG if confirmed
 	$(PY) -m pipeline promote --check $(PROMOTE_ARGS)
 	$(MAKE) --no-print-directory '$(TUNE_DIR)/tuned.yaml'
 	$(PY) -m pipeline promote $(PROMOTE_ARGS) --tuned '$(TUNE_DIR)/tuned.yaml'
-$(TUNE_DIR)/tuned.yaml: $(TUNING_INPUTS)
-	$(PY) -m pipeline tune $(TUNING_ARGS) --out '$(@D)'
+$(TUNE_DIR)/tuned.yaml: $(TUNING_INPUTS) $(ART)/inputs/tune_extra.path $(ART)/inputs/tune_extra.contents
+	$(PY) -m pipeline tune $(TUNING_ARGS)$(if $(TUNE_EXTRA), --extra-images '$(TUNE_EXTRA)') --out '$(@D)'
 
 ##@ Evaluation
 LIMIT ?= ## score only the first N images of DATA, by name (empty: all)

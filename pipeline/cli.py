@@ -166,8 +166,9 @@ def _workbench(args, cache: Path | None = None):
     from .checkpoint import is_demo_checkpoint
     from .tuning.workbench import Workbench
     demo = (args.demo, bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
+    extra = getattr(args, "extra_images", None)
     return Workbench(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.data),
-                     progress, cache, demo)
+                     progress, cache, demo, Path(extra) if extra else None)
 
 
 def cmd_analyze(args) -> None:
@@ -191,14 +192,12 @@ def cmd_tune(args) -> None:
     command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
     try:
-        outcome = tune(wb, out, command, bar)
+        result = tune(wb, out, command, bar)
     finally:
         bar.close()
-    print(f"wrote {out}/tuned.yaml, tune.md, tune.png, candidates.json: {summary_line(wb, outcome)} "
-          f"({len(outcome.steps)} candidates, {wb.built} built in this run)")
-    if not outcome.met:
-        print(f"warning: the target in pipeline.tune of {args.config} was not met; tuned.yaml holds the best found",
-              file=sys.stderr)
+    print(f"wrote {out}/tuned.yaml, tune.md, tune.png, candidates.json, selection.txt, confirmation.txt: "
+          f"{summary_line(wb, result)} ({len(result.outcome.steps)} candidates, {wb.built} built and {wb.passes} "
+          f"forward passes in this run)")
 
 
 def cmd_promote(args) -> None:
@@ -209,9 +208,10 @@ def cmd_promote(args) -> None:
         return
     if not args.tuned:
         raise PipelineError("promote: --tuned FILE is required (or --check to only check --to)")
-    promote(Path(args.tuned), target, config, args.demo, args.force)
+    overridden = promote(Path(args.tuned), target, config, args.demo, args.force)
     build = "as `make demo-tune` says" if args.demo else f"with `make int8 CONFIG_INT8={target}`"
-    print(f"wrote {target} (a copy of {args.tuned}): build it {build}")
+    forced = f", promoted with FORCE=1 although the verdict is {overridden}" if overridden else ""
+    print(f"wrote {target} (a copy of {args.tuned}{forced}): build it {build}")
 
 
 def cmd_evaluate(args) -> None:
@@ -392,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="int8 build config YAML (its pipeline.tune section)")
         p.add_argument("--onnx", required=True, help="simplified ONNX")
         p.add_argument("--calib", required=True, help="calibration folder from `calib`")
-        p.add_argument("--data", required=True, help="PPM-100-shaped folder; validation images are drawn from it")
+        p.add_argument("--data", required=True, help="PPM-100-shaped folder; the selection and confirmation images are drawn from it")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--demo", action="store_true", help="DATA is the generated demo set: say so in the outputs")
         p.add_argument("--ckpt", help="the checkpoint the ONNX came from: the outputs say so if it is the demo one")
+        if name == "tune":
+            p.add_argument("--extra-images", help="folder of unlabelled photos whose deviation from fp32 joins the "
+                                                  "selection figures (none may be a calibration image)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("promote", help="copy tune's tuned.yaml to TUNED_CONFIG, only where that is tune's to write")
@@ -405,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", help="tune's tuned.yaml to copy")
     p.add_argument("--check", action="store_true", help="only check --to (make tune does, before tuning)")
     p.add_argument("--demo", action="store_true", help="tuned on the generated demo set")
-    p.add_argument("--force", action="store_true", help="replace an earlier tuned config edited by hand")
+    p.add_argument("--force", action="store_true", help="replace an earlier tuned config edited by hand; promote "
+                                                        "whatever the verdict (the copy's header says so)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")

@@ -110,14 +110,19 @@ class Vsx:
 
 @dataclass(frozen=True)
 class Tune:
-    """`python -m pipeline tune`: its validation split, its target against fp32, and its budget of builds."""
-    validation_images: int
+    """`python -m pipeline tune`: its split of the images outside the calibration subset (None: half each), its
+    target against fp32 (upper 95% bounds of the changes), its budget of builds and of Convs kept float."""
+    selection_images: int | None
+    confirmation_images: int | None
+    max_mse_increase: float
     max_mad_increase: float
     max_miou_drop: float
     max_builds: int
+    max_float_layers: int
 
 
-TUNE_DEFAULTS = {"validation_images": 20, "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40}
+TUNE_DEFAULTS = {"selection_images": None, "confirmation_images": None, "max_mse_increase": 0.002,
+                 "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40, "max_float_layers": 5}
 
 
 @dataclass(frozen=True)
@@ -391,10 +396,14 @@ def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
 
 def _tune(r: _Reader, raw: Any) -> Tune:
     t = {**TUNE_DEFAULTS, **r.mapping(raw, "pipeline.tune", (), tuple(TUNE_DEFAULTS))}
-    return Tune(validation_images=r.int_(t["validation_images"], "pipeline.tune.validation_images", minimum=1),
+    images = {key: None if t[key] is None else r.int_(t[key], f"pipeline.tune.{key}", minimum=1)
+              for key in ("selection_images", "confirmation_images")}
+    return Tune(**images,
+                max_mse_increase=r.float_(t["max_mse_increase"], "pipeline.tune.max_mse_increase", 0.0, 1.0),
                 max_mad_increase=r.float_(t["max_mad_increase"], "pipeline.tune.max_mad_increase", 0.0, 1.0),
                 max_miou_drop=r.float_(t["max_miou_drop"], "pipeline.tune.max_miou_drop", 0.0, 1.0),
-                max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1))
+                max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1),
+                max_float_layers=r.int_(t["max_float_layers"], "pipeline.tune.max_float_layers", minimum=0))
 
 
 def parse_config(raw: Any, source: str | Path) -> BuildConfig:

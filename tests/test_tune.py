@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from conftest import INT8_CONFIG, small_config_dict, write_config
+from conftest import INT8_CONFIG, SMALL_HW, small_config_dict, write_config
 from pipeline.backends import build_engine
 from pipeline.backends.ort.numbering import conv_order
 from pipeline.config import load_config
@@ -20,11 +20,11 @@ from pipeline.errors import PipelineError
 from pipeline.tuning import scoring, search as search_mod, tuned_yaml
 from pipeline.tuning.analyze import analyze
 from pipeline.tuning.candidates import Candidate, calibrations
-from pipeline.tuning.split import validation_split
+from pipeline.tuning.split import split
 from pipeline.tuning.tune import tune
 from pipeline.tuning.workbench import Workbench
 
-CALIB, VALIDATION, IMAGES = 4, 3, 10
+CALIB, IMAGES = 4, 10
 
 
 def no_progress(iterable, desc=None, total=None):
@@ -45,7 +45,7 @@ class Bar:
 def tune_config(tmp_path: Path, **tune) -> Path:
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = CALIB
-    raw["pipeline"]["tune"] = {"validation_images": VALIDATION, **tune}
+    raw["pipeline"]["tune"] = dict(tune)
     return write_config(tmp_path / "small_int8.yaml", raw)
 
 
@@ -64,24 +64,35 @@ def workbench(cfg_path: Path, sim: Path, inputs: Path, cache: Path | None = None
     return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", no_progress, cache)
 
 
-def test_validation_split_skips_the_calibration_subset_by_its_rule(inputs, tmp_path):
+def test_split_skips_the_calibration_subset_by_its_rule_and_halves_the_rest(inputs, tmp_path):
     cfg = load_config(inputs / "small_int8.yaml")
     names = sorted(p.name for p in (inputs / "data" / "image").iterdir())
     ranked = sorted(names, key=lambda n: hashlib.sha256(f"0:{n}".encode()).hexdigest())
     calib = set(ranked[:CALIB])
-    got = validation_split(cfg, inputs / "data", calib)
-    assert [n for n, _ in got] == ranked[CALIB:CALIB + VALIDATION]
-    assert not calib & {n for n, _ in got}
-    assert all(d == hashlib.sha256((inputs / "data" / "image" / n).read_bytes()).hexdigest() for n, d in got)
-    too_many = load_config(tune_config(tmp_path, validation_images=IMAGES))
-    with pytest.raises(PipelineError, match="6 \\*.jpg images outside the calibration subset, fewer than "
-                                            "pipeline.tune.validation_images=10"):
-        validation_split(too_many, inputs / "data", calib)
+    selection, confirmation = split(cfg, inputs / "data", calib)
+    # 10 images, 4 calibration: 3 selection then 3 confirmation, in the subset's ranking
+    assert [n for n, _ in selection] == ranked[CALIB:CALIB + 3]
+    assert [n for n, _ in confirmation] == ranked[CALIB + 3:]
+    assert all(d == hashlib.sha256((inputs / "data" / "image" / n).read_bytes()).hexdigest()
+               for n, d in selection + confirmation)
+    assert split(cfg, inputs / "data", calib) == (selection, confirmation)  # seeded: the same split again
+    one = load_config(tune_config(tmp_path, selection_images=2))
+    assert [len(x) for x in split(one, inputs / "data", calib)] == [2, 4]
+    other = load_config(tune_config(tmp_path, confirmation_images=1))
+    assert [len(x) for x in split(other, inputs / "data", calib)] == [5, 1]
+    too_many = load_config(tune_config(tmp_path, selection_images=5, confirmation_images=2))
+    with pytest.raises(PipelineError, match="6 images outside the calibration subset cannot give 5 selection and 2 "
+                                            "confirmation images"):
+        split(too_many, inputs / "data", calib)
 
 
-@pytest.mark.parametrize("key, value, words", [("validation_images", 0, "must be >= 1"),
+@pytest.mark.parametrize("key, value, words", [("selection_images", 0, "must be >= 1"),
+                                               ("confirmation_images", "half", "expected an integer"),
                                                ("max_builds", 2.5, "expected an integer"),
                                                ("max_mad_increase", -0.1, "must be within"),
+                                               ("max_mse_increase", 2, "must be within"),
+                                               ("max_float_layers", -1, "must be >= 0"),
+                                               ("validation_images", 20, "unknown key"),
                                                ("budget", 3, "unknown key")])
 def test_bad_tune_section_is_one_line_naming_the_key(tmp_path, key, value, words):
     path = tune_config(tmp_path, **{key: value})
@@ -109,30 +120,68 @@ CALIBS = [Candidate("kl_divergence", None), Candidate("max", None), Candidate("m
           Candidate("percentile", 0.9999)]
 
 
+def every_significant(outcome):
+    return search_mod.decide(outcome.steps, [0.0] * (len(outcome.steps) - 1))
+
+
 def test_search_finds_the_fewest_layers_within_its_budget():
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10)
-    assert outcome.met and not outcome.out_of_budget
-    assert outcome.best.candidate == Candidate("mse", None, (3, 7))
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
+                                max_float=5)
+    assert not outcome.out_of_budget
+    decision = every_significant(outcome)
+    assert decision.verdict == "chosen" and decision.chosen.candidate == Candidate("mse", None, (3, 7))
     assert len(calls) == len(set(calls)) == len(outcome.steps) <= 40
     assert [s.phase for s in outcome.steps[:4]] == ["calibration"] * 4
+    assert outcome.steps[0].candidate == CALIBS[0]  # the incumbent first
+
+
+def test_an_input_config_with_skipped_layers_is_the_incumbent_as_it_is():
+    calls = []
+    incumbent = Candidate("kl_divergence", None, (3,))
+    outcome = search_mod.search(incumbent, CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
+                                max_float=5)
+    assert outcome.steps[0].candidate == incumbent and outcome.steps[0].phase == "input"
+    assert [s.candidate for s in outcome.steps[1:5]] == CALIBS
 
 
 @pytest.mark.parametrize("budget", [1, 5, 13])
 def test_search_never_exceeds_max_builds(budget):
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls), prerank, budget=budget, rank_count=10)
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=budget, rank_count=10,
+                                max_float=5)
     assert len(calls) == len(outcome.steps) == budget and outcome.out_of_budget
-    assert outcome.best.result["violation"] == min(fake_evaluate([])(c)["violation"] for c in calls)
 
 
-def test_unreachable_target_is_reported_with_the_best_found():
+@pytest.mark.parametrize("max_float", [0, 1, 3])
+def test_unreachable_target_keeps_at_most_max_float_layers_float(max_float):
     calls = []
-    outcome = search_mod.search(CALIBS, fake_evaluate(calls, hard=True), prerank, budget=40, rank_count=3)
-    assert not outcome.met and not outcome.out_of_budget  # ran out of layers, not of builds
-    best = outcome.best
-    assert best.result["violation"] == min(s.result["violation"] for s in outcome.steps)
-    assert best.candidate.mode == "mse" and {3, 7} <= set(best.candidate.skip)
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls, hard=True), prerank, budget=40,
+                                rank_count=3, max_float=max_float)
+    assert not outcome.out_of_budget  # ran out of layers it may keep float, not of builds
+    assert max(len(s.candidate.skip) for s in outcome.steps) == max_float
+    decision = every_significant(outcome)
+    assert decision.verdict == "target not met"
+    assert decision.chosen.result["violation"] == min(s.result["violation"] for s in outcome.steps[1:])
+
+
+def test_a_revert_that_makes_the_deviation_worse_ranks_the_rest_again():
+    # Conv 0 alone helps a little, 1 with 0 makes it worse (their errors cancelled), 3 is where the loss is but
+    # the ranking never measured it (rank_count 3 of a prerank order 0, 1, 2, ...): met needs 3 float
+    def evaluate(candidate):
+        skip = set(candidate.skip)
+        deviation = 1 - 0.05 * (0 in skip) + 0.3 * ({0, 1} <= skip) - 0.4 * (3 in skip) + 0.001 * len(skip)
+        return {"deviation": deviation, "violation": deviation / 0.6}
+
+    outcome = search_mod.search(CALIBS[0], CALIBS[:1], evaluate, lambda c: list(range(10)), budget=40,
+                                rank_count=3, max_float=5)
+    phases = [(s.phase, s.candidate.skip) for s in outcome.steps]
+    # {0} was measured by the ranking (n = 1); {0, 1} is worse than {0}: the layers after 0 are measured again with
+    # 0 kept float ({0, 1} is already known), which finds 3
+    assert phases[:7] == [("calibration", ()), ("rank", (0,)), ("rank", (1,)), ("rank", (2,)), ("bisect", (0, 1)),
+                          ("rerank", (0, 2)), ("rerank", (0, 3))]
+    decision = every_significant(outcome)
+    assert decision.chosen.candidate.skip == (0, 3) and decision.verdict == "chosen"
 
 
 # --- the stages on the small model ---------------------------------------------------------------------------------
@@ -141,26 +190,33 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
                                                                                     tmp_path, monkeypatch):
     # A target nothing meets (the scorer's verdict forced), with a budget of 9: the search spends it and says so.
     # The figures are real; on 3 images of a random-weights model a real target is met or missed by luck.
-    monkeypatch.setattr(scoring, "violation", lambda change, mad, miou: 2.0 + abs(change["mad_increase"]))
+    monkeypatch.setattr(scoring, "violation", lambda upper, tune: 2.0 + abs(upper["mad_increase"]))
     cfg_path = tune_config(tmp_path, max_builds=9)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
     bar = Bar()
-    outcome = tune(wb, out, "python -m pipeline tune ...", bar)
-    assert len(outcome.steps) == wb.built == bar.count == 9 and outcome.out_of_budget
+    result = tune(wb, out, "python -m pipeline tune ...", bar)
+    outcome = result.outcome
+    assert len(outcome.steps) == bar.count == 9 and outcome.out_of_budget
+    # + the confirmation of the input and of the chosen one (once scored on the confirmation images, 3 each)
+    assert wb.built == 9 + 1 + (result.chosen is not outcome.steps[0])
+    assert wb.passes == 3 * (2 + 9 + 1 + (result.chosen is not outcome.steps[0]))  # fp32 on both sets, candidates
     assert [s.candidate for s in outcome.steps[:7]] == calibrations(wb.cfg)
-    assert not outcome.met  # every candidate changes the matte somewhat
     assert all(s.result["violation"] > 1 for s in outcome.steps)
-    assert "**target (MAD increase <= 0.002 and mIoU drop <= 0.003) NOT met (max_builds=9 spent); best found: " \
-           f"{outcome.best.candidate.label()}.**" in (out / "tune.md").read_text()
+    assert result.verdict == "target not met"
+    md = (out / "tune.md").read_text()
+    assert "**verdict: target not met: no candidate of 8 that is significantly closer to fp32 than the input " \
+           "config (kl_divergence) meets the target (MSE increase <= 0.002, MAD increase <= 0.002, mIoU drop <= " \
+           f"0.003, upper 95% bounds), nor does the input config; best found: {result.chosen.candidate.label()}; " \
+           "max_builds=9 spent.**" in md
 
     tuned = load_config(out / "tuned.yaml")
     raw_in, raw_out = yaml.safe_load(cfg_path.read_text()), yaml.safe_load((out / "tuned.yaml").read_text())
-    assert raw_out["backend"].pop("quantize") != raw_in["backend"].pop("quantize")
+    raw_out["backend"].pop("quantize"), raw_in["backend"].pop("quantize")
     assert raw_out == raw_in
     text = (out / "tuned.yaml").read_text()
-    assert "NOT met (max_builds=9 spent)" in text.splitlines()[1]
-    best = outcome.best.candidate
+    assert text.splitlines()[1] == "# Verdict: target not met"
+    best = result.chosen.candidate
     q = tuned.backend.quantize
     assert (q.calibrate_mode, q.skip_conv_layers) == (best.mode, best.skip)
     assert q.quantize_per_channel is True
@@ -176,21 +232,85 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     by_name = {n.name: n for n in model.graph.node}
     assert all(by_name[vamc[i]].input[1] in floats for i in best.skip)
 
-    # a rerun builds nothing and follows the same path
+    # a rerun runs no model at all (every figure, confirmation included, is in the cache), follows the same path
+    # and writes the same config: the bootstrap is seeded
+    def no_model(*args):
+        raise AssertionError("a model was run")
+    monkeypatch.setattr(scoring, "predict", no_model)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
     again = tune(rerun, out, "python -m pipeline tune ...", Bar())
-    assert rerun.built == 0 and [s.candidate for s in again.steps] == [s.candidate for s in outcome.steps]
+    assert rerun.built == 0 and [s.candidate for s in again.outcome.steps] == [s.candidate for s in outcome.steps]
     assert (out / "tuned.yaml").read_text() == text
-
-    # another target reuses what was built: this one (any change allowed) is met by every calibration, and the
-    # one nearest fp32 is chosen, skipping nothing
     monkeypatch.undo()
-    looser = tune_config(tmp_path, max_builds=12, max_mad_increase=1.0, max_miou_drop=1.0)
+
+    # another target reuses what was scored on the selection images: this one (any change allowed) is met by
+    # every calibration, so the search stops after them
+    looser = tune_config(tmp_path, max_builds=12, max_mse_increase=1.0, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
     met = tune(raised, out, "python -m pipeline tune ...", Bar())
-    assert raised.built == 0 and met.met and [s.candidate for s in met.steps] == calibrations(raised.cfg)
-    assert met.best.result["violation"] == min(s.result["violation"] for s in met.steps)
+    assert all(s.result["cached"] for s in met.outcome.steps)
+    assert [s.candidate for s in met.outcome.steps] == calibrations(raised.cfg)
+    assert met.verdict in ("confirmed", "not confirmed", "input kept")
     assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
+
+
+def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
+    import json
+    from pipeline import metrics
+    from pipeline.tuning import statistics
+    cfg_path = tune_config(tmp_path, max_builds=3)
+    out = tmp_path / "tune"
+    wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    selection = (out / "selection.txt").read_text()
+    confirmation = (out / "confirmation.txt").read_text()
+    assert selection == "".join(f"{d}  {n}\n" for n, d in wb.selection_entries)
+    assert confirmation == "".join(f"{d}  {n}\n" for n, d in wb.confirmation_entries)
+    names = {line.split("  ")[1] for line in (selection + confirmation).splitlines()}
+    calib = {e["name"] for e in json.loads((inputs / "calib" / "manifest.json").read_text())["images"]}
+    assert len(names) == 6 and not names & calib  # disjoint from each other and from the calibration subset
+
+    saved = json.loads((out / "candidates.json").read_text())
+    entries = {json.dumps(e["candidate"], sort_keys=True): e["figures"] for e in saved["cache"]}
+    key = json.dumps(result.chosen.candidate.to_json(), sort_keys=True)
+    mine, fp32 = entries[key], saved["fp32"]
+    for image_set in ("selection", "confirmation"):
+        own, ref = mine[image_set], fp32[image_set]
+        figures = result.figures[image_set]["chosen"]
+        assert figures["deviation"] == pytest.approx(sum(own["deviation"]) / 3)
+        assert figures["flips"] == pytest.approx(sum(own["flips"]) / 3)
+        assert figures["mad_increase"] == pytest.approx((sum(own["mad"]) - sum(ref["mad"])) / 3)
+        assert figures["mse_increase"] == pytest.approx((sum(own["mse"]) - sum(ref["mse"])) / 3)
+        pooled = lambda f: {k: sum(f[k]) for k in ("tp", "fp", "fn", "tn")}  # noqa: E731
+        assert figures["miou_drop"] == pytest.approx(metrics.miou(pooled(ref)) - metrics.miou(pooled(own)))
+        assert all(d >= f for d, f in zip(own["deviation"], own["flips"]))
+        # the bounds, recomputed from the cached per-image figures alone
+        diff = [a - b for a, b in zip(own["mad"], ref["mad"])]
+        resampled = statistics.resampled_means(diff, statistics.draws(3, 0))
+        assert figures["bounds"]["mad_increase"] == [statistics.lower(resampled), statistics.upper(resampled)]
+    header = (out / "tuned.yaml").read_text().splitlines()
+    assert header[1] == f"# Verdict: {result.verdict}"
+    assert f"# {len(result.outcome.steps) - 1} candidates compared with the input config; each figure is a mean " \
+           f"with [lower, upper] one-sided 95% bounds" in header[3]
+    # the header's figures, recomputed from candidates.json alone: the chosen config's deviation on the selection
+    # images and its paired improvement over the input (at its Holm level)
+    incumbent = entries[json.dumps(result.incumbent.candidate.to_json(), sort_keys=True)]
+    draws = statistics.draws(3, 0)
+    dev = mine["selection"]["deviation"]
+    dev_bounds = [statistics.lower(statistics.resampled_means(dev, draws)),
+                  statistics.upper(statistics.resampled_means(dev, draws))]
+    chosen_line = f"#   this config ({result.chosen.candidate.label()}): deviation {sum(dev) / 3:.5f} " \
+                  f"[{dev_bounds[0]:.5f}, {dev_bounds[1]:.5f}], flips "
+    assert header[header.index(next(line for line in header if line.startswith("# on 3 selection"))) + 1] \
+        .startswith(chosen_line)
+    diff = [a - b for a, b in zip(incumbent["selection"]["deviation"], dev)]
+    at = result.gains["selection"][2]
+    low = statistics.lower(statistics.resampled_means(diff, draws), at)
+    assert f"# on 3 selection images: improvement of deviation over the input {sum(diff) / 3:+.5f}, lower bound " \
+           f"{low:+.5f} (level {at:.4g})" in header
+    assert any(line.startswith("# on 3 confirmation images: improvement of deviation over the input ")
+               for line in header)
+    assert sum(line.startswith(("#   this config (", "#   the input config (")) for line in header) == 4
 
 
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
@@ -262,3 +382,112 @@ def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exist
     assert "calib/official_modnet_int8.txt" in subprocess.run(
         ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
         capture_output=True, text=True, check=True).stdout
+
+
+def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibration_images(inputs, small_sim_onnx,
+                                                                                          tmp_path, capsys):
+    import json
+    import shutil
+    from pipeline import cli
+    from pipeline.demo_data import write_demo_data
+    write_demo_data(tmp_path / "other", count=2, seed=9, scale=0.15)
+    extra = tmp_path / "other" / "image"  # photos only: the mattes stay out of reach
+    cfg_path = tune_config(tmp_path, max_builds=2)
+    out = tmp_path / "tune"
+    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", no_progress,
+                   out / "candidates.json", extra=extra)
+    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    saved = json.loads((out / "candidates.json").read_text())
+    assert [e["name"] for e in saved["context"]["extra"]] == sorted(p.name for p in extra.iterdir())
+    first = saved["cache"][0]["figures"]
+    assert set(first["extra"]) == {"deviation", "flips"} and len(first["extra"]["deviation"]) == 2
+    step = result.outcome.steps[0]
+    figures = next(e["figures"] for e in saved["cache"] if e["candidate"] == step.candidate.to_json())
+    assert (step.result["images"], step.result["labelled"]) == (5, 3)
+    assert step.result["deviation"] == pytest.approx(
+        sum(figures["selection"]["deviation"] + figures["extra"]["deviation"]) / 5)
+    # the ground-truth figures are the labelled images' alone: the same as a tune without the extra images
+    plain = workbench(cfg_path, small_sim_onnx, inputs, tmp_path / "plain.json").evaluate(step.candidate)
+    for key in ("mse_increase", "mad_increase", "miou_drop"):
+        assert step.result[key] == pytest.approx(plain[key]) and step.result["bounds"][key] == plain["bounds"][key]
+    assert plain["images"] == 3 and plain["deviation"] != step.result["deviation"]
+    assert result.figures["confirmation"]["input"]["images"] == 3  # confirmation: DATA's images only
+    assert "and 2 unlabelled extra images (deviation and flips only)" in (out / "tune.md").read_text()
+
+    calib = json.loads((inputs / "calib" / "manifest.json").read_text())["images"][0]["name"]
+    shutil.copy(inputs / "data" / "image" / calib, extra / "copy.jpg")
+    args = ["tune", "--config", str(cfg_path), "--onnx", str(small_sim_onnx), "--calib", str(inputs / "calib"),
+            "--data", str(inputs / "data"), "--extra-images", str(extra), "--out", str(tmp_path / "refused")]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == (f"error: --extra-images {extra}: copy.jpg is the calibration image {calib} "
+                                       f"(same sha256); extra images must be other photos: remove it from the "
+                                       f"folder\n")
+    assert not (tmp_path / "refused").exists()
+
+
+# --- a model whose int8 loss sits in one Conv: per-tensor activation outliers from a function-preserving rescale ---
+
+def outlier_model(path: Path, scale: float, width: int = 8, channels=(0, 1)) -> None:
+    """Conv-ReLU-Conv-ReLU-Conv-Sigmoid at the small shape. Channels CHANNELS of the first Conv scaled by SCALE
+    (weights and bias) and their input weights in the second Conv by 1 / SCALE: ReLU(s x) = s ReLU(x) for s > 0, so
+    the function is the same, but the second Conv's input holds channels SCALE times larger than the others, which a
+    per-tensor int8 threshold cannot serve: clipped, or the small channels rounded to nothing."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(0, 0.5, (width, 3, 3, 3)), rng.normal(0.1, 0.1, width)
+    w2, b2 = rng.normal(0, 0.3, (width, width, 3, 3)), rng.normal(0, 0.1, width)
+    w3, b3 = rng.normal(0, 0.9, (1, width, 3, 3)), np.zeros(1)
+    for c in channels:
+        w1[c], b1[c], w2[:, c] = w1[c] * scale, b1[c] * scale, w2[:, c] / scale
+    weights = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3, "b3": b3}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+
+    def conv(x, k, out):
+        return helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [out], name=f"conv{k}", pads=[1, 1, 1, 1],
+                                kernel_shape=[3, 3])
+    nodes = [conv("input", 1, "c1"), helper.make_node("Relu", ["c1"], ["r1"]), conv("r1", 2, "c2"),
+             helper.make_node("Relu", ["c2"], ["r2"]), conv("r2", 3, "c3"), helper.make_node("Sigmoid", ["c3"], ["out"])]
+    h, w = SMALL_HW
+    graph = helper.make_graph(nodes, "outliers", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_path):
+    import cv2
+    from pipeline import metrics, runtime
+    from pipeline.calibrate import make_calibration_set
+    from pipeline.demo_data import write_demo_data
+    from pipeline.preprocess import load_input
+    outlier_model(tmp_path / "plain.onnx", 1.0)
+    outlier_model(tmp_path / "outliers.onnx", 300.0)
+    cfg_path = tune_config(tmp_path, max_builds=20, max_mse_increase=0.01, max_mad_increase=0.02, max_miou_drop=0.1)
+    cfg = load_config(cfg_path)
+    # photos at the model's size whose mattes are fp32's own predictions: any int8 error is a loss against them
+    write_demo_data(tmp_path / "src", count=IMAGES, seed=5, scale=0.15)
+    data = tmp_path / "data"
+    (data / "image").mkdir(parents=True)
+    (data / "matte").mkdir()
+    plain, outliers = runtime.session(tmp_path / "plain.onnx"), runtime.session(tmp_path / "outliers.onnx")
+    for src in sorted((tmp_path / "src" / "image").iterdir()):
+        cv2.imwrite(str(data / "image" / src.name), cv2.resize(cv2.imread(str(src)), SMALL_HW[::-1],
+                                                              interpolation=cv2.INTER_AREA))
+        x = load_input(cfg, data / "image" / src.name)
+        alpha = runtime.run(outliers, x)
+        assert np.abs(alpha - runtime.run(plain, x)).max() < 1e-4  # the rescale preserves the function
+        cv2.imwrite(str(data / "matte" / src.name), metrics.pred_from_alpha(alpha), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    make_calibration_set(cfg, data, tmp_path / "calib", tmp_path / "list.txt")
+    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, no_progress,
+                   tmp_path / "tune" / "candidates.json")
+    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", Bar())
+    calibration = [s for s in result.outcome.steps if s.phase == "calibration"]
+    assert len(calibration) == 7 and min(s.result["violation"] for s in calibration) > 10  # none comes near
+    assert min(s.result["deviation"] for s in calibration) > 0.5
+    ranked = [s for s in result.outcome.steps if s.phase == "rank"]
+    # measured in single-SQNR order: the worst is the second Conv (vamc order), the one reading the outliers, and
+    # keeping it float removes the most deviation
+    assert ranked[0].candidate.skip == (1,) and min(ranked, key=lambda s: s.result["deviation"]) is ranked[0]
+    assert result.verdict == "confirmed" and result.chosen.candidate.skip == (1,)
+    assert result.figures["confirmation"]["chosen"]["deviation"] < 0.05

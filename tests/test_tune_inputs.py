@@ -20,13 +20,13 @@ from pipeline.config import load_config
 from pipeline.tuning import plot, promote, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, content_digest
 
-CALIB, VALIDATION, IMAGES = 4, 3, 10
+CALIB, IMAGES = 4, 10
 
 
 def tune_config(path: Path, **changes) -> Path:
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = CALIB
-    raw["pipeline"]["tune"] = {"validation_images": VALIDATION, "max_builds": 2}
+    raw["pipeline"]["tune"] = {"max_builds": 2}
     for key, value in changes.items():
         raw["backend"]["quantize"][key] = value
     return write_config(path, raw)
@@ -72,11 +72,11 @@ def folders(tmp_path, monkeypatch):
     return tmp_path
 
 
-def tuned_text(note: str = "") -> str:
+def tuned_text(note: str = "", verdict: str = "confirmed") -> str:
     text = INT8_CONFIG.read_text()
     block = tuned_yaml.quantize_block(yaml.safe_load(text)["backend"]["quantize"], "max", None, [1])
     return tuned_yaml.tuned_text(text, block, [f"{tuned_yaml.MARK} (docs/tuning.md): a test{note}",
-                                               "Model: m.sim.onnx sha256 " + "0" * 64])
+                                               f"Verdict: {verdict}", "Model: m.sim.onnx sha256 " + "0" * 64])
 
 
 def promote_args(to: str, *extra: str, tuned: Path | None = None) -> list[str]:
@@ -152,6 +152,55 @@ def test_promote_writes_a_new_or_earlier_tuned_config_and_a_hand_edited_one_only
     assert not [p.name for p in target.parent.iterdir() if p.name.endswith(".part")]
 
 
+@pytest.mark.parametrize("verdict", ["not confirmed", "target not met"])
+def test_promote_refuses_a_verdict_other_than_confirmed_or_input_kept_and_force_says_so(folders, capsys, verdict):
+    configs = folders / "build_configs"
+    target = configs / "official_modnet_int8_tuned.yaml"
+    earlier = tuned_text(", earlier")
+    target.write_text(earlier)
+    before = {p: p.read_bytes() for p in configs.iterdir()}
+    tune_dir = folders / "artifacts" / "tune" / "official_modnet_int8"
+    tune_dir.mkdir(parents=True)
+    tuned = tune_dir / "tuned.yaml"
+    tuned.write_text(tuned_text(verdict=verdict))
+    to = "build_configs/official_modnet_int8_tuned.yaml"
+    assert cli.main(promote_args(to, tuned=tuned)) == 2
+    assert one_error_line(capsys) == (f"error: {tuned}: verdict {verdict}, so TUNED_CONFIG={to} was not written; "
+                                      f"the report is {tune_dir / 'tune.md'} (FORCE=1 promotes anyway)")
+    assert {p: p.read_bytes() for p in configs.iterdir()} == before  # build_configs/ untouched
+    assert cli.main(promote_args(to, "--force", tuned=tuned)) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {to} (a copy of {tuned}, promoted with FORCE=1 although the "
+                                              f"verdict is {verdict}): ")
+    lines = target.read_text().splitlines()
+    assert lines[1:3] == [f"# Verdict: {verdict}",
+                          f"# Promoted with FORCE=1 although the verdict is {verdict} (see the tune folder's tune.md)"]
+    assert target.read_text().replace(lines[2] + "\n", "") == tuned.read_text()  # only that line added
+    header, body = tuned_yaml.split(target.read_text())
+    assert not tuned_yaml.edited(header, body)  # still tune's output: a later tune may replace it
+
+
+def test_promote_copies_input_kept_as_confirmed(folders, capsys):
+    tuned = folders / "tuned.yaml"
+    tuned.write_text(tuned_text(verdict="input kept"))
+    assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", tuned=tuned)) == 0
+    assert (folders / "build_configs" / "official_modnet_int8_tuned.yaml").read_bytes() == tuned.read_bytes()
+
+
+@pytest.mark.parametrize("edit", [lambda t: t.replace("# Verdict: confirmed\n", ""),
+                                  lambda t: t.replace("# Verdict: confirmed", "# Verdict: probably fine"),
+                                  lambda t: t.replace("# Verdict: confirmed", "# Verdict: confirmed\n# Verdict: "
+                                                                               "confirmed")])
+def test_promote_refuses_a_header_without_exactly_one_known_verdict(folders, capsys, edit):
+    tuned = folders / "tuned.yaml"
+    tuned.write_text(edit(tuned_text()))
+    for extra in ((), ("--force",)):
+        assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", *extra, tuned=tuned)) == 2
+        assert one_error_line(capsys) == (
+            f"error: {tuned}: its header records no verdict (one `# Verdict: ` line, one of confirmed, not confirmed, "
+            f"target not met, input kept); rerun `make tune`")
+    assert not (folders / "build_configs" / "official_modnet_int8_tuned.yaml").exists()
+
+
 def test_promote_of_a_demo_tuned_config_goes_under_artifacts_demo_only(folders, capsys):
     tuned = folders / "tuned.yaml"
     tuned.write_text(tuned_text())
@@ -185,6 +234,20 @@ def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
                                                                       if "pipeline tune " in line)
     assert lines.index(check) < next(i for i, line in enumerate(lines) if "pipeline tune " in line)
     assert not any("build_configs/official_modnet_int8_tuned.yaml" in line for line in lines)
+
+
+def test_make_tune_passes_tune_extra_as_a_checked_path(tmp_path):
+    import subprocess
+
+    def dry(*variables):
+        return subprocess.run(["make", "-n", "--no-print-directory", "tune", f"ART={tmp_path}/art", "BACKEND=ort",
+                               *variables], cwd=REPO, capture_output=True, text=True)
+    lines = dry("TUNE_EXTRA=photos/mine").stdout.splitlines()
+    assert " --extra-images 'photos/mine' --out " in next(line for line in lines if "pipeline tune " in line)
+    assert not any("--extra-images" in line for line in dry().stdout.splitlines())
+    refused = dry("TUNE_EXTRA=a;rm")
+    assert refused.returncode != 0 and "TUNE_EXTRA holds ;, which the shell or Make would interpret: use a plain " \
+                                       "path" in refused.stderr
 
 
 def test_make_clean_removes_analyze_and_tune_clean_all_also_hwcheck(tmp_path):
@@ -253,17 +316,26 @@ def test_the_cache_context_holds_the_tensors_sha256(inputs, small_sim_onnx):
 
 # --- section 3: candidates.json is input ---------------------------------------------------------------------------
 
-CONTEXT = {"onnx_sha256": "a" * 64, "code": "b" * 64}
-FIGS = {"mse": 0.04, "mad": 0.12, "miou": 0.88}
+IMAGE = [{"name": "a.jpg", "sha256": "c" * 64}, {"name": "b.jpg", "sha256": "d" * 64}]
+CONTEXT = {"onnx_sha256": "a" * 64, "code": "b" * 64, "selection": IMAGE, "confirmation": IMAGE[:1], "extra": [],
+           "input_shape": [1, 3, 2, 2]}  # images of 4 pixels
+FP32 = {"mse": [0.04, 0.05], "mad": [0.12, 0.1], "tp": [1, 2], "fp": [0, 0], "fn": [1, 0], "tn": [2, 2]}
+
+
+def figures(mad=0.125, deviation=0.03) -> dict:
+    return {"deviation": [deviation, 0.02], "flips": [0.0, 0.25], **FP32, "mad": [mad, 0.1]}
 
 
 def saved_cache(path: Path) -> dict:
     cache = Cache(path, CONTEXT)
-    cache.fp32 = dict(FIGS)
-    cache.put(Candidate("kl_divergence", None), {**FIGS, "deviation": 0.03})
-    cache.put(Candidate("percentile", 0.9999, (1, 4)), {**FIGS, "mad": 0.125, "deviation": 0.02})
+    cache.fp32 = {"selection": dict(FP32)}
+    cache.put(Candidate("kl_divergence", None), "selection", figures())
+    cache.put(Candidate("kl_divergence", None), "extra", {"deviation": [], "flips": []})
+    cache.put(Candidate("percentile", 0.9999, (1, 4)), "selection", figures(mad=0.13, deviation=0.02))
+    cache.put(Candidate("percentile", 0.9999, (1, 4)), "extra", {"deviation": [], "flips": []})
+    cache.put(Candidate("percentile", 0.9999, (1, 4)), "confirmation", {k: v[:1] for k, v in figures().items()})
     cache.extra = {"worst_first": {"kl_divergence||": [4, 1, 0]}}
-    cache.save(chosen=Candidate("kl_divergence", None).to_json(), met=False, search=[])
+    cache.save(chosen=Candidate("kl_divergence", None).to_json(), verdict="input kept", search=[])
     return json.loads(path.read_text())
 
 
@@ -273,9 +345,11 @@ def planted(saved: dict, change) -> dict:
     return changed
 
 
-def entry(figures=None, candidate=None) -> dict:
+def entry(candidate=None) -> dict:
+    perfect = {"deviation": [0.0, 0.0], "flips": [0.0, 0.0], "mse": [0.0, 0.0], "mad": [0.0, 0.0],
+               "tp": [1, 2], "fp": [0, 0], "fn": [0, 0], "tn": [3, 2]}
     return {"candidate": candidate or {"calibrate_mode": "mse", "calibrate_range": None, "skip_conv_layers": []},
-            "figures": figures or {"mse": 0.0, "mad": 0.0, "miou": 1.0, "deviation": 0.0}}
+            "figures": {"selection": perfect, "extra": {"deviation": [], "flips": []}}}
 
 
 def redigest(change):
@@ -286,12 +360,27 @@ def redigest(change):
     return apply
 
 
+def sel(saved, k=0):
+    return saved["cache"][k]["figures"]["selection"]
+
+
 @pytest.mark.parametrize("change, words", [
-    (redigest(lambda s: s["cache"][0]["figures"].update(mad=float("nan"))), "cache[0].figures.mad is nan"),
-    (redigest(lambda s: s["cache"][0]["figures"].update(mse=1e308)), "cache[0].figures.mse is 1e+308"),
-    (redigest(lambda s: s["cache"][0]["figures"].update(miou="0.99")), "cache[0].figures.miou is '0.99'"),
-    (redigest(lambda s: s["cache"][0]["figures"].update(mad=True)), "cache[0].figures.mad is True"),
-    (redigest(lambda s: s["cache"][0]["figures"].pop("deviation")), "cache[0].figures is not an object of exactly"),
+    (redigest(lambda s: sel(s)["mad"].__setitem__(0, float("nan"))), "cache[0].figures.selection.mad[0] is nan"),
+    (redigest(lambda s: sel(s)["mse"].__setitem__(1, 1e308)), "cache[0].figures.selection.mse[1] is 1e+308"),
+    (redigest(lambda s: sel(s)["flips"].__setitem__(0, "0.99")), "cache[0].figures.selection.flips[0] is '0.99'"),
+    (redigest(lambda s: sel(s)["mad"].__setitem__(0, True)), "cache[0].figures.selection.mad[0] is True"),
+    (redigest(lambda s: sel(s)["deviation"].__setitem__(0, 2.5)), "selection.deviation[0] is 2.5, not a number "
+                                                                  "within [0, 2]"),
+    (redigest(lambda s: sel(s)["tp"].__setitem__(0, 1.0)), "cache[0].figures.selection.tp[0] is 1.0, not a pixel "
+                                                           "count within [0, 4]"),
+    (redigest(lambda s: sel(s)["tn"].__setitem__(0, 3)), "cache[0].figures.selection: the confusion counts of "
+                                                         "image 0 do not sum to its 4 pixels"),
+    (redigest(lambda s: sel(s)["mad"].pop()), "cache[0].figures.selection.mad is not a list of 2 per-image figures"),
+    (redigest(lambda s: sel(s).pop("deviation")), "cache[0].figures.selection is not an object of exactly"),
+    (redigest(lambda s: s["cache"][0]["figures"].pop("extra")), "cache[0].figures is not an object of selection, "
+                                                                "extra (and confirmation)"),
+    (redigest(lambda s: s["cache"][1]["figures"]["confirmation"]["mad"].append(0.1)),
+     "cache[1].figures.confirmation.mad is not a list of 1 per-image figures"),
     (redigest(lambda s: s["cache"][0]["candidate"].pop("skip_conv_layers")), "cache[0].candidate is not an object"),
     (redigest(lambda s: s["cache"].append(entry(candidate={"calibrate_mode": "best", "calibrate_range": None,
                                                           "skip_conv_layers": []}))),
@@ -302,18 +391,21 @@ def redigest(change):
     (redigest(lambda s: s["cache"].append(s["cache"][0])), "cache[2] repeats the candidate kl_divergence||"),
     (redigest(lambda s: s["cache"].append(7)), "cache[2] is not an object of candidate and figures"),
     (redigest(lambda s: s.update(cache={})), "cache is not a list"),
-    (redigest(lambda s: s.update(fp32={"mse": -1, "mad": 0.1, "miou": 0.9})), "fp32.mse is -1"),
+    (redigest(lambda s: s["fp32"]["selection"]["mse"].__setitem__(0, -1)), "fp32.selection.mse[0] is -1"),
+    (redigest(lambda s: s["context"].update(selection="a.jpg")), "context.selection is not a list of images"),
+    (redigest(lambda s: s["context"].update(input_shape=[1, 3, 2])), "context.input_shape is not a list of 4"),
     (redigest(lambda s: s.update(planted=1)), "unknown key 'planted'"),
     (redigest(lambda s: s.pop("extra")), "no 'extra'"),
     (redigest(lambda s: s["extra"]["worst_first"].update(x=[-1])), "extra.worst_first['x'] is not a list"),
     # an invented perfect candidate of valid types: caught by the digest it was not saved with
     (lambda s: s["cache"].append(entry()), "its content does not match its digest"),
-    (lambda s: s["cache"][1]["figures"].update(mad=0.001), "its content does not match its digest"),
+    (lambda s: sel(s, 1)["mad"].__setitem__(0, 0.001), "its content does not match its digest"),
 ])
 def test_an_invalid_cache_is_set_aside_in_one_line_and_rebuilt(tmp_path, change, words):
     path = tmp_path / "candidates.json"
     saved = saved_cache(path)
-    assert Cache(path, CONTEXT).get(Candidate("percentile", 0.9999, (1, 4)))["figures"]["mad"] == 0.125
+    assert Cache(path, CONTEXT).get(Candidate("percentile", 0.9999, (1, 4)))["figures"]["selection"]["mad"] == \
+        [0.13, 0.1]
     path.write_text(json.dumps(planted(saved, change)))
     bad = path.read_bytes()
     cache = Cache(path, CONTEXT)
@@ -434,3 +526,63 @@ def test_demo_analyze_carries_the_banner(inputs, small_sim_onnx, tmp_path, capsy
     assert (out / "layers.md").read_text().splitlines()[2] == f"**{banner}**"
     png = cv2.imdecode(np.frombuffer((out / "layers.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     assert png.shape[0] == plot.HEIGHT + plot.STAMP_H
+
+
+# --- issue 19 section 4: `make tune` promotes only a confirmed (or input kept) tune -------------------------------
+
+def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
+    """A scratch checkout whose tune folder is up to date, with a tuned.yaml of VERDICT: `make tune` then only runs
+    promote. Returns the checkout and the make variables."""
+    import os
+    from test_make_usage import scratch_copy
+    root = scratch_copy(tmp_path)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    stamp = (REPO / ".venv" / ".installed").stat().st_mtime
+    for path in root.rglob("*"):
+        if not path.is_symlink() and path.is_file():
+            os.utime(path, (stamp - 1000, stamp - 1000))  # older than the venv stamp, as in a checkout
+    art, name = root / "artifacts", "official_modnet_int8"
+    (root / "calib" / f"{name}.txt").write_text("the calibration list\n")
+    files = [("inputs/ckpt.path", f"{root}/checkpoints/modnet_photographic_portrait_matting.ckpt\n"),
+             ("inputs/data.path", f"{root}/datasets/PPM-100\n"), ("inputs/tune_extra.path", "\n"),
+             ("inputs/tune_extra.contents", ""), (f"onnx/{name}.onnx", "onnx"), (f"onnx/{name}.sim.onnx", "sim"),
+             (f"calib/{name}/manifest.json", "{}"), (f"tune/{name}/tuned.yaml", tuned_text(verdict=verdict)),
+             (f"tune/{name}/tune.md", "the report\n")]
+    os.utime(root / "calib" / f"{name}.txt", (stamp - 500, stamp - 500))
+    for k, (rel, text) in enumerate(files):
+        (art / rel).parent.mkdir(parents=True, exist_ok=True)
+        (art / rel).write_text(text)
+        os.utime(art / rel, (stamp + 1 + k / 10, stamp + 1 + k / 10))  # in the order the stages write them
+    return root, ["tune", "BACKEND=ort"]
+
+
+def test_make_tune_leaves_build_configs_untouched_unless_confirmed_and_force_promotes_anyway(tmp_path):
+    from test_make_usage import make
+    root, args = up_to_date_tune(tmp_path, "not confirmed")
+    configs = root / "build_configs"
+    before = {p.name: p.read_bytes() for p in configs.iterdir()}
+    done = make(*args, cwd=root)
+    assert done.returncode != 0
+    tuned = "artifacts/tune/official_modnet_int8/tuned.yaml"
+    assert "pipeline tune " not in done.stdout  # up to date: only promote ran
+    assert f"error: {tuned}: verdict not confirmed, so TUNED_CONFIG=build_configs/official_modnet_int8_tuned.yaml " \
+           f"was not written; the report is artifacts/tune/official_modnet_int8/tune.md (FORCE=1 promotes " \
+           f"anyway)" in done.stderr.splitlines()
+    assert {p.name: p.read_bytes() for p in configs.iterdir()} == before
+
+    forced = make(*args, "FORCE=1", cwd=root)
+    assert forced.returncode == 0, forced.stderr
+    assert "promoted with FORCE=1 although the verdict is not confirmed" in forced.stdout
+    promoted = (configs / "official_modnet_int8_tuned.yaml").read_text().splitlines()
+    assert promoted[1:3] == ["# Verdict: not confirmed", "# Promoted with FORCE=1 although the verdict is not "
+                             "confirmed (see the tune folder's tune.md)"]
+    assert {p.name: p.read_bytes() for p in configs.iterdir() if p.name in before} == before
+
+
+def test_make_tune_promotes_a_confirmed_tune(tmp_path):
+    from test_make_usage import make
+    root, args = up_to_date_tune(tmp_path, "confirmed")
+    done = make(*args, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (root / "build_configs" / "official_modnet_int8_tuned.yaml").read_bytes() == \
+        (root / "artifacts" / "tune" / "official_modnet_int8" / "tuned.yaml").read_bytes()

@@ -1,4 +1,4 @@
-"""Stage `analyze`: where an int8 config loses the matte, one row per Conv (layers.py), on validation images.
+"""Stage `analyze`: where an int8 config loses the matte, one row per Conv (layers.py), on the selection images (tune's).
 
 Writes OUT/layers.csv (one row per Conv, vamc order), OUT/layers.md (the same sorted by impact) and OUT/layers.png
 (single and entire SQNR along the network's depth, coloured by branch). Impact: for the FLOAT_LAYERS Convs of
@@ -17,11 +17,11 @@ from pathlib import Path
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
 from ..fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
-from . import layers, plot
+from . import layers, plot, scoring
 from .candidates import Candidate
 from .workbench import Workbench
 
-SQNR_IMAGES = 4    # images the SQNRs are pooled over (the first validation images)
+SQNR_IMAGES = 4    # images the SQNRs are pooled over (the first selection images)
 FLOAT_LAYERS = 8   # lowest single SQNR first: each scored with that Conv alone kept float
 COLUMNS = ("rank", "vamc_index", "onnx_index", "onnx_node", "branch", "kernel", "stride", "groups", "skipped",
            "threshold", "absmax", "clipped_share", "weight_sqnr_db", "single_sqnr_db", "entire_sqnr_db",
@@ -45,7 +45,7 @@ def sqnr_rows(wb: Workbench, candidate: Candidate) -> list[dict]:
     collected = wb.quantizer.collection.tensors
     skipped = wb.quantizer.skipped(candidate.skip)
     act = layers.activation_sqnr(wb.model, chosen, wb.quantizer.per_channel,
-                                 wb.validation.inputs[:SQNR_IMAGES], skipped)
+                                 wb.images("selection").inputs[:SQNR_IMAGES], skipped)
     weight = layers.weight_sqnr(wb.model, wb.quantizer.per_channel)
     numbers = skip_index(wb)
     nodes = layers.convs(wb.model)
@@ -107,18 +107,18 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, seconds: float) -> str:
-    fp32 = wb.fp32
+    fp32 = scoring.fp32_summary(wb.fp32())
     lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"Calibration {candidate.label()}, {'per channel' if wb.quantizer.per_channel else 'per tensor'} "
              f"weights, skip_conv_layers counted in {wb.cfg.pipeline.conv_numbering} order. "
              f"{wb.quantizer.collection.images} calibration images; SQNRs pooled over {SQNR_IMAGES} and matte "
-             f"figures over {len(wb.validation_entries)} validation images (not in the calibration subset). "
+             f"figures over {len(wb.selection_entries)} selection images (not in the calibration subset). "
              f"{seconds:.0f} s.", "",
-             f"Whole model on the validation images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
+             f"Whole model on the selection images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
              f"{figures['mad_increase']:+.5f}), MSE {figures['mse']:.5f} ({figures['mse_increase']:+.5f}), mIoU "
-             f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); mean "
-             f"|alpha - fp32 alpha| {figures['deviation']:.5f}.", "",
+             f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); deviation from "
+             f"fp32 (mean |alpha - fp32 alpha| + share of flipped labels) {figures['deviation']:.5f}.", "",
              "Sorted by impact: first the Convs measured kept float alone, by how much that reduces the deviation "
              "from fp32 (ΔMAD and Δdev are that run's changes; negative = better), then the rest by single SQNR. "
              "`skip` is the number to put in `backend.quantize.skip_conv_layers`.", "",
@@ -158,6 +158,7 @@ def analyze(wb: Workbench, out: Path) -> dict:
         write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
                                                      f"and entire (ring) SQNR per Conv", wb.demo_stamp))
-        write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures, "fp32": wb.fp32,
-                                           **wb.digests, "validation": wb.cache.context["validation"]})
+        write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures,
+                                           "fp32": scoring.fp32_summary(wb.fp32()),
+                                           **wb.digests, "selection": wb.cache.context["selection"]})
     return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5]}

@@ -82,22 +82,70 @@ class Quantizer:
                              self.skipped(candidate.skip), self.per_channel)
 
 
-FIGURES = {"mse", "mad", "miou"}  # scoring.score's; a candidate's also has its deviation from fp32
+SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}
+FIDELITY = ("deviation", "flips")                # per image, every set
+LABELLED = ("mse", "mad", "tp", "fp", "fn", "tn")  # per image, the labelled sets (selection, confirmation)
 SAVED = {"context", "fp32", "extra", "cache", "digest"}  # what record() writes, then save()'s fields of the run
-RUN_FIELDS = {"search", "chosen", "met"}
+RUN_FIELDS = {"search", "chosen", "verdict"}
 
 
-def _number(value, where: str) -> None:
-    # every figure is a mean of alphas in [0, 1] or a ratio of counts: anything else was not written by scoring
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{where} is {value!r}, not a number within [0, 1]")
+def _number(value, where: str, high: float = 1.0) -> None:
+    # a mean of alphas in [0, 1], a share of pixels, or (deviation) the sum of the two: anything else was not
+    # written by scoring
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        raise ValueError(f"{where} is {value!r}, not a number within [0, {high:g}]")
 
 
-def _figures(value, keys: set[str], where: str) -> None:
-    if not isinstance(value, dict) or set(value) != keys:
-        raise ValueError(f"{where} is not an object of exactly {sorted(keys)}")
-    for key in sorted(keys):
-        _number(value[key], f"{where}.{key}")
+def _column(value, n: int, where: str) -> list:
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"{where} is not a list of {n} per-image figures (one per image of the context)")
+    return value
+
+
+def _per_image(value, keys: tuple[str, ...], n: int, pixels: int, where: str) -> None:
+    """VALUE: {figure: [one number per image]} of exactly KEYS, each figure in its range, counts summing to PIXELS."""
+    if not isinstance(value, dict) or set(value) != set(keys):
+        raise ValueError(f"{where} is not an object of exactly {list(keys)}")
+    for key in keys:
+        column = _column(value[key], n, f"{where}.{key}")
+        for k, v in enumerate(column):
+            if key in ("tp", "fp", "fn", "tn"):
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= pixels:
+                    raise ValueError(f"{where}.{key}[{k}] is {v!r}, not a pixel count within [0, {pixels}]")
+            else:
+                _number(v, f"{where}.{key}[{k}]", 2.0 if key == "deviation" else 1.0)
+    if "tp" in keys:
+        for k in range(n):
+            if sum(value[c][k] for c in ("tp", "fp", "fn", "tn")) != pixels:
+                raise ValueError(f"{where}: the confusion counts of image {k} do not sum to its {pixels} pixels")
+
+
+def _sizes(context) -> tuple[dict[str, int], int]:
+    """(images per set, pixels per image) of a saved context."""
+    if not isinstance(context, dict):
+        raise ValueError("context is not an object")
+    sizes = {}
+    for name in SETS:
+        entries = context.get(name)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and set(e) == {"name", "sha256"}
+                                                    for e in entries):
+            raise ValueError(f"context.{name} is not a list of images (name, sha256)")
+        sizes[name] = len(entries)
+    shape = context.get("input_shape")
+    if not isinstance(shape, list) or len(shape) != 4 or any(isinstance(v, bool) or not isinstance(v, int)
+                                                             or v < 1 for v in shape):
+        raise ValueError("context.input_shape is not a list of 4 positive integers")
+    return sizes, shape[2] * shape[3]
+
+
+def _figures(value, sizes: dict[str, int], pixels: int, where: str, labelled_only: bool = False) -> None:
+    """A candidate's (or, LABELLED_ONLY, fp32's) figures: selection and extra always, confirmation once scored."""
+    required = ("selection",) if labelled_only else ("selection", "extra")
+    if not isinstance(value, dict) or not set(required) <= set(value) <= {*required, "confirmation"}:
+        raise ValueError(f"{where} is not an object of {', '.join(required)} (and confirmation)")
+    for name in value:
+        keys = LABELLED if labelled_only else FIDELITY if name == "extra" else FIDELITY + LABELLED
+        _per_image(value[name], keys, sizes[name], pixels, f"{where}.{name}")
 
 
 def _candidate(value, where: str) -> Candidate:
@@ -134,10 +182,9 @@ def check_saved(saved) -> dict[str, dict]:
     unknown, missing = set(saved) - SAVED - RUN_FIELDS, SAVED - set(saved)
     if unknown or missing:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}" if unknown else f"no {sorted(missing)[0]!r}")
-    if not isinstance(saved["context"], dict):
-        raise ValueError("context is not an object")
+    sizes, pixels = _sizes(saved["context"])
     if saved["fp32"] is not None:
-        _figures(saved["fp32"], FIGURES, "fp32")
+        _figures(saved["fp32"], sizes, pixels, "fp32", labelled_only=True)
     extra = saved["extra"]
     if not isinstance(extra, dict) or set(extra) - {"worst_first"}:
         raise ValueError("extra is not an object of worst_first")
@@ -154,7 +201,7 @@ def check_saved(saved) -> dict[str, dict]:
         if not isinstance(entry, dict) or set(entry) != {"candidate", "figures"}:
             raise ValueError(f"{where} is not an object of candidate and figures")
         key = _candidate(entry["candidate"], f"{where}.candidate").key
-        _figures(entry["figures"], FIGURES | {"deviation"}, f"{where}.figures")
+        _figures(entry["figures"], sizes, pixels, f"{where}.figures")
         if key in entries:
             raise ValueError(f"{where} repeats the candidate {key}")
         entries[key] = entry
@@ -164,7 +211,8 @@ def check_saved(saved) -> dict[str, dict]:
 
 
 class Cache:
-    """Scored candidates of one context (model, calibration set, validation images, per-channel, numbering, code),
+    """Scored candidates of one context (model, calibration set, image sets, per-channel, numbering, code), with
+    their per-image figures on each image set (scoring.image_figures),
     kept in candidates.json so that a rerun, or a run with another target, builds only what it has not seen.
 
     The file is an input: read back only if every entry checks (check_saved) and its content matches the digest it
@@ -204,8 +252,10 @@ class Cache:
     def get(self, candidate: Candidate) -> dict | None:
         return self.entries.get(candidate.key)
 
-    def put(self, candidate: Candidate, figures: dict) -> None:
-        self.entries[candidate.key] = {"candidate": candidate.to_json(), "figures": figures}
+    def put(self, candidate: Candidate, image_set: str, figures: dict) -> None:
+        """Per-image FIGURES of CANDIDATE on IMAGE_SET (selection, extra, confirmation)."""
+        entry = self.entries.setdefault(candidate.key, {"candidate": candidate.to_json(), "figures": {}})
+        entry["figures"][image_set] = figures
 
     def record(self, **fields) -> dict:
         saved = {"context": self.context, "fp32": self.fp32, "extra": self.extra,

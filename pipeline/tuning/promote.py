@@ -4,7 +4,8 @@ The copy writes one file, so where it may go is checked before tuning starts (`-
 a `*.yaml` directly in build_configs/ (or, for a config tuned on the demo's generated data, inside artifacts/demo/
 but outside its release bundles, never the tracked build_configs/), not the input config, and either new or an earlier tuned config whose body
 still matches its header (a hand-edited one only with --force). Any other existing file, tracked or not, is not
-tune's to replace.
+tune's to replace. The copy is made only when the tuned config's verdict (its header) is confirmed or input kept;
+--force (FORCE=1) copies any other verdict too, and the copy's header then says so.
 """
 from __future__ import annotations
 
@@ -60,12 +61,24 @@ def check_target(target: Path, config: Path, demo: bool, force: bool) -> None:
                             f"or name another file")
 
 
-def promote(tuned: Path, target: Path, config: Path, demo: bool, force: bool) -> None:
-    """Copies TUNED (tune's tuned.yaml) to TARGET, by atomic rename, once check_target allows it."""
+def promote(tuned: Path, target: Path, config: Path, demo: bool, force: bool) -> str | None:
+    """Copies TUNED (tune's tuned.yaml) to TARGET, by atomic rename, once check_target allows it and its verdict is
+    one of tuned_yaml.PROMOTABLE (or FORCE: then the copy's header says so). Returns the verdict overridden, if any."""
     check_target(target, config, demo, force)
     text = _read(tuned, "the tuned config")
     header, body = tuned_yaml.split(text)
     if header is None or tuned_yaml.edited(header, body):
         raise PipelineError(f"{tuned}: not tune's output as written (no header, or a body edited since); rerun "
                             f"`make tune`")
-    write_text(target, text)
+    verdict = tuned_yaml.verdict(header)
+    if verdict is None:
+        raise PipelineError(f"{tuned}: its header records no verdict (one `# {tuned_yaml.VERDICT_PREFIX}` line, one "
+                            f"of {', '.join(tuned_yaml.VERDICTS)}); rerun `make tune`")
+    if verdict in tuned_yaml.PROMOTABLE:
+        write_text(target, text)
+        return None
+    if not force:
+        raise PipelineError(f"{tuned}: verdict {verdict}, so TUNED_CONFIG={target} was not written; the report is "
+                            f"{tuned.parent / 'tune.md'} (FORCE=1 promotes anyway)")
+    write_text(target, tuned_yaml.forced(text, verdict))
+    return verdict

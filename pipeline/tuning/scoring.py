@@ -1,10 +1,15 @@
-"""Scoring a candidate model on the validation images, against the ground truth and against fp32.
+"""Scoring a candidate model image by image, against fp32 and against the ground truth, and its summary.
 
-The figures are those of `evaluate` (metrics.py: MSE and MAD per image then averaged, mIoU from one confusion
-matrix), restricted to the three the target is about, plus the candidate's deviation from fp32: the mean
-|alpha - fp32 alpha| of the 8-bit predictions. The deviation bounds how far MAD can move
-(|MAD - MAD_fp32| <= deviation) and, unlike the change of MAD, cannot improve by accident, so layers are ranked by
-how much keeping them float reduces it.
+Per image (`image_figures`, what candidates.json keeps, so every statistic can be recomputed without a model):
+- `deviation`, the figure tuning optimises: mean |alpha - fp32 alpha| of the 8-bit predictions plus `flips`, the
+  share of pixels whose label (alpha >= 0.5, i.e. >= 128 as mIoU binarises) differs from fp32's. It needs no
+  ground truth and is paired: two candidates' per-image deviations differ by their own errors only.
+- against the ground truth, as `evaluate` computes them (metrics.py): MSE, MAD and the four confusion counts (mIoU
+  is pooled over images from them). These are the target's constraints, never what is ranked.
+Unlabelled images (--extra-images) have a deviation and flips only.
+
+`summary` turns the per-image figures into means with one-sided 95% bounds (statistics.py) and the target check:
+met when the upper bound of each change (MSE, MAD increase, mIoU drop) is within its limit.
 """
 from __future__ import annotations
 
@@ -14,26 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics, runtime
-from ..config import BuildConfig
+from ..config import BuildConfig, Tune
 from ..dataset import image_dir, matte_path
 from ..evaluate import load_gt
 from ..preprocess import load_input
+from . import statistics
 
-FIGURES = ("mse", "mad", "miou")
+FIDELITY = ("deviation", "flips")                          # every image
+LABELLED = ("mse", "mad", *statistics.COUNTS)              # images with a matte
+CHANGES = ("mse_increase", "mad_increase", "miou_drop")    # against fp32, positive = worse
 
 
 @dataclass
-class Validation:
-    """The preprocessed validation images and their ground truth, loaded once."""
+class Images:
+    """Preprocessed images and, for labelled ones, their ground truth, loaded once."""
     names: list[str]
     inputs: list[np.ndarray]
-    gts: list[np.ndarray]
+    gts: list[np.ndarray] | None
 
 
-def load_validation(cfg: BuildConfig, data: str | Path, names: list[str]) -> Validation:
+def load_labelled(cfg: BuildConfig, data: str | Path, names: list[str]) -> Images:
     folder = image_dir(data)
-    return Validation(names, [load_input(cfg, folder / n) for n in names],
-                      [load_gt(matte_path(folder / n), cfg) for n in names])
+    return Images(names, [load_input(cfg, folder / n) for n in names],
+                  [load_gt(matte_path(folder / n), cfg) for n in names])
+
+
+def load_unlabelled(cfg: BuildConfig, folder: Path, names: list[str]) -> Images:
+    return Images(names, [load_input(cfg, folder / n) for n in names], None)
 
 
 def predict(model: bytes | Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -42,25 +54,40 @@ def predict(model: bytes | Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [metrics.pred_from_alpha(runtime.run(session, x)) for x in inputs]
 
 
-def score(preds: list[np.ndarray], gts: list[np.ndarray], reference: list[np.ndarray] | None = None) -> dict:
-    """MSE, MAD (means over images), mIoU (one confusion matrix) and, given fp32's predictions, the deviation."""
-    total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+def ground_truth_figures(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, list]:
+    """Per image: MSE, MAD and the confusion counts against the ground truth (fp32's figures)."""
+    out: dict[str, list] = {key: [] for key in LABELLED}
     for pred, gt in zip(preds, gts):
+        out["mse"].append(metrics.mse(pred, gt))
+        out["mad"].append(metrics.mad(pred, gt))
         for key, value in metrics.confusion(pred, gt).items():
-            total[key] += value
-    out = {"mse": float(np.mean([metrics.mse(p, g) for p, g in zip(preds, gts)])),
-           "mad": float(np.mean([metrics.mad(p, g) for p, g in zip(preds, gts)])),
-           "miou": metrics.miou(total)}
-    if reference is not None:
-        out["deviation"] = float(np.mean([np.abs(p.astype(np.int16) - r).mean() / 255.0
-                                          for p, r in zip(preds, reference)]))
+            out[key].append(value)
     return out
 
 
-def changes(figures: dict, fp32: dict) -> dict:
-    """Increase of MSE and MAD, drop of mIoU, against fp32 (positive = worse)."""
-    return {"mse_increase": figures["mse"] - fp32["mse"], "mad_increase": figures["mad"] - fp32["mad"],
-            "miou_drop": fp32["miou"] - figures["miou"]}
+def fidelity_figures(preds: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, list]:
+    """Per image: deviation and flips against REFERENCE (fp32's predictions)."""
+    out: dict[str, list] = {key: [] for key in FIDELITY}
+    for pred, ref in zip(preds, reference):
+        flips = float(np.mean((pred >= metrics.MIOU_THRESHOLD) != (ref >= metrics.MIOU_THRESHOLD)))
+        out["deviation"].append(float(np.abs(pred.astype(np.int16) - ref).mean() / 255.0) + flips)
+        out["flips"].append(flips)
+    return out
+
+
+def image_figures(preds, reference, gts=None) -> dict[str, list]:
+    """Every per-image figure of a candidate (deviation and flips; with GTS, the ground-truth ones too)."""
+    return {**fidelity_figures(preds, reference), **(ground_truth_figures(preds, gts) if gts is not None else {})}
+
+
+def counts(figures: dict) -> np.ndarray:
+    """[n images, 4] confusion counts (tp, fp, fn, tn)."""
+    return np.stack([np.asarray(figures[k], dtype=np.int64) for k in statistics.COUNTS], axis=1)
+
+
+def fp32_summary(fp32: dict) -> dict:
+    return {"mse": float(np.mean(fp32["mse"])), "mad": float(np.mean(fp32["mad"])),
+            "miou": float(statistics.miou(counts(fp32).sum(axis=0)))}
 
 
 def _ratio(change: float, limit: float) -> float:
@@ -69,6 +96,41 @@ def _ratio(change: float, limit: float) -> float:
     return 0.0 if change <= 0 else float("inf")
 
 
-def violation(change: dict, max_mad_increase: float, max_miou_drop: float) -> float:
-    """The larger of the two changes as a share of its limit: at most 1 means the target is met."""
-    return max(_ratio(change["mad_increase"], max_mad_increase), _ratio(change["miou_drop"], max_miou_drop))
+def violation(upper: dict, tune: Tune) -> float:
+    """The largest upper bound of a change as a share of its limit: at most 1 means the target is met."""
+    return max(_ratio(upper["mse_increase"], tune.max_mse_increase),
+               _ratio(upper["mad_increase"], tune.max_mad_increase),
+               _ratio(upper["miou_drop"], tune.max_miou_drop))
+
+
+def summary(fidelity: dict, labelled: dict, fp32: dict, tune: Tune, seed: int) -> dict:
+    """Means and one-sided 95% bounds of a candidate on one image set, and the target check.
+
+    FIDELITY: per-image deviation and flips of every image of the set (unlabelled ones included); LABELLED and FP32:
+    per-image ground-truth figures of the candidate and of fp32 on the labelled images. Bounds are [lower, upper]."""
+    every = statistics.draws(len(fidelity["deviation"]), seed)
+    labels = statistics.draws(len(labelled["mse"]), seed)
+    # one product per image set: resampling is a (resamples x n) matrix, reading it once is most of the time
+    both = statistics.resampled_means(np.stack([fidelity[key] for key in FIDELITY], axis=1), every)
+    resampled = {key: both[:, k] for k, key in enumerate(FIDELITY)}
+    changes = statistics.resampled_means(np.stack([np.asarray(labelled[key]) - np.asarray(fp32[key])
+                                                   for key in ("mse", "mad")], axis=1), labels)
+    resampled.update(mse_increase=changes[:, 0], mad_increase=changes[:, 1])
+    mine, theirs = counts(labelled), counts(fp32)
+    resampled["miou_drop"] = statistics.resampled_miou(theirs, labels) - statistics.resampled_miou(mine, labels)
+    means = {key: float(np.mean(fidelity[key])) for key in FIDELITY}
+    means.update(mse=float(np.mean(labelled["mse"])), mad=float(np.mean(labelled["mad"])),
+                 miou=float(statistics.miou(mine.sum(axis=0))))
+    reference = fp32_summary(fp32)
+    means.update(mse_increase=means["mse"] - reference["mse"], mad_increase=means["mad"] - reference["mad"],
+                 miou_drop=reference["miou"] - means["miou"])
+    bounds = {key: [statistics.lower(r), statistics.upper(r)] for key, r in resampled.items()}
+    out = {**means, "bounds": bounds, "images": len(fidelity["deviation"]), "labelled": len(labelled["mse"])}
+    out["violation"] = violation({key: bounds[key][1] for key in CHANGES}, tune)
+    return out
+
+
+def gain_draws(incumbent: list, candidate: list, seed: int) -> np.ndarray:
+    """Resampled means of the paired per-image improvement of deviation, incumbent minus candidate."""
+    diff = np.asarray(incumbent, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
+    return statistics.resampled_means(diff, statistics.draws(len(diff), seed))

@@ -1,19 +1,25 @@
-"""The search of `tune`, bounded by a number of candidates; pure (a candidate's figures come from `evaluate`).
+"""The search of `tune`, bounded by a number of candidates, and the choice among them; pure (a candidate's
+figures come from `evaluate`, its paired comparison with the incumbent from the caller).
 
-1. calibration: every calibration with no layer skipped; the one nearest the target is the base.
+0. the incumbent: the input config as it is (its own calibration and skip_conv_layers);
+1. calibration: every calibration with no layer skipped; the base is the one of lowest deviation among those that
+   meet the target, or of lowest deviation if none does. If it meets the target, the search ends there.
 2. rank: for the `rank_count` layers worst by `prerank` (the analysis's single-layer SQNR), the base with that
    layer alone kept float; layers are ranked by how much that reduces the deviation from fp32, measured ones first.
-3. bisect: the fewest top-ranked layers kept float that meet the target: n = 1, 2, 4, ... until one does, then
-   bisection between the last n that failed and the first that met.
+3. bisect: the fewest top-ranked layers kept float (at most `max_float`) that meet the target: n = 1, 2, 4, ...
+   until one does, then bisection between the last n that failed and the first that met. Once, when keeping more
+   layers float made the deviation worse, the layers after those kept are ranked again with them kept float
+   ("rerank", as NNCF re-ranks after such a revert).
 4. drop: each chosen layer, least important first, is tried back in int8 and stays so when the target still holds.
 Every distinct candidate counts once against `budget` (max_builds), cached or not, so a rerun follows the same
-path; when the budget runs out the search stops and returns the best seen.
+path; when the budget runs out the search stops. `decide` then chooses (docs/tuning.md, "When a candidate wins").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from . import statistics
 from .candidates import Candidate
 
 
@@ -30,28 +36,54 @@ class Step:
 
 @dataclass
 class Outcome:
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # the incumbent (the input config) first
     out_of_budget: bool = False
 
-    @property
-    def best(self) -> Step:
-        """Meeting the target: the fewest skipped layers, then the smallest violation; else the smallest violation."""
-        met = [s for s in self.steps if s.met]
-        if met:
-            return min(met, key=lambda s: (len(s.candidate.skip), s.result["violation"], s.result["deviation"]))
-        return min(self.steps, key=lambda s: (s.result["violation"], s.result["deviation"], len(s.candidate.skip)))
+
+@dataclass
+class Decision:
+    chosen: Step
+    verdict: str                  # "chosen" (to be confirmed), "input kept" or "target not met"
+    levels: list[float | None]    # per step after the incumbent: Holm's level if significantly better, else None
 
     @property
-    def met(self) -> bool:
-        return self.best.met
+    def compared(self) -> int:
+        return len(self.levels)
+
+
+def decide(steps: list[Step], p_values: list[float], level: float = statistics.LEVEL) -> Decision:
+    """The choice among STEPS (STEPS[0] the incumbent; P_VALUES the one-sided p of each other step's paired
+    improvement of deviation over it): among the candidates significantly better (Holm) that meet the target, the
+    fewest Convs kept float, then the lowest deviation. None: the incumbent, "input kept" if it meets the target;
+    else "target not met", with the significantly better candidate nearest the target if there is one."""
+    incumbent, others = steps[0], steps[1:]
+    levels = statistics.holm(p_values, level)
+    better = [s for s, at in zip(others, levels) if at is not None]
+    eligible = [s for s in better if s.met]
+    if eligible:
+        return Decision(min(eligible, key=lambda s: (len(s.candidate.skip), s.result["deviation"])), "chosen", levels)
+    if incumbent.met:
+        return Decision(incumbent, "input kept", levels)
+    nearest = min(better, key=lambda s: (s.result["violation"], len(s.candidate.skip), s.result["deviation"]),
+                  default=incumbent)
+    return Decision(nearest, "target not met", levels)
+
+
+def verdict(decision: Decision, gain_lower: float, violation: float) -> str:
+    """The verdict: a choice made on the selection images stands ("confirmed") when, on the confirmation images,
+    its deviation is significantly lower than the input config's (GAIN_LOWER, the lower bound of the paired
+    improvement, above 0) and it meets the target there (VIOLATION <= 1); otherwise "not confirmed"."""
+    if decision.verdict != "chosen":
+        return decision.verdict
+    return "confirmed" if gain_lower > 0 and violation <= 1 else "not confirmed"
 
 
 class _OutOfBudget(Exception):
     pass
 
 
-def search(calibrations: list[Candidate], evaluate: Callable[[Candidate], dict],
-           prerank: Callable[[Candidate], list[int]], budget: int, rank_count: int) -> Outcome:
+def search(incumbent: Candidate, calibrations: list[Candidate], evaluate: Callable[[Candidate], dict],
+           prerank: Callable[[Candidate], list[int]], budget: int, rank_count: int, max_float: int) -> Outcome:
     outcome = Outcome()
     seen: dict[Candidate, Step] = {}
 
@@ -63,32 +95,46 @@ def search(calibrations: list[Candidate], evaluate: Callable[[Candidate], dict],
             outcome.steps.append(seen[candidate])
         return seen[candidate]
 
-    try:
-        for candidate in calibrations:
-            run(candidate, "calibration")
-        base = min(outcome.steps, key=lambda s: (s.result["violation"], s.result["deviation"]))
-        if base.met:
-            return outcome
-        order = prerank(base.candidate)
+    def ranking(kept: tuple[int, ...], reference: Step, order: list[int], phase: str) -> list[int]:
+        """ORDER re-ranked: its first rank_count layers, each kept float with KEPT, by the deviation that removes
+        from REFERENCE (KEPT float); the rest after them in ORDER."""
         gains = {}
         for layer in order[:rank_count]:
-            gains[layer] = base.result["deviation"] - run(replace(base.candidate, skip=(layer,)), "rank") \
-                .result["deviation"]
-        ranked = sorted(gains, key=lambda layer: -gains[layer]) + [i for i in order if i not in gains]
+            trial = replace(base.candidate, skip=tuple(sorted((*kept, layer))))
+            gains[layer] = reference.result["deviation"] - run(trial, phase).result["deviation"]
+        return sorted(gains, key=lambda layer: -gains[layer]) + [i for i in order if i not in gains]
+
+    try:
+        run(incumbent, "input" if incumbent.skip else "calibration")
+        for candidate in calibrations:
+            run(candidate, "calibration")
+        plain = [s for s in outcome.steps if not s.candidate.skip]
+        base = min(plain, key=lambda s: (not s.met, s.result["deviation"]))
+        if base.met or max_float == 0:
+            return outcome
+        ranked = ranking((), base, prerank(base.candidate), "rank")
+        limit = min(len(ranked), max_float)
+        if limit == 0:
+            return outcome
 
         def first(n: int) -> Step:
-            return run(replace(base.candidate, skip=tuple(sorted(ranked[:n]))), "bisect")
+            return run(replace(base.candidate, skip=tuple(sorted(ranked[:n]))), "bisect") if n else base
 
-        failed, met, n = 0, None, 1
-        while n <= len(ranked):
-            if first(n).met:
+        failed, met, n, reranked = 0, None, 1, False
+        while True:
+            step = first(n)
+            if not step.met and not reranked and step.result["deviation"] > first(failed).result["deviation"]:
+                # keeping ranked[failed:n] float too made the deviation worse (their errors cancelled another's):
+                # rank what follows ranked[:failed] again, measured with those kept float, once
+                reranked = True
+                ranked = ranked[:failed] + ranking(tuple(ranked[:failed]), first(failed), ranked[failed:], "rerank")
+                step = first(n)
+            if step.met:
                 met = n
                 break
-            failed, n = n, min(2 * n, len(ranked))
-            if n == failed:  # every ranked layer float and still short of the target
-                break
-        if met is None:
-            return outcome
+            if n == limit:  # every Conv the search may keep float, and still short of the target
+                return outcome
+            failed, n = n, min(2 * n, limit)
         while met - failed > 1:
             mid = (failed + met) // 2
             failed, met = (failed, mid) if first(mid).met else (mid, met)

@@ -1,10 +1,11 @@
-"""The validation images of tuning: images of DATA outside the calibration subset, never scored on what was
-calibrated on.
+"""The images of tuning: images of DATA outside the calibration subset, split into selection and confirmation
+images, and the release engineer's unlabelled extra images.
 
-They follow the calibration subset's own rule (calibrate.draw): every image name ranked by sha256("SEED:NAME"),
-the calibration names skipped, the first `pipeline.tune.validation_images` taken. So the split depends only on
-the seed, the set of names and the two counts, and the calibration subset plus the validation images are a prefix
-of one ranking: the images after them are held out from both.
+The split follows the calibration subset's own rule (calibrate.draw): every image name ranked by
+sha256("SEED:NAME"), the calibration names skipped; the first `selection_images` are the selection images (the
+search scores on them), the next `confirmation_images` the confirmation images (scored once, at the end, for the
+chosen and the input config). Unset, the two share what is left half and half (the selection the larger half).
+So the split depends only on the seed, the set of names and the counts, and is recorded by name and sha256.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..config import BuildConfig
 from ..dataset import image_dir, list_images
 from ..errors import PipelineError
 from ..fileio import sha256_file
+from ..names import check_name
 
 
 def ranked_outside(names, seed: int, exclude: set[str]) -> list[str]:
@@ -23,14 +25,49 @@ def ranked_outside(names, seed: int, exclude: set[str]) -> list[str]:
     return [n for n in draw(names, seed, len(names)) if n not in exclude]
 
 
-def validation_split(cfg: BuildConfig, data: str | Path, calib_names: set[str]) -> list[tuple[str, str]]:
-    """[(name, sha256)] of the validation images, in rank order."""
-    count = cfg.pipeline.tune.validation_images
+def counts(cfg: BuildConfig, left: int) -> tuple[int, int]:
+    """(selection, confirmation) image counts out of LEFT images outside the calibration subset."""
+    tune = cfg.pipeline.tune
+    selection, confirmation = tune.selection_images, tune.confirmation_images
+    if selection is None:
+        selection = left - (left // 2 if confirmation is None else confirmation)
+    if confirmation is None:
+        confirmation = left - selection
+    if selection < 1 or confirmation < 1 or selection + confirmation > left:
+        raise PipelineError(f"{cfg.source}: {left} images outside the calibration subset cannot give "
+                            f"{selection} selection and {confirmation} confirmation images "
+                            f"(pipeline.tune.selection_images / confirmation_images); both need at least 1: lower "
+                            f"them or add images to DATA")
+    return selection, confirmation
+
+
+def split(cfg: BuildConfig, data: str | Path, calib_names: set[str]) -> tuple[list[tuple[str, str]],
+                                                                               list[tuple[str, str]]]:
+    """([(name, sha256)] of the selection images, [...] of the confirmation images), each in rank order."""
     names = [p.name for p in list_images(data, cfg.dataset.suffix)]
-    chosen = ranked_outside(names, cfg.pipeline.seed, calib_names)[:count]
-    if len(chosen) < count:
-        raise PipelineError(f"{image_dir(data)}: {len(chosen)} *.{cfg.dataset.suffix} images outside the "
-                            f"calibration subset, fewer than pipeline.tune.validation_images={count} in "
-                            f"{cfg.source}")
+    ranked = ranked_outside(names, cfg.pipeline.seed, calib_names)
+    selection, confirmation = counts(cfg, len(ranked))
     folder = image_dir(data)
-    return [(name, sha256_file(folder / name)) for name in chosen]
+    entries = [(name, sha256_file(folder / name)) for name in ranked[:selection + confirmation]]
+    return entries[:selection], entries[selection:]
+
+
+def extra_images(cfg: BuildConfig, folder: Path, held_out: dict[str, str]) -> list[tuple[str, str]]:
+    """[(name, sha256)] of the unlabelled images in FOLDER (by name), none of them one of HELD_OUT
+    (sha256 -> what it is: a calibration or confirmation image, which must not steer the search)."""
+    if not folder.is_dir():
+        raise PipelineError(f"--extra-images {folder}: no such folder; give a folder of *.{cfg.dataset.suffix} photos "
+                            f"(TUNE_EXTRA=DIR)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(f".{cfg.dataset.suffix}"))
+    if not files:
+        raise PipelineError(f"--extra-images {folder}: no *.{cfg.dataset.suffix} files (the config's "
+                            f"dataset.sampler.suffix)")
+    entries = []
+    for path in files:
+        check_name(path.name, f"--extra-images {folder}")
+        digest = sha256_file(path)
+        if digest in held_out:
+            raise PipelineError(f"--extra-images {folder}: {path.name} is {held_out[digest]} (same sha256); extra "
+                                f"images must be other photos: remove it from the folder")
+        entries.append((path.name, digest))
+    return entries

@@ -6,7 +6,8 @@ handle (e.g. a flow-style `quantize: {...}`) falls back to dumping the whole doc
 
 The header starts with MARK and ends with the sha256 of the body (everything after it), so a tuned config is
 recognised as one, a hand edit of its body is noticed (`make tune` will not overwrite it, `build` warns), and
-tuning a tuned config replaces its header instead of stacking a second one.
+tuning a tuned config replaces its header instead of stacking a second one. Its `Verdict:` line is what `make
+tune` promotes by (promote.py): confirmed or input kept, or anything with FORCE=1, which then says so below it.
 """
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ MARK = "Tuned by `python -m pipeline tune`"
 TUNED_SUFFIX = "_tuned"  # TUNED_CONFIG's default name, NAME_tuned.yaml (the Makefile strips it: patsubst %_tuned,%)
 BODY_LINE = re.compile(r"# Body sha256: ([0-9a-f]{64})")
 MODEL_LINE = re.compile(r"# Model: .* sha256 ([0-9a-f]{64})")
+VERDICT_PREFIX = "Verdict: "
+VERDICTS = ("confirmed", "not confirmed", "target not met", "input kept")
+PROMOTABLE = ("confirmed", "input kept")  # what `make tune` copies to TUNED_CONFIG without FORCE=1
+FORCED_PREFIX = "Promoted with FORCE=1 although the verdict is "
 
 
 @dataclass(frozen=True)
 class Header:
     onnx_sha256: str | None  # the simplified ONNX it was tuned for
     body_sha256: str | None  # None: written before the header recorded it
+    verdicts: tuple[str, ...] = ()  # the text after "# Verdict: " of every such line (one, as tune writes it)
 
 
 def body_digest(body: str) -> str:
@@ -55,10 +61,11 @@ def split(text: str) -> tuple[Header | None, str]:
     comments = [line.rstrip("\n") for line in lines[:next((i for i, line in enumerate(lines)
                                                             if not line.startswith("#")), len(lines))]]
     onnx = next((m.group(1) for m in map(MODEL_LINE.fullmatch, comments) if m), None)
+    verdicts = tuple(line[len(f"# {VERDICT_PREFIX}"):] for line in comments if line.startswith(f"# {VERDICT_PREFIX}"))
     for i, line in enumerate(comments):
         body = BODY_LINE.fullmatch(line)
         if body:
-            return Header(onnx, body.group(1)), "".join(lines[i + 1:])
+            return Header(onnx, body.group(1), verdicts), "".join(lines[i + 1:])
     # written before the header recorded the body's sha256: it ended with an empty comment line
     end = comments.index("#") if "#" in comments else -1
     return Header(onnx, None), "".join(lines[end + 1:])
@@ -77,6 +84,18 @@ def is_tuned(path: Path) -> bool:
 
 def edited(header: Header, body: str) -> bool:
     return header.body_sha256 != body_digest(body)
+
+
+def verdict(header: Header) -> str | None:
+    """The verdict the header records, if it records exactly one of VERDICTS (else None: not tune's as written)."""
+    return header.verdicts[0] if len(header.verdicts) == 1 and header.verdicts[0] in VERDICTS else None
+
+
+def forced(text: str, verdict_: str) -> str:
+    """TEXT (a tuned config) with a header line, after its verdict, saying it was promoted anyway."""
+    mark = f"# {VERDICT_PREFIX}{verdict_}\n"
+    at = text.index(mark) + len(mark)
+    return text[:at] + f"# {FORCED_PREFIX}{verdict_} (see the tune folder's tune.md)\n" + text[at:]
 
 
 def quantize_block(original: dict, mode: str, calibrate_range: float | None, skip: list[int]) -> dict:

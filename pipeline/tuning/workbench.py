@@ -1,14 +1,13 @@
 """What analyze and tune share: the inputs loaded once, and `evaluate(candidate)`, cached.
 
-Opening a workbench checks the ONNX, the calibration folder and skip_conv_layers as `build` does, draws the
-validation images and fixes the context every cached figure depends on; the heavy parts (statistics, validation
-images, fp32 predictions) load on first need, so a run whose every candidate is cached runs no model at all.
+Opening a workbench checks the ONNX, the calibration folder and skip_conv_layers as `build` does, splits the
+images (split.py) and fixes the context every cached figure depends on; the heavy parts (statistics, images, fp32
+predictions) load on first need, so a run whose every candidate is cached runs no model at all.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import cached_property
 from pathlib import Path
 
 from ..backends.ort import resolved_config, skipped_convs
@@ -21,42 +20,56 @@ from ..report import DEMO_STAMPS, DEMO_WARNINGS
 from ..runtime import read_onnx
 from . import scoring
 from .candidates import Cache, Candidate, Quantizer
-from .split import validation_split
+from .split import extra_images, split
 
 
 class Workbench:
     """DEMO: (the data is the generated demo set, the checkpoint is the demo one), as the report takes it: the
-    outputs then carry the report's banner."""
+    outputs then carry the report's banner. EXTRA: a folder of unlabelled images (--extra-images) whose deviation
+    from fp32 joins the selection figures."""
 
     def __init__(self, cfg: BuildConfig, onnx_path: Path, calib: Path, data: Path, progress,
-                 cache_path: Path | None = None, demo: tuple[bool, bool] = (False, False)):
+                 cache_path: Path | None = None, demo: tuple[bool, bool] = (False, False),
+                 extra: Path | None = None):
         if cfg.backend.dtype != "int8":
             raise PipelineError(f"{cfg.source}: backend.dtype is {cfg.backend.dtype}; analyze and tune need an "
                                 f"int8 config")
         if not onnx_path.is_file():
             raise PipelineError(f"{onnx_path}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
         self.cfg, self.onnx_path, self.calib, self.data, self.progress = cfg, onnx_path, calib, data, progress
-        self.demo = demo
+        self.demo, self.extra_dir = demo, extra
         # checked as `build` checks them: a stale or truncated tensors file is one line, never scored on
         self.model = read_onnx(onnx_path, f"rebuild it with `make simplify CONFIG={cfg.source}`")
         calib_manifest = read_calibration_folder(cfg, calib)
         skipped_convs(self.model, cfg.backend.quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
         names = {entry["name"] for entry in calib_manifest["images"]}
-        self.validation_entries = validation_split(cfg, data, names)
+        self.selection_entries, self.confirmation_entries = split(cfg, data, names)
+        held_out = {**{d: f"the confirmation image {n}" for n, d in self.confirmation_entries},
+                    **{e["sha256"]: f"the calibration image {e['name']}" for e in calib_manifest["images"]}}
+        self.extra_entries = extra_images(cfg, extra, held_out) if extra is not None else []
         self.quantizer = Quantizer(cfg, self.model, calib, lambda it, total=None: progress(it, "statistics", total))
-        listing = "".join(f"{digest}  {name}\n" for name, digest in self.validation_entries)
         self.digests = {"onnx_sha256": sha256_file(onnx_path),
                         "calibration_manifest_sha256": sha256_file(calib / "manifest.json"),
                         "calibration_tensors_sha256": calib_manifest["tensors"]["sha256"],  # checked whole above
                         "calibration_images": calib_manifest.get("count"),
-                        "validation_list_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+                        **{f"{name}_list_sha256": hashlib.sha256(listing(entries).encode()).hexdigest()
+                           for name, entries in self.sets.items()}}
         resolved = resolved_config(cfg)
-        context = {**self.digests, "validation": [{"name": n, "sha256": d} for n, d in self.validation_entries],
+        context = {**self.digests, **{name: [{"name": n, "sha256": d} for n, d in entries]
+                                      for name, entries in self.sets.items()},
                    "quantize_per_channel": cfg.backend.quantize.quantize_per_channel,
                    "conv_numbering": cfg.pipeline.conv_numbering, "dataset": resolved["dataset"],
                    "input_shape": list(cfg.input_shape), "code": code_digest()}
         self.cache = Cache(cache_path, json.loads(dumps_json(context)))  # as it reads back from candidates.json
-        self.built = 0  # candidates built and scored in this run (not from the cache)
+        self.built = 0  # candidates a model scored in this run (on an image set the cache did not hold)
+        self.passes = 0  # int8 and fp32 forward passes run in this run
+        self._images: dict[str, scoring.Images] = {}
+        self._fp32_preds: dict[str, list] = {}
+
+    @property
+    def sets(self) -> dict[str, list[tuple[str, str]]]:
+        return {"selection": self.selection_entries, "extra": self.extra_entries,
+                "confirmation": self.confirmation_entries}
 
     @property
     def demo_banner(self) -> str | None:
@@ -66,29 +79,69 @@ class Workbench:
     def demo_stamp(self) -> str | None:
         return DEMO_STAMPS.get(self.demo)
 
-    @cached_property
-    def validation(self) -> scoring.Validation:
-        return scoring.load_validation(self.cfg, self.data, [n for n, _ in self.validation_entries])
+    def images(self, image_set: str) -> scoring.Images:
+        """The preprocessed images of IMAGE_SET (and their ground truth, but for extra), loaded on first need."""
+        if image_set not in self._images:
+            names = [n for n, _ in self.sets[image_set]]
+            self._images[image_set] = scoring.load_unlabelled(self.cfg, self.extra_dir, names) \
+                if image_set == "extra" else scoring.load_labelled(self.cfg, self.data, names)
+        return self._images[image_set]
 
-    @cached_property
-    def fp32_preds(self) -> list:
-        return scoring.predict(self.onnx_path, self.validation.inputs)
+    def _predict(self, model, image_set: str) -> list:
+        inputs = self.images(image_set).inputs
+        self.passes += len(inputs)
+        return scoring.predict(model, inputs) if inputs else []
 
-    @property
-    def fp32(self) -> dict:
+    def fp32_preds(self, image_set: str) -> list:
+        if image_set not in self._fp32_preds:
+            self._fp32_preds[image_set] = self._predict(self.onnx_path, image_set)
+        return self._fp32_preds[image_set]
+
+    def fp32(self, image_set: str = "selection") -> dict:
+        """fp32's per-image ground-truth figures on a labelled IMAGE_SET."""
         if self.cache.fp32 is None:
-            self.cache.fp32 = scoring.score(self.fp32_preds, self.validation.gts)
-        return self.cache.fp32
+            self.cache.fp32 = {}
+        if image_set not in self.cache.fp32:
+            self.cache.fp32[image_set] = scoring.ground_truth_figures(self.fp32_preds(image_set),
+                                                                      self.images(image_set).gts)
+        return self.cache.fp32[image_set]
+
+    def figures(self, candidate: Candidate, image_sets: tuple[str, ...]) -> tuple[dict, bool]:
+        """(CANDIDATE's per-image figures by image set, whether all came from the cache); scores what is missing."""
+        hit = self.cache.get(candidate)
+        missing = [s for s in image_sets if hit is None or s not in hit["figures"]]
+        if missing:
+            model = self.quantizer.build(candidate)
+            for image_set in missing:
+                preds = self._predict(model, image_set)
+                self.cache.put(candidate, image_set, scoring.image_figures(preds, self.fp32_preds(image_set),
+                                                                           self.images(image_set).gts))
+            self.built += 1
+        return self.cache.get(candidate)["figures"], not missing
+
+    def summary(self, figures: dict, image_set: str) -> dict:
+        """Means, bounds and the target check of a candidate's FIGURES on IMAGE_SET (selection: with the extra
+        images' deviation)."""
+        own = figures[image_set]
+        fidelity = {k: own[k] + (figures["extra"][k] if image_set == "selection" else []) for k in scoring.FIDELITY}
+        return scoring.summary(fidelity, own, self.fp32(image_set), self.cfg.pipeline.tune, self.cfg.pipeline.seed)
+
+    def deviations(self, candidate: Candidate, image_set: str = "selection") -> list[float]:
+        """CANDIDATE's per-image deviation on IMAGE_SET (selection: with the extra images), as its summary uses."""
+        figures = self.cache.get(candidate)["figures"]
+        return figures[image_set]["deviation"] + (figures["extra"]["deviation"] if image_set == "selection" else [])
 
     def evaluate(self, candidate: Candidate) -> dict:
-        """Figures of CANDIDATE on the validation images, their change against fp32, its violation of the target."""
-        hit = self.cache.get(candidate)
-        if hit is None:
-            preds = scoring.predict(self.quantizer.build(candidate), self.validation.inputs)
-            self.cache.put(candidate, scoring.score(preds, self.validation.gts, self.fp32_preds))
-            self.built += 1
-        figures = self.cache.get(candidate)["figures"]
-        change = scoring.changes(figures, self.fp32)
-        tune = self.cfg.pipeline.tune
-        return {**figures, **change, "violation": scoring.violation(change, tune.max_mad_increase, tune.max_miou_drop),
-                "cached": hit is not None}
+        """CANDIDATE on the selection images (and the extra ones): summary() and whether it came from the cache."""
+        figures, cached = self.figures(candidate, ("selection", "extra"))
+        return {**self.summary(figures, "selection"), "cached": cached}
+
+    def confirm(self, candidate: Candidate) -> dict:
+        """CANDIDATE on the confirmation images, scored once."""
+        figures, cached = self.figures(candidate, ("selection", "extra", "confirmation"))
+        return {**self.summary(figures, "confirmation"), "cached": cached}
+
+
+def listing(entries: list[tuple[str, str]]) -> str:
+    """The `sha256  name` lines of an image list (selection.txt, confirmation.txt; sha256sum's format)."""
+    return "".join(f"{digest}  {name}\n" for name, digest in entries)
