@@ -72,11 +72,14 @@ def folders(tmp_path, monkeypatch):
     return tmp_path
 
 
-def tuned_text(note: str = "", verdict: str = "confirmed") -> str:
-    text = INT8_CONFIG.read_text()
+def tuned_text(note: str = "", verdict: str = "confirmed", verdicts: tuple[str, ...] | None = None,
+               text: str | None = None) -> str:
+    """A tuned config as tune writes it, its header signed over VERDICTS (default: the one VERDICT)."""
+    text = INT8_CONFIG.read_text() if text is None else text
     block = tuned_yaml.quantize_block(yaml.safe_load(text)["backend"]["quantize"], "max", None, [1])
-    return tuned_yaml.tuned_text(text, block, [f"{tuned_yaml.MARK} (docs/tuning.md): a test{note}",
-                                               f"Verdict: {verdict}", "Model: m.sim.onnx sha256 " + "0" * 64])
+    lines = [f"Verdict: {v}" for v in ((verdict,) if verdicts is None else verdicts)]
+    return tuned_yaml.tuned_text(text, block, [f"{tuned_yaml.MARK} (docs/tuning.md): a test{note}", *lines,
+                                               "Model: m.sim.onnx sha256 " + "0" * 64])
 
 
 def promote_args(to: str, *extra: str, tuned: Path | None = None) -> list[str]:
@@ -179,6 +182,24 @@ def test_promote_refuses_a_verdict_other_than_confirmed_or_input_kept_and_force_
     assert not tuned_yaml.edited(header, body)  # still tune's output: a later tune may replace it
 
 
+@pytest.mark.parametrize("edit", [lambda t: t.replace("# Verdict: not confirmed", "# Verdict: confirmed"),
+                                  lambda t: t.replace("# Verdict: not confirmed\n", "")])
+def test_a_verdict_edited_by_hand_is_an_edit_of_the_config(folders, capsys, edit):
+    tuned = folders / "tuned.yaml"
+    tuned.write_text(edit(tuned_text(verdict="not confirmed")))
+    assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", tuned=tuned)) == 2
+    assert one_error_line(capsys) == (f"error: {tuned}: not tune's output as written (no header, or a body edited "
+                                      f"since); rerun `make tune`")
+    assert not (folders / "build_configs" / "official_modnet_int8_tuned.yaml").exists()
+
+
+def test_a_verdict_comment_of_the_input_config_is_not_the_headers(folders):
+    text = tuned_text(text="# Verdict: confirmed by the 2025 review\n" + INT8_CONFIG.read_text())
+    header, body = tuned_yaml.split(text)
+    assert header.verdicts == ("confirmed",) and body.startswith("# Verdict: confirmed by the 2025 review\n")
+    assert not tuned_yaml.edited(header, body)
+
+
 def test_promote_copies_input_kept_as_confirmed(folders, capsys):
     tuned = folders / "tuned.yaml"
     tuned.write_text(tuned_text(verdict="input kept"))
@@ -186,13 +207,14 @@ def test_promote_copies_input_kept_as_confirmed(folders, capsys):
     assert (folders / "build_configs" / "official_modnet_int8_tuned.yaml").read_bytes() == tuned.read_bytes()
 
 
-@pytest.mark.parametrize("edit", [lambda t: t.replace("# Verdict: confirmed\n", ""),
-                                  lambda t: t.replace("# Verdict: confirmed", "# Verdict: probably fine"),
-                                  lambda t: t.replace("# Verdict: confirmed", "# Verdict: confirmed\n# Verdict: "
-                                                                               "confirmed")])
-def test_promote_refuses_a_header_without_exactly_one_known_verdict(folders, capsys, edit):
+@pytest.mark.parametrize("make", [
+    lambda: tuned_text(verdicts=()), lambda: tuned_text(verdict="probably fine"),
+    lambda: tuned_text(verdicts=("confirmed", "confirmed")),
+    # a verdict-like comment at the top of the input config is the body's, not the header's
+    lambda: tuned_text(verdicts=(), text="# Verdict: confirmed by the 2025 review\n" + INT8_CONFIG.read_text())])
+def test_promote_refuses_a_header_without_exactly_one_known_verdict(folders, capsys, make):
     tuned = folders / "tuned.yaml"
-    tuned.write_text(edit(tuned_text()))
+    tuned.write_text(make())
     for extra in ((), ("--force",)):
         assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", *extra, tuned=tuned)) == 2
         assert one_error_line(capsys) == (
@@ -369,8 +391,8 @@ def sel(saved, k=0):
     (redigest(lambda s: sel(s)["mse"].__setitem__(1, 1e308)), "cache[0].figures.selection.mse[1] is 1e+308"),
     (redigest(lambda s: sel(s)["flips"].__setitem__(0, "0.99")), "cache[0].figures.selection.flips[0] is '0.99'"),
     (redigest(lambda s: sel(s)["mad"].__setitem__(0, True)), "cache[0].figures.selection.mad[0] is True"),
-    (redigest(lambda s: sel(s)["deviation"].__setitem__(0, 2.5)), "selection.deviation[0] is 2.5, not a number "
-                                                                  "within [0, 2]"),
+    (redigest(lambda s: sel(s)["deviation"].__setitem__(0, 1.5)), "selection.deviation[0] is 1.5, not a number "
+                                                                  "within [0, 1]"),
     (redigest(lambda s: sel(s)["tp"].__setitem__(0, 1.0)), "cache[0].figures.selection.tp[0] is 1.0, not a pixel "
                                                            "count within [0, 4]"),
     (redigest(lambda s: sel(s)["tn"].__setitem__(0, 3)), "cache[0].figures.selection: the confusion counts of "

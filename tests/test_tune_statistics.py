@@ -164,3 +164,12 @@ def test_the_confirmation_makes_the_verdict():
     assert verdict(kept, -1.0, 5.0) == "input kept"        # nothing chosen: nothing to confirm
     missed = decide([step(violation=2.0), step(mode="max")], [1.0])
     assert verdict(missed, 0.0, 2.0) == "target not met"
+
+
+def test_deviation_is_the_mean_absolute_difference_and_flips_are_apart():
+    # one pixel crosses the label threshold by one level (127 -> 128); another is 51 levels off, on one side
+    ref = [np.array([[127, 0], [200, 255]], dtype=np.uint8)]
+    pred = [np.array([[128, 0], [149, 255]], dtype=np.uint8)]
+    got = scoring.fidelity_figures(pred, ref)
+    assert got["deviation"] == [pytest.approx((1 + 51) / 4 / 255)]
+    assert got["flips"] == [0.25]

@@ -113,7 +113,7 @@ def _per_image(value, keys: tuple[str, ...], n: int, pixels: int, where: str) ->
                 if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= pixels:
                     raise ValueError(f"{where}.{key}[{k}] is {v!r}, not a pixel count within [0, {pixels}]")
             else:
-                _number(v, f"{where}.{key}[{k}]", 2.0 if key == "deviation" else 1.0)
+                _number(v, f"{where}.{key}[{k}]", 1.0)
     if "tp" in keys:
         for k in range(n):
             if sum(value[c][k] for c in ("tp", "fp", "fn", "tn")) != pixels:

@@ -1,9 +1,11 @@
 """Scoring a candidate model image by image, against fp32 and against the ground truth, and its summary.
 
 Per image (`image_figures`, what candidates.json keeps, so every statistic can be recomputed without a model):
-- `deviation`, the figure tuning optimises: mean |alpha - fp32 alpha| of the 8-bit predictions plus `flips`, the
-  share of pixels whose label (alpha >= 0.5, i.e. >= 128 as mIoU binarises) differs from fp32's. It needs no
-  ground truth and is paired: two candidates' per-image deviations differ by their own errors only.
+- `deviation`, the figure tuning optimises: mean |alpha - fp32 alpha| of the 8-bit predictions. It needs no
+  ground truth and is paired: two candidates' per-image deviations differ by their own errors only. Reported
+  beside it, never added to it: `flips`, the share of pixels whose label (8-bit alpha >= 128, as mIoU binarises)
+  differs from fp32's. Added, one flipped pixel one level off would weigh as much as 255 levels of error
+  everywhere else, and the ranking would follow the pixels that sit on the threshold.
 - against the ground truth, as `evaluate` computes them (metrics.py): MSE, MAD and the four confusion counts (mIoU
   is pooled over images from them). These are the target's constraints, never what is ranked.
 Unlabelled images (--extra-images) have a deviation and flips only.
@@ -70,7 +72,7 @@ def fidelity_figures(preds: list[np.ndarray], reference: list[np.ndarray]) -> di
     out: dict[str, list] = {key: [] for key in FIDELITY}
     for pred, ref in zip(preds, reference):
         flips = float(np.mean((pred >= metrics.MIOU_THRESHOLD) != (ref >= metrics.MIOU_THRESHOLD)))
-        out["deviation"].append(float(np.abs(pred.astype(np.int16) - ref).mean() / 255.0) + flips)
+        out["deviation"].append(float(np.abs(pred.astype(np.int16) - ref).mean() / 255.0))
         out["flips"].append(flips)
     return out
 

@@ -4,8 +4,8 @@ The text is edited in place (the `quantize:` block under `backend:`) so every ot
 stays as the release engineer wrote it; the result is checked by parsing it back. A layout the edit cannot
 handle (e.g. a flow-style `quantize: {...}`) falls back to dumping the whole document.
 
-The header starts with MARK and ends with the sha256 of the body (everything after it), so a tuned config is
-recognised as one, a hand edit of its body is noticed (`make tune` will not overwrite it, `build` warns), and
+The header starts with MARK and ends with the sha256 of its verdict line and the body (everything after it), so a
+tuned config is recognised as one, a hand edit of its body or of the verdict `make tune` promotes by is noticed (`make tune` will not overwrite it, `build` warns), and
 tuning a tuned config replaces its header instead of stacking a second one. Its `Verdict:` line is what `make
 tune` promotes by (promote.py): confirmed or input kept, or anything with FORCE=1, which then says so below it.
 """
@@ -38,8 +38,11 @@ class Header:
     verdicts: tuple[str, ...] = ()  # the text after "# Verdict: " of every such line (one, as tune writes it)
 
 
-def body_digest(body: str) -> str:
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+def body_digest(body: str, verdicts: tuple[str, ...] = ()) -> str:
+    """sha256 of the verdict lines and BODY: the verdict is what promote trusts, so a hand edit of it counts as an
+    edit of the config (the FORCE=1 line written after it is not covered: promote adds it after the digest)."""
+    signed = "".join(f"# {VERDICT_PREFIX}{v}\n" for v in verdicts) + body
+    return hashlib.sha256(signed.encode("utf-8")).hexdigest()
 
 
 def escape(line: str) -> str:
@@ -61,10 +64,10 @@ def split(text: str) -> tuple[Header | None, str]:
     comments = [line.rstrip("\n") for line in lines[:next((i for i, line in enumerate(lines)
                                                             if not line.startswith("#")), len(lines))]]
     onnx = next((m.group(1) for m in map(MODEL_LINE.fullmatch, comments) if m), None)
-    verdicts = tuple(line[len(f"# {VERDICT_PREFIX}"):] for line in comments if line.startswith(f"# {VERDICT_PREFIX}"))
     for i, line in enumerate(comments):
         body = BODY_LINE.fullmatch(line)
-        if body:
+        if body:  # verdicts of the header only: the body's own leading comments may say anything
+            verdicts = tuple(c[len(f"# {VERDICT_PREFIX}"):] for c in comments[:i] if c.startswith(f"# {VERDICT_PREFIX}"))
             return Header(onnx, body.group(1), verdicts), "".join(lines[i + 1:])
     # written before the header recorded the body's sha256: it ended with an empty comment line
     end = comments.index("#") if "#" in comments else -1
@@ -83,7 +86,7 @@ def is_tuned(path: Path) -> bool:
 
 
 def edited(header: Header, body: str) -> bool:
-    return header.body_sha256 != body_digest(body)
+    return header.body_sha256 != body_digest(body, header.verdicts)
 
 
 def verdict(header: Header) -> str | None:
@@ -148,5 +151,6 @@ def tuned_text(text: str, block: dict, header: list[str]) -> str:
     body = _replace_block(text, block)
     if body is None or yaml.safe_load(body) != expected:
         body = yaml.safe_dump(expected, sort_keys=False, default_flow_style=None)
-    lines = [*header, f"Body sha256: {body_digest(body)}"]
+    verdicts = tuple(line[len(VERDICT_PREFIX):] for line in header if line.startswith(VERDICT_PREFIX))
+    lines = [*header, f"Body sha256: {body_digest(body, verdicts)}"]
     return "".join(f"# {escape(line)}".rstrip() + "\n" for line in lines) + body
