@@ -173,7 +173,7 @@ def markdown(wb: Workbench, result: Result, seconds: float) -> str:
              f"{'per channel' if wb.quantizer.per_channel else 'per tensor'}; skip_conv_layers in "
              f"{wb.cfg.pipeline.conv_numbering} order. fp32 on the selection images: MSE {fp32['mse']:.5f}, MAD "
              f"{fp32['mad']:.5f}, mIoU {fp32['miou']:.5f}. `dev` = deviation from fp32: mean |alpha - fp32 alpha| "
-             f"plus the share of pixels whose label (alpha >= 0.5) flips.", "",
+             f"(flips, the share of pixels whose label flips, are reported beside it).", "",
              *report_lines(wb, result), "",
              "Every candidate on the selection images; `p` is the one-sided p of its paired improvement of deviation "
              "over the input config, `Holm` the level it passed at (blank: not significantly better).", "",
