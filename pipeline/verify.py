@@ -159,6 +159,7 @@ def _source_setup(manifest: dict, files: list[tuple[str, bytes]], scratch: Path,
                   say) -> tuple[Path, list[str]]:
     """Unpack the bundle's source FILES (checked by read_source) into SCRATCH/source and choose (or make) its Python
     environment; returns the folder Make runs in and the variables it adds."""
+    venv_cache = venv_cache.resolve()  # VENV reaches a Make that runs in the unpacked source, not in this folder
     workdir = scratch / "source"
     unpack(files, workdir)
     requirements = dict(files)["requirements.txt"]

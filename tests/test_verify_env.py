@@ -129,3 +129,18 @@ def test_a_version_that_cannot_be_installed_leaves_nothing(tmp_path):
     assert str(err.value) == ("torch==2.3.1: pip finds no such version (PIP_ARGS can point it at another index); "
                               "the release's requirements.txt cannot be installed, nothing kept")
     assert list(cache.iterdir()) == []  # no half-built venv, no .part folder
+
+
+def test_a_relative_venv_cache_reaches_make_as_an_absolute_venv(tmp_path, monkeypatch):
+    # Make runs in the scratch folder's source/: a relative VENV would name a folder there, made (and installed)
+    # a second time
+    from pipeline import verify
+    made = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(verify, "current_venv", lambda: None)
+    monkeypatch.setattr(verify, "create_venv", lambda dest, *args: made.append(dest))
+    scratch = tmp_path / "scratch"
+    workdir, extra = verify._source_setup({}, [("Makefile", b"all:\n"), ("requirements.txt", REQS)], scratch,
+                                          Path("venvs"), lambda line: None)
+    assert workdir == scratch / "source" and made == [tmp_path / "venvs" / KEY]
+    assert extra[0] == f"VENV={tmp_path / 'venvs' / KEY}"
