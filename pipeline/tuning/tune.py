@@ -64,15 +64,15 @@ def run_search(wb: Workbench, bar) -> Outcome:
 
 
 def _gain(wb: Workbench, incumbent: Candidate, candidate: Candidate, image_set: str):
-    return scoring.gain_draws(wb.deviations(incumbent, image_set), wb.deviations(candidate, image_set),
+    return scoring.gain(wb.deviations(incumbent, image_set), wb.deviations(candidate, image_set),
                               wb.cfg.pipeline.seed)
 
 
 def judge(wb: Workbench, outcome: Outcome) -> Result:
     """The choice on the selection images, then the confirmation of it (module docstring; docs/tuning.md)."""
     incumbent = outcome.steps[0]
-    draws = [_gain(wb, incumbent.candidate, s.candidate, "selection") for s in outcome.steps[1:]]
-    p_values = [statistics.p_value(d) for d in draws]
+    p_values = [statistics.p_value(_gain(wb, incumbent.candidate, s.candidate, "selection"))
+                for s in outcome.steps[1:]]
     decision = decide(outcome.steps, p_values)
     chosen = decision.chosen
     figures = {"selection": {"chosen": chosen.result, "input": incumbent.result},
@@ -80,12 +80,12 @@ def judge(wb: Workbench, outcome: Outcome) -> Result:
     wb.cache.save()
     gains = {}
     for image_set in figures:
-        d = _gain(wb, incumbent.candidate, chosen.candidate, image_set)
+        e = _gain(wb, incumbent.candidate, chosen.candidate, image_set)
         at = statistics.LEVEL
         if image_set == "selection" and chosen is not incumbent:
             at = decision.levels[outcome.steps.index(chosen) - 1] or statistics.LEVEL
         mean = figures[image_set]["input"]["deviation"] - figures[image_set]["chosen"]["deviation"]
-        gains[image_set] = [mean, statistics.lower(d, at), at]
+        gains[image_set] = [mean, statistics.lower(e, at), at]
     final = verdict(decision, gains["confirmation"][1], figures["confirmation"]["chosen"]["violation"])
     return Result(outcome, decision, final, p_values, figures, gains)
 
@@ -145,8 +145,8 @@ def images_text(wb: Workbench, image_set: str) -> str:
 def report_lines(wb: Workbench, result: Result) -> list[str]:
     """The figures of the chosen and the input config on both image sets: what tune.md and the header give."""
     lines = [f"{result.decision.compared} candidates compared with the input config; each figure is a mean with "
-             f"[lower, upper] one-sided 95% bounds (paired per-image bootstrap, {statistics.RESAMPLES} seeded "
-             f"resamples; mIoU from the pooled confusion counts), changes against fp32 on the same images:"]
+             f"[lower, upper] one-sided 95% bounds (paired per-image studentized bootstrap, "
+             f"{statistics.RESAMPLES} seeded resamples; mIoU from the pooled confusion counts), changes against fp32 on the same images:"]
     for image_set in ("selection", "confirmation"):
         mean, low, at = result.gains[image_set]
         lines.append(f"on {images_text(wb, image_set)}: improvement of deviation over the input {mean:+.5f}, lower "
