@@ -308,7 +308,7 @@ def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(input
     at = result.gains["selection"][2]
     low = statistics.lower(statistics.mean(diff, draws), at)
     assert f"# on {SET} selection images: improvement of deviation over the input {sum(diff) / SET:+.5f}, lower bound " \
-           f"{low:+.5f} (level {at:.4g})" in header
+           f"{low:+.5f} (level {at:.4g}); optimistic: the search chose on these images" in header
     assert any(line.startswith(f"# on {SET} confirmation images: improvement of deviation over the input ")
                for line in header)
     assert sum(line.startswith(("#   this config (", "#   the input config (")) for line in header) == 4
@@ -424,6 +424,18 @@ def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibrat
                                        f"(same sha256); extra images must be other photos: remove it from the "
                                        f"folder\n")
     assert not (tmp_path / "refused").exists()
+    # a selection image, or the same photo twice, would weigh twice in every mean: refused too
+    (extra / "copy.jpg").unlink()
+    first = wb.selection_entries[0][0]
+    shutil.copy(inputs / "data" / "image" / first, extra / "copy.jpg")
+    assert cli.main(args) == 2
+    assert f"copy.jpg is the selection image {first} (same sha256)" in capsys.readouterr().err
+    (extra / "copy.jpg").unlink()
+    twin = sorted(extra.iterdir())[0]
+    shutil.copy(twin, extra / "zz_twin.jpg")
+    assert cli.main(args) == 2
+    assert f"zz_twin.jpg is a copy of {twin.name} in the same folder (same sha256)" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 # --- a model whose int8 loss sits in one Conv: per-tensor activation outliers from a function-preserving rescale ---
@@ -494,3 +506,29 @@ def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_p
     assert ranked[0].candidate.skip == (1,) and min(ranked, key=lambda s: s.result["deviation"]) is ranked[0]
     assert result.verdict == "confirmed" and result.chosen.candidate.skip == (1,)
     assert result.figures["confirmation"]["chosen"]["deviation"] < 0.05
+
+
+def test_a_rerun_that_confirms_on_the_previous_runs_selection_images_says_so(inputs, small_sim_onnx, tmp_path, capsys):
+    cfg_path = tune_config(tmp_path, max_builds=1)
+    out = tmp_path / "tune"
+    first = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    assert first.notices == []
+    first.cache.save()
+    # the same split again: nothing to say
+    assert workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json").notices == []
+    # two selection images fewer: the previous run's last two selection images are now the first confirmation ones
+    fewer = tune_config(tmp_path, max_builds=1, selection_images=SET - 2)
+    moved = [n for n, _ in first.selection_entries[SET - 2:]]
+    again = workbench(fewer, small_sim_onnx, inputs, out / "candidates.json")
+    assert [n for n, _ in again.confirmation_entries[:2]] == moved
+    assert again.notices == [f"{out / 'candidates.json'}: 2 of this run's {SET + 2} confirmation images ({moved[0]}, "
+                             f"{moved[1]}) were selection or extra images of the previous tune in this folder: its "
+                             f"confirmation is not on fresh images; keep selection_images and confirmation_images as "
+                             f"they were, or judge the tuned config on other images"]
+    args = ["tune", "--config", str(fewer), "--onnx", str(small_sim_onnx), "--calib", str(inputs / "calib"),
+            "--data", str(inputs / "data"), "--out", str(out)]
+    from pipeline import cli
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {again.notices[0]}" in err.splitlines()
+    assert f"**Warning:** {again.notices[0]}." in (out / "tune.md").read_text().splitlines()

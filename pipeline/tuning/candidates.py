@@ -226,6 +226,7 @@ class Cache:
         self.fp32: dict | None = None
         self.extra: dict = {}
         self.notice: str | None = None
+        self.previous: dict | None = None  # the context of the run that saved the file, if it was valid
         if path is not None and path.is_file():
             try:
                 data = path.read_bytes()
@@ -238,6 +239,7 @@ class Cache:
                 self.notice = f"{path}: not a valid candidate cache ({exc}); set aside as {self._set_aside().name}, " \
                               f"rebuilt from scratch"
                 return
+            self.previous = saved["context"]
             if saved["context"] == context:
                 self.entries, self.fp32, self.extra = entries, saved["fp32"], saved["extra"]
 

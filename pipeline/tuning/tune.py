@@ -149,8 +149,10 @@ def report_lines(wb: Workbench, result: Result) -> list[str]:
              f"{statistics.RESAMPLES} seeded resamples; mIoU from the pooled confusion counts), changes against fp32 on the same images:"]
     for image_set in ("selection", "confirmation"):
         mean, low, at = result.gains[image_set]
+        caveat = "; optimistic: the search chose on these images" if image_set == "selection" else \
+            "; scored once, after the search"
         lines.append(f"on {images_text(wb, image_set)}: improvement of deviation over the input {mean:+.5f}, lower "
-                     f"bound {low:+.5f} (level {at:.4g})")
+                     f"bound {low:+.5f} (level {at:.4g}){caveat}")
         for who, label in (("chosen", f"this config ({result.chosen.candidate.label()})"),
                            ("input", f"the input config ({result.incumbent.candidate.label()})")):
             lines.append(f"  {label}: {figures_text(result.figures[image_set][who])}")
@@ -165,6 +167,7 @@ def markdown(wb: Workbench, result: Result, seconds: float) -> str:
     lines = [f"# Quantization tuning: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"**{summary_line(wb, result)}.**", "",
+             *[line for notice in wb.notices for line in (f"**Warning:** {notice}.", "")],
              f"Verdict: **{result.verdict}**: `make tune` " + ("promotes tuned.yaml." if promotable else
                                                             "does not promote tuned.yaml (FORCE=1 does)."), "",
              f"Target: {target_text(wb)}. {len(outcome.steps)} candidates of max_builds={tune.max_builds} "
