@@ -234,6 +234,9 @@ def test_analyze_on_modnet_both_row_is_the_config_s_int8_and_the_cli_prints_the_
     both = rows[2]
     assert {k: both[k] for k in saved["figures"] if k != "cached"} == \
         {k: v for k, v in saved["figures"].items() if k != "cached"}
+    md = (out / "layers.md").read_text()
+    assert f"; deviation from fp32 (mean |alpha - fp32 alpha|) {both['deviation']:.5f}, flips {both['flips']:.5f}.\n" \
+        in md  # the deviation as scoring computes it, flips beside it (not added to it)
     # the three models differ: neither part alone is the whole int8
     assert len({r["deviation"] for r in rows}) == 3 and all(r["images"] == 3 for r in rows)
     wb = workbench(inputs / "small_int8.yaml", small_sim_onnx, inputs)

@@ -183,7 +183,7 @@ def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: 
              f"Whole model on the selection images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
              f"{figures['mad_increase']:+.5f}), MSE {figures['mse']:.5f} ({figures['mse_increase']:+.5f}), mIoU "
              f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); deviation from "
-             f"fp32 (mean |alpha - fp32 alpha| + share of flipped labels) {figures['deviation']:.5f}.", "",
+             f"fp32 (mean |alpha - fp32 alpha|) {figures['deviation']:.5f}, flips {figures['flips']:.5f}.", "",
              *sources,
              "Sorted by impact: first the Convs measured kept float alone, by how much that reduces the deviation "
              "from fp32 (ΔMAD and Δdev are that run's changes; negative = better), then the rest by single SQNR. "
