@@ -132,6 +132,12 @@ def summary(fidelity: dict, labelled: dict, fp32: dict, tune: Tune, seed: int) -
     return out
 
 
+def interval(r: dict, key: str, sign: str = "+") -> str:
+    """A summary's KEY as `mean [lower, upper]` (SIGN "+": signed, for a change)."""
+    lo, hi = r["bounds"][key]
+    return f"{r[key]:{sign}.5f} [{lo:{sign}.5f}, {hi:{sign}.5f}]"
+
+
 def gain_draws(incumbent: list, candidate: list, seed: int) -> np.ndarray:
     """Resampled means of the paired per-image improvement of deviation, incumbent minus candidate."""
     diff = np.asarray(incumbent, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
