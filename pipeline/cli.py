@@ -178,6 +178,7 @@ def cmd_analyze(args) -> None:
     worst = ", ".join(f"{r['skip_index']} ({r['onnx_node']})" for r in result["worst"][:3])
     print(f"wrote {args.out}/layers.csv, layers.md, layers.png: MAD {f['mad_increase']:+.5f} and mIoU drop "
           f"{f['miou_drop']:+.5f} against fp32; most impact: {worst} ({result['seconds']:.0f} s)")
+    print(result["reading"]["text"])
 
 
 def cmd_tune(args) -> None:
@@ -384,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layers)
 
     for name, text, func in (
-            ("analyze", "per-Conv quantization error of an int8 config: layers.csv, layers.md, layers.png",
-             cmd_analyze),
+            ("analyze", "per-Conv quantization error of an int8 config, and whether its weights or its activations "
+                        "lose most: layers.csv, layers.md, layers.png, analysis.json", cmd_analyze),
             ("tune", "search vamc quantize settings that meet pipeline.tune's target: tuned.yaml and its record",
              cmd_tune)):
         p = sub.add_parser(name, help=text)

@@ -4,6 +4,10 @@ Writes OUT/layers.csv (one row per Conv, vamc order), OUT/layers.md (the same so
 (single and entire SQNR along the network's depth, coloured by branch). Impact: for the FLOAT_LAYERS Convs of
 lowest single SQNR, the config is scored again with that Conv alone kept float (added to skip_conv_layers); the
 reduction of the deviation from fp32 ranks them, ahead of the unmeasured ones (by single SQNR).
+
+Where the error comes from (layers.md and analysis.json's `sources`): the whole model with only its weights
+quantized, only its activations, and both, each scored against fp32 as a candidate is, and a sentence on which
+part loses most and the remedies that follow. A row is (label, model): any model scored the same way joins them.
 """
 from __future__ import annotations
 
@@ -17,15 +21,20 @@ from pathlib import Path
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
 from ..fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
-from . import layers, plot, scoring
+from . import layers, plot, scoring, statistics
 from .candidates import Candidate
-from .workbench import Workbench
+from .workbench import Workbench, joined_deviations
 
 SQNR_IMAGES = 4    # images the SQNRs are pooled over (the first selection images)
 FLOAT_LAYERS = 8   # lowest single SQNR first: each scored with that Conv alone kept float
 COLUMNS = ("rank", "vamc_index", "onnx_index", "onnx_node", "branch", "kernel", "stride", "groups", "skipped",
            "threshold", "absmax", "clipped_share", "weight_sqnr_db", "single_sqnr_db", "entire_sqnr_db",
            "float_mad_change", "float_deviation_change")
+
+# The int8 model with one part quantized at a time (label, qdq.PARTS), then both: AIMET QuantAnalyzer's first question
+SOURCES = (("weights only", "weights"), ("activations only", "activations"), ("both", "both"))
+REMEDIES = {"weights": "bias correction or finer weights",
+            "activations": "the calibration mode or fp16 Convs (`skip_conv_layers`)"}
 
 
 def config_candidate(wb: Workbench) -> Candidate:
@@ -78,6 +87,60 @@ def measure_float(wb: Workbench, candidate: Candidate, rows: list[dict], count: 
         by_index[index]["float_deviation_change"] = got["deviation"] - base["deviation"]
 
 
+def source_models(wb: Workbench, candidate: Candidate) -> list[tuple[str, bytes]]:
+    """(label, Q/DQ model) of CANDIDATE with only its weights, only its activations, then both quantized."""
+    return [(label, wb.quantizer.build(candidate, parts)) for label, parts in SOURCES]
+
+
+def source_rows(wb: Workbench, models: list[tuple[str, bytes]]) -> list[dict]:
+    """Each (label, model) of MODELS against fp32 on the selection images, scored as a candidate is: `quantized`
+    (the label), the summary (means and one-sided 95% bounds, scoring.summary) and the per-image deviations."""
+    rows = []
+    for label, model in models:
+        figures = wb.score(model)
+        rows.append({"quantized": label, **wb.summary(figures, "selection"),
+                     "per_image_deviation": joined_deviations(figures)})
+    return rows
+
+
+def reading(rows: list[dict], seed: int) -> dict:
+    """Which part loses most (the larger deviation, when the paired difference's lower bound is above 0) and the
+    remedies that follow, as a sentence: from the `weights only` and `activations only` rows of ROWS."""
+    row = {r["quantized"]: r for r in rows}
+    weights, activations = row["weights only"], row["activations only"]
+    worse, better = ("weights", "activations") if weights["deviation"] >= activations["deviation"] \
+        else ("activations", "weights")
+    high, low = row[f"{worse} only"], row[f"{better} only"]
+    difference = high["deviation"] - low["deviation"]
+    lower = statistics.lower(scoring.gain(high["per_image_deviation"], low["per_image_deviation"], seed))
+    paired = f"paired difference {difference:+.5f}, one-sided 95% lower bound {lower:+.5f}"
+    if lower > 0:
+        text = (f"Reading: quantizing the {worse} alone loses most (deviation {high['deviation']:.5f} against "
+                f"{low['deviation']:.5f} with the {better} alone; {paired}), so the remedies to try are "
+                f"{REMEDIES[worse]}.")
+    else:
+        text = (f"Reading: the weights alone and the activations alone lose about as much (deviation "
+                f"{weights['deviation']:.5f} and {activations['deviation']:.5f}; {paired}, not significant on "
+                f"{high['images']} images), so neither kind of remedy comes first: {REMEDIES['weights']} for the "
+                f"weights, {REMEDIES['activations']} for the activations.")
+    return {"loses_most": worse if lower > 0 else None, "difference": difference, "lower_bound": lower,
+            "text": text}
+
+
+def sources_markdown(rows: list[dict], read: dict) -> list[str]:
+    interval = scoring.interval
+    lines = ["Where the error comes from: the whole model on the same images against fp32, with only its weights "
+             "quantized (activations float), only its activations (weights float), and both (the config's int8, "
+             "as above); the Convs the config skips stay float in every row. Each figure is a mean with [lower, "
+             "upper] one-sided 95% bounds; deviation is mean |alpha - fp32 alpha| of the 8-bit mattes, flips the "
+             "share of pixels whose label flips.", "",
+             "| quantized | deviation | flips | ΔMSE | ΔMAD | mIoU drop |", "|:--|--:|--:|--:|--:|--:|"]
+    lines += [f"| {r['quantized']} | {interval(r, 'deviation', '')} | {interval(r, 'flips', '')} | "
+              f"{interval(r, 'mse_increase')} | {interval(r, 'mad_increase')} | {interval(r, 'miou_drop')} |"
+              for r in rows]
+    return [*lines, "", read["text"], ""]
+
+
 def by_impact(rows: list[dict]) -> list[dict]:
     measured = sorted((r for r in rows if "float_deviation_change" in r),
                       key=lambda r: (r["float_deviation_change"], r["skip_index"]))
@@ -106,7 +169,9 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, seconds: float) -> str:
+def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, sources: list[str],
+                seconds: float) -> str:
+    """SOURCES: the lines of sources_markdown, after the whole model's figures."""
     fp32 = scoring.fp32_summary(wb.fp32())
     lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
@@ -118,7 +183,8 @@ def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: 
              f"Whole model on the selection images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
              f"{figures['mad_increase']:+.5f}), MSE {figures['mse']:.5f} ({figures['mse_increase']:+.5f}), mIoU "
              f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); deviation from "
-             f"fp32 (mean |alpha - fp32 alpha| + share of flipped labels) {figures['deviation']:.5f}.", "",
+             f"fp32 (mean |alpha - fp32 alpha|) {figures['deviation']:.5f}, flips {figures['flips']:.5f}.", "",
+             *sources,
              "Sorted by impact: first the Convs measured kept float alone, by how much that reduces the deviation "
              "from fp32 (ΔMAD and Δdev are that run's changes; negative = better), then the rest by single SQNR. "
              "`skip` is the number to put in `backend.quantize.skip_conv_layers`.", "",
@@ -152,13 +218,18 @@ def analyze(wb: Workbench, out: Path) -> dict:
     rows = sqnr_rows(wb, candidate)
     measure_float(wb, candidate, rows, FLOAT_LAYERS)
     figures = wb.evaluate(candidate)
+    sources = source_rows(wb, source_models(wb, candidate))
+    read = reading(sources, wb.cfg.pipeline.seed)
     seconds = time.perf_counter() - started
     with atomic_dir(out, "analyze") as tmp:
         write_text(tmp / "layers.csv", to_csv(rows))
-        write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, seconds))
+        write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, sources_markdown(sources, read),
+                                                  seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
                                                      f"and entire (ring) SQNR per Conv", wb.demo_stamp))
         write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures,
                                            "fp32": scoring.fp32_summary(wb.fp32()),
-                                           **wb.digests, "selection": wb.cache.context["selection"]})
-    return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5]}
+                                           **wb.digests, "selection": wb.cache.context["selection"],
+                                           "sources": {"rows": sources, "reading": read}})
+    return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5], "sources": sources,
+            "reading": read}

@@ -77,9 +77,10 @@ class Quantizer:
     def skipped(self, skip: tuple[int, ...]) -> set[str]:
         return set(skipped_convs(self.model, skip, self.cfg.pipeline.conv_numbering, self.cfg.source))
 
-    def build(self, candidate: Candidate) -> bytes:
+    def build(self, candidate: Candidate, parts: str = "both") -> bytes:
+        """CANDIDATE's Q/DQ model; PARTS (qdq.PARTS) quantizes only its weights or only its activations."""
         return qdq.write_qdq(self.model, self.thresholds(candidate.mode, candidate.range),
-                             self.skipped(candidate.skip), self.per_channel)
+                             self.skipped(candidate.skip), self.per_channel, parts)
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}

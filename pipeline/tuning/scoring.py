@@ -129,6 +129,12 @@ def summary(fidelity: dict, labelled: dict, fp32: dict, tune: Tune, seed: int) -
     return out
 
 
+def interval(r: dict, key: str, sign: str = "+") -> str:
+    """A summary's KEY as `mean [lower, upper]` (SIGN "+": signed, for a change)."""
+    lo, hi = r["bounds"][key]
+    return f"{r[key]:{sign}.5f} [{lo:{sign}.5f}, {hi:{sign}.5f}]"
+
+
 def gain(incumbent: list, candidate: list, seed: int) -> statistics.Estimate:
     """The paired per-image improvement of deviation, incumbent minus candidate: positive is closer to fp32."""
     diff = np.asarray(incumbent, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)

@@ -124,15 +124,10 @@ def reason(wb: Workbench, result: Result) -> str:
     return f"{why}{budget}"
 
 
-def _interval(r: dict, key: str, sign: str = "+") -> str:
-    lo, hi = r["bounds"][key]
-    return f"{r[key]:{sign}.5f} [{lo:{sign}.5f}, {hi:{sign}.5f}]"
-
-
 def figures_text(r: dict) -> str:
-    return (f"deviation {_interval(r, 'deviation', '')}, flips {_interval(r, 'flips', '')}, ΔMSE "
-            f"{_interval(r, 'mse_increase')}, ΔMAD {_interval(r, 'mad_increase')}, mIoU drop "
-            f"{_interval(r, 'miou_drop')}")
+    interval = scoring.interval
+    return (f"deviation {interval(r, 'deviation', '')}, flips {interval(r, 'flips', '')}, ΔMSE "
+            f"{interval(r, 'mse_increase')}, ΔMAD {interval(r, 'mad_increase')}, mIoU drop {interval(r, 'miou_drop')}")
 
 
 def images_text(wb: Workbench, image_set: str) -> str:

@@ -130,11 +130,18 @@ class Workbench:
         if missing:
             model = self.quantizer.build(candidate)
             for image_set in missing:
-                preds = self._predict(model, image_set)
-                self.cache.put(candidate, image_set, scoring.image_figures(preds, self.fp32_preds(image_set),
-                                                                           self.images(image_set).gts))
+                self.cache.put(candidate, image_set, self._image_figures(model, image_set))
             self.built += 1
         return self.cache.get(candidate)["figures"], not missing
+
+    def _image_figures(self, model: bytes, image_set: str) -> dict:
+        return scoring.image_figures(self._predict(model, image_set), self.fp32_preds(image_set),
+                                     self.images(image_set).gts)
+
+    def score(self, model: bytes) -> dict:
+        """MODEL (a serialized ONNX) on the selection images and the extra ones, scored as a candidate is, uncached:
+        its per-image figures by image set, as figures() gives a candidate's."""
+        return {image_set: self._image_figures(model, image_set) for image_set in ("selection", "extra")}
 
     def summary(self, figures: dict, image_set: str) -> dict:
         """Means, bounds and the target check of a candidate's FIGURES on IMAGE_SET (selection: with the extra
@@ -145,8 +152,7 @@ class Workbench:
 
     def deviations(self, candidate: Candidate, image_set: str = "selection") -> list[float]:
         """CANDIDATE's per-image deviation on IMAGE_SET (selection: with the extra images), as its summary uses."""
-        figures = self.cache.get(candidate)["figures"]
-        return figures[image_set]["deviation"] + (figures["extra"]["deviation"] if image_set == "selection" else [])
+        return joined_deviations(self.cache.get(candidate)["figures"], image_set)
 
     def evaluate(self, candidate: Candidate) -> dict:
         """CANDIDATE on the selection images (and the extra ones): summary() and whether it came from the cache."""
@@ -157,6 +163,11 @@ class Workbench:
         """CANDIDATE on the confirmation images, scored once."""
         figures, cached = self.figures(candidate, ("selection", "extra", "confirmation"))
         return {**self.summary(figures, "confirmation"), "cached": cached}
+
+
+def joined_deviations(figures: dict, image_set: str = "selection") -> list[float]:
+    """The per-image deviation of FIGURES (by image set) on IMAGE_SET, selection with the extra images."""
+    return figures[image_set]["deviation"] + (figures["extra"]["deviation"] if image_set == "selection" else [])
 
 
 def listing(entries: list[tuple[str, str]]) -> str:

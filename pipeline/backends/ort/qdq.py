@@ -13,6 +13,10 @@ Scale: TVM turns a threshold T into scale T/128 and clips to +-127 (reference no
 and weights alike (a weight's T is its max |w|, TVM's weight_scale `max`). ONNX's QuantizeLinear saturates at
 -128, so each activation goes through Clip(-127 s, 127 s) before it. One Clip/Q/DQ chain per quantized tensor,
 read by every quantized consumer; other consumers keep reading the float tensor.
+
+`parts` quantizes only the weights (every activation float) or only the activations (every weight float): the two
+halves of the int8 model, which analyze scores apart to say where its error comes from. Skipped Convs stay float
+in both.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .numbering import node_name
 
 QMAX = 127
+PARTS = ("both", "weights", "activations")  # what write_qdq quantizes
 
 
 def scale_of(threshold: float | np.ndarray) -> np.ndarray:
@@ -95,22 +100,26 @@ def _weight_chain(weight: TensorProto, per_channel: bool) -> tuple[onnx.NodeProt
     return node, constants
 
 
-def write_qdq(model: onnx.ModelProto, thresholds: dict[str, float], skip: set[str], per_channel: bool) -> bytes:
-    """MODEL with Q/DQ on the quantized inputs (THRESHOLDS per activation) and int8 weights; serialized."""
+def write_qdq(model: onnx.ModelProto, thresholds: dict[str, float], skip: set[str], per_channel: bool,
+              parts: str = "both") -> bytes:
+    """MODEL with Q/DQ on the quantized inputs (THRESHOLDS per activation) and int8 weights; serialized. PARTS
+    (one of PARTS): "weights" or "activations" leaves the other part float."""
+    if parts not in PARTS:
+        raise ValueError(f"parts is {parts!r}, not one of {', '.join(PARTS)}")
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     rewired = {}  # (node index, input index) -> new input name
     chains: dict[str, list[onnx.NodeProto]] = {}  # tensor -> its Clip/Q/DQ nodes, placed after its producer
     weight_nodes: dict[str, onnx.NodeProto] = {}
     added: list[TensorProto] = []
-    for n, k in quantized_inputs(model, skip):
+    for n, k in quantized_inputs(model, skip) if parts != "weights" else []:
         tensor = graph.node[n].input[k]
         if tensor not in chains:
             chains[tensor], constants = _activation_chain(tensor, thresholds[tensor])
             added += constants
         rewired[n, k] = f"{tensor}/dequantized"
     for index, node in enumerate(graph.node):
-        if node.op_type != "Conv" or node_name(node, index) in skip:
+        if parts == "activations" or node.op_type != "Conv" or node_name(node, index) in skip:
             continue
         weight = node.input[1]
         if weight not in weight_nodes:
