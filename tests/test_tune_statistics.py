@@ -137,7 +137,7 @@ def test_the_standard_errors_by_hand_and_against_the_bootstrap_spread():
     c = np.array([400.0, 30.0, 50.0, 900.0])
     for k in range(4):
         h = np.eye(4)[k] * 1e-3
-        fd = (statistics.miou(c + h) - statistics.miou(c - h)) / 2e-3
+        fd = (metrics.pooled_miou(c + h) - metrics.pooled_miou(c - h)) / 2e-3
         assert statistics.miou_gradient(c)[k] == pytest.approx(fd, rel=1e-6)
     rng = np.random.default_rng(5)
     n = 300
@@ -149,7 +149,7 @@ def test_the_standard_errors_by_hand_and_against_the_bootstrap_spread():
     e = statistics.miou_drop(ref, mine, draws)
     assert e.value == pytest.approx(metrics.miou(dict(zip(statistics.COUNTS, ref.sum(axis=0))))
                                     - metrics.miou(dict(zip(statistics.COUNTS, mine.sum(axis=0)))))
-    spread = np.std(statistics.miou(draws @ ref) - statistics.miou(draws @ mine))
+    spread = np.std(metrics.pooled_miou(draws @ ref) - metrics.pooled_miou(draws @ mine))
     assert e.se == pytest.approx(spread, rel=0.1)
 
 
@@ -175,9 +175,9 @@ def test_decide_takes_the_fewest_float_convs_then_the_lowest_deviation_among_sig
 def test_miou_of_pooled_counts_by_hand():
     confusion = np.array([[10, 2, 3, 85], [40, 5, 5, 50]])
     pooled = confusion.sum(axis=0)  # (50, 7, 8, 135); IoU fg = tp / (tp + fp + fn), bg = tn / (tn + fp + fn)
-    assert statistics.miou(pooled) == pytest.approx((50 / 65 + 135 / 150) / 2)
-    assert statistics.miou(pooled) == pytest.approx(metrics.miou({"tp": 50, "fp": 7, "fn": 8, "tn": 135}))
-    assert statistics.miou(np.array([0, 0, 0, 100])) == 1.0  # no foreground anywhere: nothing to get wrong
+    assert metrics.pooled_miou(pooled) == pytest.approx((50 / 65 + 135 / 150) / 2)
+    assert metrics.pooled_miou(pooled) == pytest.approx(metrics.miou({"tp": 50, "fp": 7, "fn": 8, "tn": 135}))
+    assert metrics.pooled_miou(np.array([0, 0, 0, 100])) == 1.0  # no foreground anywhere: nothing to get wrong
     # the absent foreground adds nothing; the background moves with its misses: d/d fp = -tn / 100^2 / 2
     assert list(statistics.miou_gradient(np.array([0, 0, 0, 100]))) == [0, -0.005, -0.005, 0]
 

@@ -21,6 +21,7 @@ from ..calibrate import TENSORS
 from ..config import CALIBRATE_MODES, BuildConfig
 from ..errors import PipelineError
 from ..fileio import dumps_json, write_json
+from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)
 
@@ -84,8 +85,6 @@ class Quantizer:
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}
-FIDELITY = ("deviation", "flips")                # per image, every set
-LABELLED = ("mse", "mad", "tp", "fp", "fn", "tn")  # per image, the labelled sets (selection, confirmation)
 SAVED = {"context", "fp32", "extra", "cache", "digest"}  # what record() writes, then save()'s fields of the run
 RUN_FIELDS = {"search", "chosen", "verdict"}
 

@@ -87,9 +87,11 @@ def counts(figures: dict) -> np.ndarray:
     return np.stack([np.asarray(figures[k], dtype=np.int64) for k in statistics.COUNTS], axis=1)
 
 
-def fp32_summary(fp32: dict) -> dict:
-    return {"mse": float(np.mean(fp32["mse"])), "mad": float(np.mean(fp32["mad"])),
-            "miou": float(statistics.miou(counts(fp32).sum(axis=0)))}
+def labelled_means(figures: dict) -> dict:
+    """MSE, MAD (means over images) and mIoU (pooled counts) of per-image ground-truth FIGURES, fp32's or a
+    candidate's."""
+    return {"mse": float(np.mean(figures["mse"])), "mad": float(np.mean(figures["mad"])),
+            "miou": float(metrics.pooled_miou(counts(figures).sum(axis=0)))}
 
 
 def _ratio(change: float, limit: float) -> float:
@@ -115,12 +117,10 @@ def summary(fidelity: dict, labelled: dict, fp32: dict, tune: Tune, seed: int) -
     estimates = {key: statistics.mean(fidelity[key], every) for key in FIDELITY}
     for key in ("mse", "mad"):
         estimates[f"{key}_increase"] = statistics.mean(np.asarray(labelled[key]) - np.asarray(fp32[key]), labels)
-    mine = counts(labelled)
-    estimates["miou_drop"] = statistics.miou_drop(counts(fp32), mine, labels)
+    estimates["miou_drop"] = statistics.miou_drop(counts(fp32), counts(labelled), labels)
     means = {key: float(np.mean(fidelity[key])) for key in FIDELITY}
-    means.update(mse=float(np.mean(labelled["mse"])), mad=float(np.mean(labelled["mad"])),
-                 miou=float(statistics.miou(mine.sum(axis=0))))
-    reference = fp32_summary(fp32)
+    means.update(labelled_means(labelled))
+    reference = labelled_means(fp32)
     means.update(mse_increase=means["mse"] - reference["mse"], mad_increase=means["mad"] - reference["mad"],
                  miou_drop=reference["miou"] - means["miou"])
     bounds = {key: [statistics.lower(e), statistics.upper(e)] for key, e in estimates.items()}

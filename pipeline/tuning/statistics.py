@@ -36,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..metrics import pooled_miou
+
 LEVEL = 0.05        # one-sided: "95% bounds"
 RESAMPLES = 9999  # with config.TUNE_MAX_BUILDS = 100 candidates, Holm's smallest level 0.05 / 100 leaves 5 beyond
 COUNTS = ("tp", "fp", "fn", "tn")
@@ -105,17 +107,6 @@ def mean(values, counts: np.ndarray) -> Estimate:
     return smooth(np.asarray(values, dtype=np.float64).reshape(-1, 1), _identity, _ones, counts)
 
 
-def miou(counts: np.ndarray) -> np.ndarray:
-    """mIoU of pooled confusion counts, [..., 4] (tp, fp, fn, tn) -> [...]; as metrics.miou: an absent class is 1."""
-    tp, fp, fn, tn = (counts[..., k].astype(np.float64) for k in range(4))
-    miss = fp + fn
-
-    def iou(hit):
-        total = hit + miss
-        return np.where(total > 0, hit / np.where(total > 0, total, 1), 1.0)
-    return (iou(tp) + iou(tn)) / 2
-
-
 def miou_gradient(counts: np.ndarray) -> np.ndarray:
     """d mIoU / d (tp, fp, fn, tn), [..., 4]: IoU = hit / (hit + fp + fn) per class, constant 1 where absent."""
     tp, fp, fn, tn = (counts[..., k].astype(np.float64) for k in range(4))
@@ -134,7 +125,7 @@ def miou_gradient(counts: np.ndarray) -> np.ndarray:
 def miou_drop(reference, confusion, counts: np.ndarray) -> Estimate:
     """mIoU of REFERENCE's pooled counts minus CONFUSION's (each [n images, 4]), paired over the same images."""
     z = np.concatenate([np.asarray(reference, dtype=np.float64), np.asarray(confusion, dtype=np.float64)], axis=1)
-    return smooth(z, lambda m: miou(m[..., :4]) - miou(m[..., 4:]),
+    return smooth(z, lambda m: pooled_miou(m[..., :4]) - pooled_miou(m[..., 4:]),
                   lambda m: np.concatenate([miou_gradient(m[..., :4]), -miou_gradient(m[..., 4:])], axis=-1), counts)
 
 

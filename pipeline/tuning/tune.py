@@ -156,7 +156,7 @@ def report_lines(wb: Workbench, result: Result) -> list[str]:
 
 def markdown(wb: Workbench, result: Result, seconds: float) -> str:
     tune, outcome = wb.cfg.pipeline.tune, result.outcome
-    fp32 = scoring.fp32_summary(wb.fp32())
+    fp32 = scoring.labelled_means(wb.fp32())
     built = sum(not s.result["cached"] for s in outcome.steps)
     promotable = result.verdict in tuned_yaml.PROMOTABLE
     lines = [f"# Quantization tuning: {wb.cfg.source.name}", "",
