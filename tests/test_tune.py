@@ -522,9 +522,9 @@ def test_a_rerun_that_confirms_on_the_previous_runs_selection_images_says_so(inp
     again = workbench(fewer, small_sim_onnx, inputs, out / "candidates.json")
     assert [n for n, _ in again.confirmation_entries[:2]] == moved
     assert again.notices == [f"{out / 'candidates.json'}: 2 of this run's {SET + 2} confirmation images ({moved[0]}, "
-                             f"{moved[1]}) were selection or extra images of the previous tune in this folder: its "
-                             f"confirmation is not on fresh images; keep selection_images and confirmation_images as "
-                             f"they were, or judge the tuned config on other images"]
+                             f"{moved[1]}) were searched on by an earlier tune in this folder (selection or extra "
+                             f"images then): the confirmation is not on fresh images; judge the tuned config on images "
+                             f"no tune has seen"]
     args = ["tune", "--config", str(fewer), "--onnx", str(small_sim_onnx), "--calib", str(inputs / "calib"),
             "--data", str(inputs / "data"), "--out", str(out)]
     from pipeline import cli
@@ -532,3 +532,6 @@ def test_a_rerun_that_confirms_on_the_previous_runs_selection_images_says_so(inp
     err = capsys.readouterr().err
     assert f"warning: {again.notices[0]}" in err.splitlines()
     assert f"**Warning:** {again.notices[0]}." in (out / "tune.md").read_text().splitlines()
+    assert f"# Warning: {again.notices[0]}" in (out / "tuned.yaml").read_text().splitlines()
+    # remembered: a rerun of the moved split, whose context is now the saved one, still says so
+    assert workbench(fewer, small_sim_onnx, inputs, out / "candidates.json").notices == again.notices

@@ -526,9 +526,9 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
     tuned.write_text(text)
     cfg = load_config(tuned)
     assert tuned_yaml.verdict(tuned_yaml.split(text)[0]) == "target not met"
-    unvouched = f"warning: {tuned}: tune's verdict on it is 'target not met', not one `make tune` promotes " \
-                f"(confirmed or input kept): it is not shown to be closer to fp32 than the config it was tuned from " \
-                f"(its header has the figures; docs/tuning.md)"
+    unvouched = f"warning: {tuned}: tune's verdict on it is 'target not met' (no candidate, this one included, met " \
+                f"pipeline.tune's target), not one `make tune` promotes (confirmed or input kept); its header has the " \
+                f"figures (docs/tuning.md)"
     assert tuned_config_warnings(cfg, small_sim_onnx) == [unvouched[len("warning: "):]]
     other = tmp_path / "other.sim.onnx"
     model = onnx.load(str(small_sim_onnx))
@@ -631,7 +631,9 @@ def test_building_a_tuned_config_whose_verdict_make_tune_would_not_promote_warns
     text = text.replace(header.body_sha256, tuned_yaml.body_digest(body, header.verdicts))
     path = tmp_path / "tuned.yaml"
     path.write_text(text)
-    expected = [f"{path}: tune's verdict on it is '{verdict}', not one `make tune` promotes (confirmed or input "
-                f"kept): it is not shown to be closer to fp32 than the config it was tuned from (its header has the "
-                f"figures; docs/tuning.md)"] if warned else []
+    why = {"not confirmed": "chosen on the selection images, it did not hold on the confirmation images: not "
+                            "significantly closer to fp32 than the input config there, or outside the target",
+           "target not met": "no candidate, this one included, met pipeline.tune's target"}.get(verdict)
+    expected = [f"{path}: tune's verdict on it is '{verdict}' ({why}), not one `make tune` promotes (confirmed or "
+                f"input kept); its header has the figures (docs/tuning.md)"] if warned else []
     assert tuned_config_warnings(load_config(path), onnx_file) == expected

@@ -226,3 +226,50 @@ def test_deviation_is_the_mean_absolute_difference_and_flips_are_apart():
     got = scoring.fidelity_figures(pred, ref)
     assert got["deviation"] == [pytest.approx((1 + 51) / 4 / 255)]
     assert got["flips"] == [0.25]
+
+
+@pytest.mark.parametrize("level", [0.05, 0.0125, 0.05 / 3, 0.0005, 0.05 / 100, 1 / 10000, 2 / 10000])
+def test_the_bound_and_the_test_agree_on_both_sides_of_each_critical_resample(level):
+    # t* = 0, 1, ..., 9998 and se 1: the observed t = value sits just above or below each order statistic, so an
+    # off-by-one in the critical rank flips one of the two cases. By hand: p = (k + 1) / 10000, k = #{t* >= t}
+    resamples = statistics.RESAMPLES
+    t = np.arange(resamples, dtype=np.float64)
+    near = round(level * (resamples + 1))  # the critical rank is within a step or two of level x 10000
+    for k in range(max(0, near - 4), near + 4):
+        for value in (resamples - k - 0.5, resamples - k - 1.5):  # k, then k + 1 t* at or beyond it
+            e = statistics.Estimate(value, 1.0, t)
+            at_or_beyond = int(np.sum(t >= value))
+            assert statistics.p_value(e) == (at_or_beyond + 1) / (resamples + 1)
+            assert (statistics.lower(e, level) > 0) == (statistics.p_value(e) < level)
+            mirrored = statistics.Estimate(-value, 1.0, -t)  # the upper bound below 0, by the mirrored test
+            assert (statistics.upper(mirrored, level) < 0) == (statistics.p_value(e) < level)
+
+
+def test_equal_values_stay_exact_and_infinite_critical_values_keep_their_side():
+    # five images each improved by 0.4 - 0.3 (not exactly 0.1 in floating point): no spread at all, so p is the
+    # smallest there is and the lower bound is the value itself, not an artefact of 1e-17 rounding
+    e = gain([0.4] * 5, [0.3] * 5)
+    assert e.se == 0 and statistics.p_value(e) == 1 / (statistics.RESAMPLES + 1)
+    assert statistics.lower(e) == e.value == 0.4 - 0.3
+    every_below = statistics.Estimate(0.1, 0.01, np.full(statistics.RESAMPLES, -np.inf))
+    assert statistics.p_value(every_below) < 0.05 and statistics.lower(every_below) == math.inf
+
+
+def test_miou_drop_resamples_by_hand():
+    # resample r of the images, pooled by hand: its drop, and its delta-method se from the covariance of the
+    # repeated images' eight counts with the gradient at the resample's own means
+    rng = np.random.default_rng(2)
+    n = 12
+    ref = np.stack([rng.integers(50, 150, n), rng.integers(0, 20, n), rng.integers(0, 20, n),
+                    rng.integers(500, 900, n)], axis=1)
+    mine = ref + rng.integers(0, 8, (n, 4)) * np.array([-1, 1, 1, 0])
+    draws = statistics.draws(n, SEED)
+    e = statistics.miou_drop(ref, mine, draws)
+    for r in (0, 1, 7):
+        drawn = np.repeat(np.arange(n), draws[r].astype(int))
+        z = np.concatenate([ref, mine], axis=1)[drawn].astype(np.float64)
+        m = z.mean(axis=0)
+        drop = metrics.pooled_miou(m[:4]) - metrics.pooled_miou(m[4:])
+        g = np.concatenate([statistics.miou_gradient(m[:4]), -statistics.miou_gradient(m[4:])])
+        se = math.sqrt(g @ np.cov(z.T, ddof=1) @ g / n)
+        assert e.t[r] == pytest.approx((drop - e.value) / se, rel=1e-8)

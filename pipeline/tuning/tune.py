@@ -211,6 +211,7 @@ def header(wb: Workbench, result: Result, command: str) -> list[str]:
     return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize changed.",
             *banner,
             f"{tuned_yaml.VERDICT_PREFIX}{result.verdict}",
+            *[f"Warning: {notice}" for notice in wb.notices],
             f"{reason(wb, result)}; {len(result.outcome.steps)} candidates of max_builds="
             f"{wb.cfg.pipeline.tune.max_builds}. Target: {target_text(wb)}.",
             *report_lines(wb, result),

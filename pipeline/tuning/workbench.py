@@ -69,19 +69,16 @@ class Workbench:
         self._fp32_preds: dict[str, list] = {}
 
     def resplit_notice(self) -> str | None:
-        """A line when this run confirms on images the previous run in this folder chose on (its selection or extra
-        images): another `selection_images` moves images between the sets, and a confirmation on images a search
-        has already seen is not on fresh ones."""
-        previous = self.cache.previous or {}
-        seen = {e.get("sha256") for key in ("selection", "extra") for e in previous.get(key, [])
-                if isinstance(e, dict)}
-        reused = [n for n, d in self.confirmation_entries if d in seen]
+        """A line when this run confirms on images an earlier search in this folder scored candidates on (the
+        cache's `searched`): a changed split (selection_images, confirmation_images, pipeline.seed, the calibration
+        subset, DATA) moves images between the sets, and a confirmation on images a search has seen is not fresh."""
+        reused = [n for n, d in self.confirmation_entries if d in self.cache.searched]
         if not reused:
             return None
         return (f"{self.cache.path}: {len(reused)} of this run's {len(self.confirmation_entries)} confirmation images "
-                f"({', '.join(reused[:3])}{', ...' if len(reused) > 3 else ''}) were selection or extra images of the "
-                f"previous tune in this folder: its confirmation is not on fresh images; keep selection_images "
-                f"and confirmation_images as they were, or judge the tuned config on other images")
+                f"({', '.join(reused[:3])}{', ...' if len(reused) > 3 else ''}) were searched on by an earlier tune in "
+                f"this folder (selection or extra images then): the confirmation is not on fresh images; judge the "
+                f"tuned config on images no tune has seen")
 
     @property
     def sets(self) -> dict[str, list[tuple[str, str]]]:
