@@ -40,7 +40,7 @@ digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4
 	$(subst 7,,$(subst 8,,$(subst 9,,$(value $1)))))))))))),,yes)
 $(foreach v,LIMIT DEMO_COUNT,$(if $(and $(value $v),$(if $(call digits_only,$v),,x)),\
 	$(error $v=$(value $v) is not a whole number)))
-$(foreach v,REDRAW FORCE,$(if $(filter-out 1,$(value $v)),$(error $v=$(value $v): set $v=1 or leave it empty)))
+$(foreach v,REDRAW FORCE OVERWRITE,$(if $(filter-out 1,$(value $v)),$(error $v=$(value $v): set $v=1 or leave it empty)))
 
 # A relative VAMC (tools/vamc) names a file here: resolve it once, so vamc run from its work folder finds it.
 override VAMC := $(if $(findstring /,$(VAMC)),$(abspath $(VAMC)),$(VAMC))
@@ -163,7 +163,8 @@ layers: $(ART)/onnx/$(INT8).sim.onnx ## list every Conv with its vamc and ONNX i
 
 ##@ Quantization analysis and tuning (docs/tuning.md)
 TUNED_CONFIG ?= build_configs/$(INT8)_tuned.yaml## where `make tune` copies tuned.yaml: a new *.yaml in build_configs/ or an earlier tuned one (then: make int8 CONFIG_INT8=...)
-FORCE ?= ## set to 1 to let `make tune` promote whatever the verdict, and replace a TUNED_CONFIG edited by hand
+FORCE ?= ## set to 1 to let `make tune` promote whatever the verdict (the copy's header says so)
+OVERWRITE ?= ## set to 1 to let `make tune` replace a TUNED_CONFIG edited by hand since tune wrote it
 TUNE_EXTRA ?= ## folder of unlabelled photos (no mattes) whose deviation from fp32 joins tune's selection figures
 ANALYZE_DIR := $(ART)/analyze/$(INT8)
 TUNE_DIR := $(ART)/tune/$(INT8)
@@ -173,7 +174,7 @@ TUNING_INPUTS := $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manife
 TUNING_ARGS = --config '$(CONFIG_INT8)' --onnx '$(ART)/onnx/$(INT8).sim.onnx' --calib '$(CALIB_DIR)' --data '$(DATA)' \
 	--ckpt '$(CKPT)' $(DEMO_FLAG)
 # Where TUNED_CONFIG may go is checked by the Python stage (pipeline/tuning/promote.py) before tuning starts.
-PROMOTE_ARGS = --config '$(CONFIG_INT8)' --to '$(TUNED_CONFIG)' $(DEMO_FLAG) $(if $(FORCE),--force)
+PROMOTE_ARGS = --config '$(CONFIG_INT8)' --to '$(TUNED_CONFIG)' $(DEMO_FLAG) $(if $(FORCE),--force) $(if $(OVERWRITE),--overwrite)
 
 analyze: $(ANALYZE_DIR)/layers.csv ## per-Conv int8 error of CONFIG_INT8 on the selection images (artifacts/analyze/NAME/)
 $(ANALYZE_DIR)/layers.csv: $(TUNING_INPUTS)

@@ -188,8 +188,8 @@ def cmd_tune(args) -> None:
     out = Path(args.out)
     check_out_dir(out, "tune")  # before any work; tune marks the folder as its own when it starts writing
     wb = _workbench(args, out / "candidates.json")
-    if wb.cache.notice:
-        print(f"warning: {wb.cache.notice}", file=sys.stderr)
+    for notice in wb.notices:
+        print(f"warning: {notice}", file=sys.stderr)
     command = "python -m pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bar = progress(None, "tune", wb.cfg.pipeline.tune.max_builds, unit="build")
     try:
@@ -205,11 +205,11 @@ def cmd_promote(args) -> None:
     from .tuning.promote import check_target, promote
     target, config = Path(args.to), Path(args.config)
     if args.check:
-        check_target(target, config, args.demo, args.force)
+        check_target(target, config, args.demo, args.overwrite)
         return
     if not args.tuned:
         raise PipelineError("promote: --tuned FILE is required (or --check to only check --to)")
-    overridden = promote(Path(args.tuned), target, config, args.demo, args.force)
+    overridden = promote(Path(args.tuned), target, config, args.demo, args.force, args.overwrite)
     build = "as `make demo-tune` says" if args.demo else f"with `make int8 CONFIG_INT8={target}`"
     forced = f", promoted with FORCE=1 although the verdict is {overridden}" if overridden else ""
     print(f"wrote {target} (a copy of {args.tuned}{forced}): build it {build}")
@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", help="tune's tuned.yaml to copy")
     p.add_argument("--check", action="store_true", help="only check --to (make tune does, before tuning)")
     p.add_argument("--demo", action="store_true", help="tuned on the generated demo set")
-    p.add_argument("--force", action="store_true", help="replace an earlier tuned config edited by hand; promote "
-                                                        "whatever the verdict (the copy's header says so)")
+    p.add_argument("--force", action="store_true", help="promote whatever the verdict (the copy's header says so)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier tuned config edited by hand")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("evaluate", help="score an engine on a PPM-100-shaped folder (MSE, MAD, SAD, Grad, Conn, mIoU)")

@@ -121,6 +121,9 @@ class Tune:
     max_float_layers: int
 
 
+# tune compares at most this many candidates with the input config: Holm's smallest level is then 0.05 / 100, which
+# the studentized bootstrap's 9999 resamples still resolve (pipeline/tuning/statistics.py)
+TUNE_MAX_BUILDS = 100
 TUNE_DEFAULTS = {"selection_images": None, "confirmation_images": None, "max_mse_increase": 0.002,
                  "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40, "max_float_layers": 5}
 
@@ -203,11 +206,13 @@ class _Reader:
             raise self.fail(where, f"{value!r} {problem}")
         return value
 
-    def int_(self, value: Any, where: str, minimum: int | None = None) -> int:
+    def int_(self, value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"expected an integer, got {_kind(value)}")
         if minimum is not None and value < minimum:
             raise self.fail(where, f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.fail(where, f"must be <= {maximum}, got {value}")
         return value
 
     def float_(self, value: Any, where: str, low: float | None = None, high: float | None = None) -> float:
@@ -402,7 +407,8 @@ def _tune(r: _Reader, raw: Any) -> Tune:
                 max_mse_increase=r.float_(t["max_mse_increase"], "pipeline.tune.max_mse_increase", 0.0, 1.0),
                 max_mad_increase=r.float_(t["max_mad_increase"], "pipeline.tune.max_mad_increase", 0.0, 1.0),
                 max_miou_drop=r.float_(t["max_miou_drop"], "pipeline.tune.max_miou_drop", 0.0, 1.0),
-                max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1),
+                max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1,
+                                  maximum=TUNE_MAX_BUILDS),
                 max_float_layers=r.int_(t["max_float_layers"], "pipeline.tune.max_float_layers", minimum=0))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -196,9 +197,21 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
+def _finite(obj):
+    """OBJ with every infinite or NaN float as None: JSON has neither (Python would write `Infinity`, which strict
+    readers such as jq refuse), and an unbounded figure, a bound on too few images, is "no bound": null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def dumps_json(obj) -> str:
-    """Stable JSON: sorted keys, so the same content always gives the same bytes."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Stable, strict JSON: sorted keys, so the same content always gives the same bytes; no Infinity or NaN."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def write_json(dest: str | os.PathLike, obj) -> None:

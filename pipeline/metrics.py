@@ -146,9 +146,18 @@ def confusion(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
 def miou(cm: dict[str, int]) -> float:
     """Mean of background and foreground IoU of an (accumulated) confusion matrix. A class absent from both
     prediction and ground truth has IoU 1 (nothing to get wrong)."""
-    def iou(hit: int, miss: int) -> float:
-        return hit / (hit + miss) if hit + miss else 1.0
-    return (iou(cm["tp"], cm["fp"] + cm["fn"]) + iou(cm["tn"], cm["fp"] + cm["fn"])) / 2
+    return float(pooled_miou(np.array([cm["tp"], cm["fp"], cm["fn"], cm["tn"]])))
+
+
+def pooled_miou(counts: np.ndarray) -> np.ndarray:
+    """miou of confusion counts [..., 4] (tp, fp, fn, tn) -> [...]: many pooled matrices at once (tuning's resamples)."""
+    tp, fp, fn, tn = (counts[..., k].astype(np.float64) for k in range(4))
+    miss = fp + fn
+
+    def iou(hit):
+        total = hit + miss
+        return np.where(total > 0, hit / np.where(total > 0, total, 1), 1.0)
+    return (iou(tp) + iou(tn)) / 2
 
 
 def image_metrics(pred: np.ndarray, gt: np.ndarray) -> dict:

@@ -126,7 +126,7 @@ def test_a_demo_promote_never_writes_into_a_release_bundle(folders, capsys):
     assert target.read_bytes() == before
 
 
-def test_promote_writes_a_new_or_earlier_tuned_config_and_a_hand_edited_one_only_with_force(folders, capsys):
+def test_promote_writes_a_new_or_earlier_tuned_config_and_a_hand_edited_one_only_with_overwrite(folders, capsys):
     target = folders / "build_configs" / "official_modnet_int8_tuned.yaml"
     tuned = folders / "tuned.yaml"
     tuned.write_text(tuned_text())
@@ -147,10 +147,13 @@ def test_promote_writes_a_new_or_earlier_tuned_config_and_a_hand_edited_one_only
         assert cli.main(args) == 2
         assert one_error_line(capsys) == (
             "error: TUNED_CONFIG=build_configs/official_modnet_int8_tuned.yaml: a tuned config edited by hand since "
-            "(its body no longer matches the sha256 in its header); FORCE=1 (--force) replaces it, or name another "
-            "file")
+            "(its body no longer matches the sha256 in its header); OVERWRITE=1 (--overwrite) replaces it, or name "
+            "another file")
     assert target.read_text() == edited
-    assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", "--force", tuned=tuned)) == 0
+    # forcing a verdict is another switch: it does not discard a hand edit
+    assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", "--force", tuned=tuned)) == 2
+    assert "OVERWRITE=1 (--overwrite) replaces it" in one_error_line(capsys) and target.read_text() == edited
+    assert cli.main(promote_args("build_configs/official_modnet_int8_tuned.yaml", "--overwrite", tuned=tuned)) == 0
     assert target.read_bytes() == tuned.read_bytes()
     assert not [p.name for p in target.parent.iterdir() if p.name.endswith(".part")]
 
@@ -517,11 +520,16 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
     assert cli.main(stage_args("tune", inputs, small_sim_onnx, again, config=tuned)) == 0
     assert (again / "tuned.yaml").read_text().count(tuned_yaml.MARK) == 1
 
-    # built as tuned: no warning; an edited body or another model: one line each
+    # built as tuned: no warning but the verdict's (a random-weights model on 6 images: target not met); an edited
+    # body or another model: one line each
     tuned = tmp_path / "tuned.yaml"  # a name the warnings can print on one line
     tuned.write_text(text)
     cfg = load_config(tuned)
-    assert tuned_config_warnings(cfg, small_sim_onnx) == []
+    assert tuned_yaml.verdict(tuned_yaml.split(text)[0]) == "target not met"
+    unvouched = f"warning: {tuned}: tune's verdict on it is 'target not met' (no candidate, this one included, met " \
+                f"pipeline.tune's target), not one `make tune` promotes (confirmed or input kept); its header has the " \
+                f"figures (docs/tuning.md)"
+    assert tuned_config_warnings(cfg, small_sim_onnx) == [unvouched[len("warning: "):]]
     other = tmp_path / "other.sim.onnx"
     model = onnx.load(str(small_sim_onnx))
     model.doc_string = "another model"
@@ -533,6 +541,7 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {tuned}: edited since `make tune` wrote it (its body no longer matches the sha256 in its header), "
         f"so the figures in its header do not describe it",
+        unvouched,
         f"warning: {tuned}: tuned for the ONNX with sha256 {hashlib.sha256(small_sim_onnx.read_bytes()).hexdigest()[:12]}"
         f"..., built against {other} ({hashlib.sha256(other.read_bytes()).hexdigest()[:12]}...): its skip_conv_layers "
         f"and figures were chosen for another model; tune again on this one (make tune)"]
@@ -608,3 +617,23 @@ def test_make_tune_promotes_a_confirmed_tune(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (root / "build_configs" / "official_modnet_int8_tuned.yaml").read_bytes() == \
         (root / "artifacts" / "tune" / "official_modnet_int8" / "tuned.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("verdict, warned", [("confirmed", False), ("input kept", False), ("not confirmed", True),
+                                             ("target not met", True)])
+def test_building_a_tuned_config_whose_verdict_make_tune_would_not_promote_warns(tmp_path, verdict, warned):
+    # the tune folder's own tuned.yaml, or a copy promoted with FORCE=1: buildable, but not vouched for
+    text = tuned_text(verdict=verdict)
+    onnx_file = tmp_path / "m.sim.onnx"
+    onnx_file.write_bytes(b"model")
+    text = text.replace("0" * 64, hashlib.sha256(b"model").hexdigest())  # the header's model: no other warning
+    header, body = tuned_yaml.split(text)
+    text = text.replace(header.body_sha256, tuned_yaml.body_digest(body, header.verdicts))
+    path = tmp_path / "tuned.yaml"
+    path.write_text(text)
+    why = {"not confirmed": "chosen on the selection images, it did not hold on the confirmation images: not "
+                            "significantly closer to fp32 than the input config there, or outside the target",
+           "target not met": "no candidate, this one included, met pipeline.tune's target"}.get(verdict)
+    expected = [f"{path}: tune's verdict on it is '{verdict}' ({why}), not one `make tune` promotes (confirmed or "
+                f"input kept); its header has the figures (docs/tuning.md)"] if warned else []
+    assert tuned_config_warnings(load_config(path), onnx_file) == expected

@@ -31,9 +31,16 @@ def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
         read_calibration_folder(cfg, calib)
 
 
+# Why a tuned config of each verdict `make tune` does not promote is not vouched for (tuned_yaml.VERDICTS)
+UNVOUCHED = {"not confirmed": "chosen on the selection images, it did not hold on the confirmation images: not "
+                              "significantly closer to fp32 than the input config there, or outside the target",
+             "target not met": "no candidate, this one included, met pipeline.tune's target"}
+
+
 def tuned_config_warnings(cfg: BuildConfig, onnx: Path) -> list[str]:
     """For a config `make tune` wrote (tuned_yaml's header): one line for each way the build departs from what was
-    tuned, a body edited since or another model; nothing for any other config."""
+    tuned (a body edited since, another model) or from what tune vouched for (a verdict it would not promote);
+    nothing for any other config."""
     try:
         header, body = tuned_yaml.split(cfg.source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
@@ -47,6 +54,10 @@ def tuned_config_warnings(cfg: BuildConfig, onnx: Path) -> list[str]:
     elif tuned_yaml.edited(header, body):
         warnings.append(f"{cfg.source}: edited since `make tune` wrote it (its body no longer matches the sha256 in "
                         f"its header), so the figures in its header do not describe it")
+    verdict = tuned_yaml.verdict(header)
+    if verdict is not None and verdict not in tuned_yaml.PROMOTABLE:
+        warnings.append(f"{cfg.source}: tune's verdict on it is '{verdict}' ({UNVOUCHED[verdict]}), not one `make tune` "
+                        f"promotes ({' or '.join(tuned_yaml.PROMOTABLE)}); its header has the figures (docs/tuning.md)")
     actual = sha256_file(onnx)
     if header.onnx_sha256 is not None and header.onnx_sha256 != actual:
         warnings.append(f"{cfg.source}: tuned for the ONNX with sha256 {header.onnx_sha256[:12]}..., built against "

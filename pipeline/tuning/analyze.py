@@ -112,7 +112,7 @@ def reading(rows: list[dict], seed: int) -> dict:
         else ("activations", "weights")
     high, low = row[f"{worse} only"], row[f"{better} only"]
     difference = high["deviation"] - low["deviation"]
-    lower = statistics.lower(scoring.gain_draws(high["per_image_deviation"], low["per_image_deviation"], seed))
+    lower = statistics.lower(scoring.gain(high["per_image_deviation"], low["per_image_deviation"], seed))
     paired = f"paired difference {difference:+.5f}, one-sided 95% lower bound {lower:+.5f}"
     if lower > 0:
         text = (f"Reading: quantizing the {worse} alone loses most (deviation {high['deviation']:.5f} against "
@@ -172,7 +172,7 @@ def to_csv(rows: list[dict]) -> str:
 def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, sources: list[str],
                 seconds: float) -> str:
     """SOURCES: the lines of sources_markdown, after the whole model's figures."""
-    fp32 = scoring.fp32_summary(wb.fp32())
+    fp32 = scoring.labelled_means(wb.fp32())
     lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"Calibration {candidate.label()}, {'per channel' if wb.quantizer.per_channel else 'per tensor'} "
@@ -228,7 +228,7 @@ def analyze(wb: Workbench, out: Path) -> dict:
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
                                                      f"and entire (ring) SQNR per Conv", wb.demo_stamp))
         write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures,
-                                           "fp32": scoring.fp32_summary(wb.fp32()),
+                                           "fp32": scoring.labelled_means(wb.fp32()),
                                            **wb.digests, "selection": wb.cache.context["selection"],
                                            "sources": {"rows": sources, "reading": read}})
     return {"rows": rows, "figures": figures, "seconds": seconds, "worst": by_impact(rows)[:5], "sources": sources,

@@ -20,7 +20,9 @@ from ..backends.ort import qdq, skipped_convs, stats, tensor_thresholds
 from ..calibrate import TENSORS
 from ..config import CALIBRATE_MODES, BuildConfig
 from ..errors import PipelineError
+from ..dataset import HEX
 from ..fileio import dumps_json, write_json
+from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)
 
@@ -84,10 +86,12 @@ class Quantizer:
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}
-FIDELITY = ("deviation", "flips")                # per image, every set
-LABELLED = ("mse", "mad", "tp", "fp", "fn", "tn")  # per image, the labelled sets (selection, confirmation)
 SAVED = {"context", "fp32", "extra", "cache", "digest"}  # what record() writes, then save()'s fields of the run
 RUN_FIELDS = {"search", "chosen", "verdict"}
+# sha256 of every image a search in this folder has scored candidates on (selection and extra images, this run's
+# and every earlier one's): a later split that confirms on one of them is not confirming on fresh images. Optional
+# (caches written before it have none), kept when the context changes.
+SEARCHED = "searched"
 
 
 def _number(value, where: str, high: float = 1.0) -> None:
@@ -180,7 +184,7 @@ def check_saved(saved) -> dict[str, dict]:
     """SAVED (candidates.json, parsed) checked whole: its entries by candidate key; ValueError says what is wrong."""
     if not isinstance(saved, dict):
         raise ValueError(f"the top level is a {type(saved).__name__}, not an object")
-    unknown, missing = set(saved) - SAVED - RUN_FIELDS, SAVED - set(saved)
+    unknown, missing = set(saved) - SAVED - RUN_FIELDS - {SEARCHED}, SAVED - set(saved)
     if unknown or missing:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}" if unknown else f"no {sorted(missing)[0]!r}")
     sizes, pixels = _sizes(saved["context"])
@@ -206,9 +210,17 @@ def check_saved(saved) -> dict[str, dict]:
         if key in entries:
             raise ValueError(f"{where} repeats the candidate {key}")
         entries[key] = entry
+    searched = saved.get(SEARCHED, [])
+    if not isinstance(searched, list) or not all(isinstance(d, str) and len(d) == 64 and set(d) <= HEX
+                                                 for d in searched):
+        raise ValueError(f"{SEARCHED} is not a list of sha256")
     if saved["digest"] != content_digest(saved):
         raise ValueError("its content does not match its digest (edited since the tune that wrote it)")
     return entries
+
+
+def _searched(context: dict) -> set[str]:
+    return {e["sha256"] for name in ("selection", "extra") for e in context[name]}
 
 
 class Cache:
@@ -227,6 +239,7 @@ class Cache:
         self.fp32: dict | None = None
         self.extra: dict = {}
         self.notice: str | None = None
+        self.searched: set[str] = set()  # SEARCHED as saved: every earlier run's, before this one's
         if path is not None and path.is_file():
             try:
                 data = path.read_bytes()
@@ -239,6 +252,7 @@ class Cache:
                 self.notice = f"{path}: not a valid candidate cache ({exc}); set aside as {self._set_aside().name}, " \
                               f"rebuilt from scratch"
                 return
+            self.searched = set(saved.get(SEARCHED, [])) | _searched(saved["context"])
             if saved["context"] == context:
                 self.entries, self.fp32, self.extra = entries, saved["fp32"], saved["extra"]
 
@@ -260,7 +274,8 @@ class Cache:
 
     def record(self, **fields) -> dict:
         saved = {"context": self.context, "fp32": self.fp32, "extra": self.extra,
-                 "cache": [self.entries[k] for k in sorted(self.entries)], **fields}
+                 "cache": [self.entries[k] for k in sorted(self.entries)],
+                 SEARCHED: sorted(self.searched | _searched(self.context)), **fields}
         return {**saved, "digest": content_digest(saved)}
 
     def save(self, **fields) -> None:

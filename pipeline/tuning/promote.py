@@ -3,7 +3,8 @@
 The copy writes one file, so where it may go is checked before tuning starts (`--check`) and again when copying:
 a `*.yaml` directly in build_configs/ (or, for a config tuned on the demo's generated data, inside artifacts/demo/
 but outside its release bundles, never the tracked build_configs/), not the input config, and either new or an earlier tuned config whose body
-still matches its header (a hand-edited one only with --force). Any other existing file, tracked or not, is not
+still matches its header (a hand-edited one only with --overwrite,
+OVERWRITE=1). Any other existing file, tracked or not, is not
 tune's to replace. The copy is made only when the tuned config's verdict (its header) is confirmed or input kept;
 --force (FORCE=1) copies any other verdict too, and the copy's header then says so.
 """
@@ -27,7 +28,7 @@ def _read(path: Path, what: str) -> str:
         raise PipelineError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
 
 
-def check_target(target: Path, config: Path, demo: bool, force: bool) -> None:
+def check_target(target: Path, config: Path, demo: bool, overwrite: bool) -> None:
     """Refuse TARGET as the place of a config tuned from CONFIG unless it is tune's to write (module docstring)."""
     name = f"TUNED_CONFIG={target}"
     folder = DEMO if demo else CONFIGS
@@ -54,17 +55,17 @@ def check_target(target: Path, config: Path, demo: bool, force: bool) -> None:
     if header is None:
         raise PipelineError(f"{name}: exists and is not a tuned config (no `{tuned_yaml.MARK}` header), so it is not "
                             f"tune's to replace; name another file")
-    if tuned_yaml.edited(header, body) and not force:
+    if tuned_yaml.edited(header, body) and not overwrite:
         why = "its header records no sha256 of its body" if header.body_sha256 is None else \
             "its body no longer matches the sha256 in its header"
-        raise PipelineError(f"{name}: a tuned config edited by hand since ({why}); FORCE=1 (--force) replaces it, "
-                            f"or name another file")
+        raise PipelineError(f"{name}: a tuned config edited by hand since ({why}); OVERWRITE=1 (--overwrite) "
+                            f"replaces it, or name another file")
 
 
-def promote(tuned: Path, target: Path, config: Path, demo: bool, force: bool) -> str | None:
+def promote(tuned: Path, target: Path, config: Path, demo: bool, force: bool, overwrite: bool) -> str | None:
     """Copies TUNED (tune's tuned.yaml) to TARGET, by atomic rename, once check_target allows it and its verdict is
     one of tuned_yaml.PROMOTABLE (or FORCE: then the copy's header says so). Returns the verdict overridden, if any."""
-    check_target(target, config, demo, force)
+    check_target(target, config, demo, overwrite)
     text = _read(tuned, "the tuned config")
     header, body = tuned_yaml.split(text)
     if header is None or tuned_yaml.edited(header, body):

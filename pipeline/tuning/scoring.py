@@ -87,9 +87,11 @@ def counts(figures: dict) -> np.ndarray:
     return np.stack([np.asarray(figures[k], dtype=np.int64) for k in statistics.COUNTS], axis=1)
 
 
-def fp32_summary(fp32: dict) -> dict:
-    return {"mse": float(np.mean(fp32["mse"])), "mad": float(np.mean(fp32["mad"])),
-            "miou": float(statistics.miou(counts(fp32).sum(axis=0)))}
+def labelled_means(figures: dict) -> dict:
+    """MSE, MAD (means over images) and mIoU (pooled counts) of per-image ground-truth FIGURES, fp32's or a
+    candidate's."""
+    return {"mse": float(np.mean(figures["mse"])), "mad": float(np.mean(figures["mad"])),
+            "miou": float(metrics.pooled_miou(counts(figures).sum(axis=0)))}
 
 
 def _ratio(change: float, limit: float) -> float:
@@ -112,21 +114,16 @@ def summary(fidelity: dict, labelled: dict, fp32: dict, tune: Tune, seed: int) -
     per-image ground-truth figures of the candidate and of fp32 on the labelled images. Bounds are [lower, upper]."""
     every = statistics.draws(len(fidelity["deviation"]), seed)
     labels = statistics.draws(len(labelled["mse"]), seed)
-    # one product per image set: resampling is a (resamples x n) matrix, reading it once is most of the time
-    both = statistics.resampled_means(np.stack([fidelity[key] for key in FIDELITY], axis=1), every)
-    resampled = {key: both[:, k] for k, key in enumerate(FIDELITY)}
-    changes = statistics.resampled_means(np.stack([np.asarray(labelled[key]) - np.asarray(fp32[key])
-                                                   for key in ("mse", "mad")], axis=1), labels)
-    resampled.update(mse_increase=changes[:, 0], mad_increase=changes[:, 1])
-    mine, theirs = counts(labelled), counts(fp32)
-    resampled["miou_drop"] = statistics.resampled_miou(theirs, labels) - statistics.resampled_miou(mine, labels)
+    estimates = {key: statistics.mean(fidelity[key], every) for key in FIDELITY}
+    for key in ("mse", "mad"):
+        estimates[f"{key}_increase"] = statistics.mean(np.asarray(labelled[key]) - np.asarray(fp32[key]), labels)
+    estimates["miou_drop"] = statistics.miou_drop(counts(fp32), counts(labelled), labels)
     means = {key: float(np.mean(fidelity[key])) for key in FIDELITY}
-    means.update(mse=float(np.mean(labelled["mse"])), mad=float(np.mean(labelled["mad"])),
-                 miou=float(statistics.miou(mine.sum(axis=0))))
-    reference = fp32_summary(fp32)
+    means.update(labelled_means(labelled))
+    reference = labelled_means(fp32)
     means.update(mse_increase=means["mse"] - reference["mse"], mad_increase=means["mad"] - reference["mad"],
                  miou_drop=reference["miou"] - means["miou"])
-    bounds = {key: [statistics.lower(r), statistics.upper(r)] for key, r in resampled.items()}
+    bounds = {key: [statistics.lower(e), statistics.upper(e)] for key, e in estimates.items()}
     out = {**means, "bounds": bounds, "images": len(fidelity["deviation"]), "labelled": len(labelled["mse"])}
     out["violation"] = violation({key: bounds[key][1] for key in CHANGES}, tune)
     return out
@@ -138,7 +135,7 @@ def interval(r: dict, key: str, sign: str = "+") -> str:
     return f"{r[key]:{sign}.5f} [{lo:{sign}.5f}, {hi:{sign}.5f}]"
 
 
-def gain_draws(incumbent: list, candidate: list, seed: int) -> np.ndarray:
-    """Resampled means of the paired per-image improvement of deviation, incumbent minus candidate."""
+def gain(incumbent: list, candidate: list, seed: int) -> statistics.Estimate:
+    """The paired per-image improvement of deviation, incumbent minus candidate: positive is closer to fp32."""
     diff = np.asarray(incumbent, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
-    return statistics.resampled_means(diff, statistics.draws(len(diff), seed))
+    return statistics.mean(diff, statistics.draws(len(diff), seed))

@@ -53,8 +53,9 @@ def split(cfg: BuildConfig, data: str | Path, calib_names: set[str]) -> tuple[li
 
 
 def extra_images(cfg: BuildConfig, folder: Path, held_out: dict[str, str]) -> list[tuple[str, str]]:
-    """[(name, sha256)] of the unlabelled images in FOLDER (by name), none of them one of HELD_OUT
-    (sha256 -> what it is: a calibration or confirmation image, which must not steer the search)."""
+    """[(name, sha256)] of the unlabelled images in FOLDER (by name), none of them one of HELD_OUT (sha256 -> what it
+    is: a calibration or confirmation image, which must not steer the search, or a selection image, already scored)
+    and none twice (a copy would weigh twice in every mean)."""
     if not folder.is_dir():
         raise PipelineError(f"--extra-images {folder}: no such folder; give a folder of *.{cfg.dataset.suffix} photos "
                             f"(TUNE_EXTRA=DIR)")
@@ -69,5 +70,6 @@ def extra_images(cfg: BuildConfig, folder: Path, held_out: dict[str, str]) -> li
         if digest in held_out:
             raise PipelineError(f"--extra-images {folder}: {path.name} is {held_out[digest]} (same sha256); extra "
                                 f"images must be other photos: remove it from the folder")
+        held_out[digest] = f"a copy of {path.name} in the same folder"
         entries.append((path.name, digest))
     return entries

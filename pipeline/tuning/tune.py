@@ -64,15 +64,15 @@ def run_search(wb: Workbench, bar) -> Outcome:
 
 
 def _gain(wb: Workbench, incumbent: Candidate, candidate: Candidate, image_set: str):
-    return scoring.gain_draws(wb.deviations(incumbent, image_set), wb.deviations(candidate, image_set),
+    return scoring.gain(wb.deviations(incumbent, image_set), wb.deviations(candidate, image_set),
                               wb.cfg.pipeline.seed)
 
 
 def judge(wb: Workbench, outcome: Outcome) -> Result:
     """The choice on the selection images, then the confirmation of it (module docstring; docs/tuning.md)."""
     incumbent = outcome.steps[0]
-    draws = [_gain(wb, incumbent.candidate, s.candidate, "selection") for s in outcome.steps[1:]]
-    p_values = [statistics.p_value(d) for d in draws]
+    p_values = [statistics.p_value(_gain(wb, incumbent.candidate, s.candidate, "selection"))
+                for s in outcome.steps[1:]]
     decision = decide(outcome.steps, p_values)
     chosen = decision.chosen
     figures = {"selection": {"chosen": chosen.result, "input": incumbent.result},
@@ -80,12 +80,12 @@ def judge(wb: Workbench, outcome: Outcome) -> Result:
     wb.cache.save()
     gains = {}
     for image_set in figures:
-        d = _gain(wb, incumbent.candidate, chosen.candidate, image_set)
+        e = _gain(wb, incumbent.candidate, chosen.candidate, image_set)
         at = statistics.LEVEL
         if image_set == "selection" and chosen is not incumbent:
             at = decision.levels[outcome.steps.index(chosen) - 1] or statistics.LEVEL
         mean = figures[image_set]["input"]["deviation"] - figures[image_set]["chosen"]["deviation"]
-        gains[image_set] = [mean, statistics.lower(d, at), at]
+        gains[image_set] = [mean, statistics.lower(e, at), at]
     final = verdict(decision, gains["confirmation"][1], figures["confirmation"]["chosen"]["violation"])
     return Result(outcome, decision, final, p_values, figures, gains)
 
@@ -140,12 +140,14 @@ def images_text(wb: Workbench, image_set: str) -> str:
 def report_lines(wb: Workbench, result: Result) -> list[str]:
     """The figures of the chosen and the input config on both image sets: what tune.md and the header give."""
     lines = [f"{result.decision.compared} candidates compared with the input config; each figure is a mean with "
-             f"[lower, upper] one-sided 95% bounds (paired per-image bootstrap, {statistics.RESAMPLES} seeded "
-             f"resamples; mIoU from the pooled confusion counts), changes against fp32 on the same images:"]
+             f"[lower, upper] one-sided 95% bounds (paired per-image studentized bootstrap, "
+             f"{statistics.RESAMPLES} seeded resamples; mIoU from the pooled confusion counts), changes against fp32 on the same images:"]
     for image_set in ("selection", "confirmation"):
         mean, low, at = result.gains[image_set]
+        caveat = "; optimistic: the search chose on these images" if image_set == "selection" else \
+            "; scored once, after the search"
         lines.append(f"on {images_text(wb, image_set)}: improvement of deviation over the input {mean:+.5f}, lower "
-                     f"bound {low:+.5f} (level {at:.4g})")
+                     f"bound {low:+.5f} (level {at:.4g}){caveat}")
         for who, label in (("chosen", f"this config ({result.chosen.candidate.label()})"),
                            ("input", f"the input config ({result.incumbent.candidate.label()})")):
             lines.append(f"  {label}: {figures_text(result.figures[image_set][who])}")
@@ -154,12 +156,13 @@ def report_lines(wb: Workbench, result: Result) -> list[str]:
 
 def markdown(wb: Workbench, result: Result, seconds: float) -> str:
     tune, outcome = wb.cfg.pipeline.tune, result.outcome
-    fp32 = scoring.fp32_summary(wb.fp32())
+    fp32 = scoring.labelled_means(wb.fp32())
     built = sum(not s.result["cached"] for s in outcome.steps)
     promotable = result.verdict in tuned_yaml.PROMOTABLE
     lines = [f"# Quantization tuning: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"**{summary_line(wb, result)}.**", "",
+             *[line for notice in wb.notices for line in (f"**Warning:** {notice}.", "")],
              f"Verdict: **{result.verdict}**: `make tune` " + ("promotes tuned.yaml." if promotable else
                                                             "does not promote tuned.yaml (FORCE=1 does)."), "",
              f"Target: {target_text(wb)}. {len(outcome.steps)} candidates of max_builds={tune.max_builds} "
@@ -208,6 +211,7 @@ def header(wb: Workbench, result: Result, command: str) -> list[str]:
     return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize changed.",
             *banner,
             f"{tuned_yaml.VERDICT_PREFIX}{result.verdict}",
+            *[f"Warning: {notice}" for notice in wb.notices],
             f"{reason(wb, result)}; {len(result.outcome.steps)} candidates of max_builds="
             f"{wb.cfg.pipeline.tune.max_builds}. Target: {target_text(wb)}.",
             *report_lines(wb, result),

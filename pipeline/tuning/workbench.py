@@ -44,7 +44,8 @@ class Workbench:
         skipped_convs(self.model, cfg.backend.quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
         names = {entry["name"] for entry in calib_manifest["images"]}
         self.selection_entries, self.confirmation_entries = split(cfg, data, names)
-        held_out = {**{d: f"the confirmation image {n}" for n, d in self.confirmation_entries},
+        held_out = {**{d: f"the selection image {n}" for n, d in self.selection_entries},
+                    **{d: f"the confirmation image {n}" for n, d in self.confirmation_entries},
                     **{e["sha256"]: f"the calibration image {e['name']}" for e in calib_manifest["images"]}}
         self.extra_entries = extra_images(cfg, extra, held_out) if extra is not None else []
         self.quantizer = Quantizer(cfg, self.model, calib, lambda it, total=None: progress(it, "statistics", total))
@@ -61,10 +62,23 @@ class Workbench:
                    "conv_numbering": cfg.pipeline.conv_numbering, "dataset": resolved["dataset"],
                    "input_shape": list(cfg.input_shape), "code": code_digest()}
         self.cache = Cache(cache_path, json.loads(dumps_json(context)))  # as it reads back from candidates.json
+        self.notices = [n for n in (self.cache.notice, self.resplit_notice()) if n]
         self.built = 0  # candidates a model scored in this run (on an image set the cache did not hold)
         self.passes = 0  # int8 and fp32 forward passes run in this run
         self._images: dict[str, scoring.Images] = {}
         self._fp32_preds: dict[str, list] = {}
+
+    def resplit_notice(self) -> str | None:
+        """A line when this run confirms on images an earlier search in this folder scored candidates on (the
+        cache's `searched`): a changed split (selection_images, confirmation_images, pipeline.seed, the calibration
+        subset, DATA) moves images between the sets, and a confirmation on images a search has seen is not fresh."""
+        reused = [n for n, d in self.confirmation_entries if d in self.cache.searched]
+        if not reused:
+            return None
+        return (f"{self.cache.path}: {len(reused)} of this run's {len(self.confirmation_entries)} confirmation images "
+                f"({', '.join(reused[:3])}{', ...' if len(reused) > 3 else ''}) were searched on by an earlier tune in "
+                f"this folder (selection or extra images then): the confirmation is not on fresh images; judge the "
+                f"tuned config on images no tune has seen")
 
     @property
     def sets(self) -> dict[str, list[tuple[str, str]]]:
