@@ -156,9 +156,10 @@ def test_the_correction_is_sequential_correcting_the_first_conv_changes_the_seco
     # c1 measured with c0 already corrected: not what the uncorrected pass says
     bc.set_biases(quantized, {"c0.b": sequential["c0.b"]})
     after = bc.channel_means(quantized, ["output"], calib_tensors, no_progress)["output"]
-    np.testing.assert_allclose(sequential["c1.b"], original["c1.b"] - (after - fp32["output"]), atol=1e-6)
+    # the correction runs c0 in a model of its own step, which ONNX Runtime optimizes otherwise: within 2e-6
+    np.testing.assert_allclose(sequential["c1.b"], original["c1.b"] - (after - fp32["output"]), atol=1e-5)
     not_sequential = original["c1.b"] - (at_once["output"] - fp32["output"])
-    assert np.abs(sequential["c1.b"] - not_sequential).max() > 100 * 1e-6  # well beyond the tolerance above
+    assert np.abs(sequential["c1.b"] - not_sequential).max() > 30 * 1e-5  # well beyond the tolerance above
 
 
 def test_a_conv_without_bias_gets_one(tmp_path, calib):

@@ -20,11 +20,13 @@ give the same bytes.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ...config import BuildConfig
 from ...errors import PipelineError
@@ -83,15 +85,21 @@ def with_biases(model: onnx.ModelProto, skip: set[str]) -> tuple[onnx.ModelProto
     return out, convs, added
 
 
+def depths(model: onnx.ModelProto, corrected: set[str]) -> list[int]:
+    """Per node, the corrected Convs (named by their output tensor) on the longest path from the input up to and
+    including it. ONNX stores nodes in topological order."""
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    found: list[int] = []
+    for node in model.graph.node:
+        upstream = max((found[producer[i]] for i in node.input if i in producer), default=0)
+        found.append(upstream + (node.op_type == "Conv" and node.output[0] in corrected))
+    return found
+
+
 def generations(model: onnx.ModelProto, convs: list[Conv]) -> list[list[Conv]]:
     """CONVS grouped so that no Conv of a group has a Conv to correct upstream of it in the same or a later group:
-    group k holds the Convs whose longest chain of corrected Convs from the input has k Convs before them."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    corrected = {c.index for c in convs}
-    depth: dict[int, int] = {}  # node index -> corrected Convs on the longest path up to and including it
-    for index, node in enumerate(model.graph.node):  # ONNX stores nodes in topological order
-        upstream = max((depth[producer[i]] for i in node.input if i in producer), default=0)
-        depth[index] = upstream + (index in corrected)
+    group k holds the Convs with k - 1 corrected Convs on their longest path from the input."""
+    depth = depths(model, {c.output for c in convs})
     groups: dict[int, list[Conv]] = {}
     for conv in convs:
         groups.setdefault(depth[conv.index], []).append(conv)
@@ -154,18 +162,137 @@ def biases_of(model: onnx.ModelProto, convs: list[Conv]) -> dict[str, np.ndarray
             if init.name in wanted}
 
 
+@dataclass(frozen=True)
+class Step:
+    """One pass of the sequential correction: the nodes it runs (the previous group's Convs, now corrected, and
+    what follows them up to the next group), the group it measures, what it reads and what it keeps."""
+    nodes: list[int]      # node indices, graph order (constant nodes they read included)
+    measured: list[str]   # output tensors of the Convs this step measures
+    reads: list[str]      # activations from earlier steps (the graph input among them)
+    keeps: list[str]      # activations later steps read
+    last_read: dict[str, int]  # kept tensor -> the last step that reads it
+
+
+def plan(model: onnx.ModelProto, corrected: set[str]) -> list[Step]:
+    """The steps of a sequential correction of the Convs whose outputs are CORRECTED, in MODEL (the Q/DQ model).
+
+    Step k (1-based) runs every node k - 1 corrected Convs deep (the group k - 1 Convs included, with the
+    correction step k - 1 measured) and the group k Convs, whose outputs it measures. Whatever a later step reads
+    is kept between steps, so every node runs once per round (a measured Conv twice) and memory does not depend
+    on the depth: ONNX Runtime runs the whole graph whatever outputs are asked for, so one model per prefix would
+    recompute the network from the input at every step."""
+    nodes = model.graph.node
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    live: list[bool] = []  # computed from the input (not a weight's DequantizeLinear, not a Constant)
+    for node in nodes:
+        live.append(any(i in graph_inputs or (i in producer and live[producer[i]]) for i in node.input))
+    depth = depths(model, corrected)
+    last = max(depth[i] for i, n in enumerate(nodes) if n.op_type == "Conv" and n.output[0] in corrected)
+    measures = {i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.output[0] in corrected}
+
+    def runs_in(i: int) -> int:
+        return depth[i] + 1  # the step that computes node I for real
+
+    steps_of: dict[int, list[int]] = {}
+    for i in range(len(nodes)):
+        if live[i] and runs_in(i) <= last:
+            steps_of.setdefault(runs_in(i), []).append(i)
+        if i in measures:
+            steps_of.setdefault(depth[i], []).append(i)
+    readers: dict[str, list[int]] = {}  # activation -> steps that read it
+    for k, members in steps_of.items():
+        for i in members:
+            for t in nodes[i].input:
+                if t in graph_inputs or (t in producer and live[producer[t]] and producer[t] not in members):
+                    readers.setdefault(t, []).append(k)
+    steps = []
+    for k in range(1, last + 1):
+        members = sorted(set(steps_of.get(k, [])))
+        computed = {o for i in members if not (i in measures and depth[i] == k) for o in nodes[i].output}
+        constants, todo = set(), [producer[t] for i in members for t in nodes[i].input
+                                  if t in producer and not live[producer[t]]]
+        while todo:
+            j = todo.pop()
+            if j not in constants:
+                constants.add(j)
+                todo += [producer[t] for t in nodes[j].input if t in producer]
+        reads = sorted({t for t, ks in readers.items() if k in ks})
+        keeps = sorted(t for t in computed if any(r > k for r in readers.get(t, [])))
+        steps.append(Step(nodes=sorted(set(members) | constants),
+                          measured=[nodes[i].output[0] for i in members if i in measures and depth[i] == k],
+                          reads=reads, keeps=keeps,
+                          last_read={t: max(readers[t]) for t in keeps}))
+    return steps
+
+
+def step_model(model: onnx.ModelProto, step: Step, shapes: dict[str, list[int]]) -> bytes:
+    """MODEL's nodes of STEP as a model of their own: its reads as inputs, its keeps and measured tensors as
+    outputs."""
+    nodes = [model.graph.node[i] for i in step.nodes]
+    used = {t for n in nodes for t in n.input}
+    def info(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shapes[name])
+    graph = helper.make_graph(nodes, "step", [info(t) for t in step.reads],
+                              [info(t) for t in step.keeps + step.measured],
+                              [init for init in model.graph.initializer if init.name in used])
+    out = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return out.SerializeToString()
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+    return {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in infos}
+
+
 def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str, np.ndarray],
                  thresholds: dict[str, float], skip: set[str], per_channel: bool, calib_tensors,
                  progress) -> dict[str, np.ndarray]:
     """The biases of CONVS corrected sequentially against FP32_MEANS, in MODEL quantized with THRESHOLDS."""
+    from ... import runtime
+
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, skip, per_channel))
+    shapes = static_shapes(quantized)
+    bias_of = {c.output: c.bias for c in convs}
     biases = biases_of(model, convs)
-    for group in generations(model, convs):
-        set_biases(quantized, biases)  # every earlier group's correction, as the card will run it
-        means = channel_means(quantized, [c.output for c in group], calib_tensors, progress)
-        for conv in group:
-            error = means[conv.output] - fp32_means[conv.output]
-            biases[conv.bias] = (biases[conv.bias].astype(np.float64) - error).astype(np.float32)
+    input_name = model.graph.input[0].name
+    tensors = np.load(calib_tensors, mmap_mode="r")
+    offset, count = tensors.offset, tensors.shape[0]
+    del tensors  # read image by image with plain reads: mapped pages would count in RSS and grow with N
+    size = {t: int(np.prod(s)) for t, s in shapes.items()}
+    with tempfile.TemporaryDirectory(prefix="bias-correction-") as scratch:
+        kept: dict[str, Path] = {input_name: Path(calib_tensors)}
+        expires: dict[str, int] = {}
+        for k, step in enumerate(plan(quantized, set(bias_of)), start=1):
+            set_biases(quantized, biases)  # every earlier group's correction, as the card will run it
+            session = runtime.session(step_model(quantized, step, shapes))
+            sums = {t: np.zeros(shapes[t][1], np.float64) for t in step.measured}
+            files = {t: Path(scratch) / f"{k}-{j}.bin" for j, t in enumerate(step.keeps)}
+            readers = {t: open(kept[t], "rb") for t in step.reads}
+            writers = {t: open(files[t], "wb") for t in step.keeps}
+            try:
+                for image in progress(range(count), total=count):
+                    feeds = {}
+                    for t, handle in readers.items():
+                        handle.seek((offset if t == input_name else 0) + image * size[t] * 4)
+                        feeds[t] = np.fromfile(handle, np.float32, size[t]).reshape(shapes[t])
+                    outputs = session.run(step.keeps + step.measured, feeds)
+                    for t, value in zip(step.keeps, outputs):
+                        value.astype(np.float32, copy=False).tofile(writers[t])
+                    for t, value in zip(step.measured, outputs[len(step.keeps):]):
+                        sums[t] += value.sum(axis=(0, 2, 3), dtype=np.float64)
+            finally:
+                for handle in (*readers.values(), *writers.values()):
+                    handle.close()
+            kept.update(files)
+            expires.update(step.last_read)
+            for t in [t for t, last in expires.items() if last == k]:  # no later step reads it
+                kept.pop(t).unlink()
+                del expires[t]
+            for t in step.measured:
+                error = sums[t] / (count * shapes[t][2] * shapes[t][3]) - fp32_means[t]
+                biases[bias_of[t]] = (biases[bias_of[t]].astype(np.float64) - error).astype(np.float32)
     return biases
 
 
