@@ -180,59 +180,58 @@ def plan(model: onnx.ModelProto, corrected: set[str]) -> list[Step]:
     correction step k - 1 measured) and the group k Convs, whose outputs it measures. Whatever a later step reads
     is kept between steps, so every node runs once per round (a measured Conv twice) and memory does not depend
     on the depth: ONNX Runtime runs the whole graph whatever outputs are asked for, so one model per prefix would
-    recompute the network from the input at every step."""
+    recompute the network from the input at every step. An activation's DequantizeLinear runs in every step that
+    reads it, from the int8 tensor kept: ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into an
+    integer Conv, as it does in the whole model, only when the three are in one model."""
     nodes = model.graph.node
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     graph_inputs = {i.name for i in model.graph.input}
     live: list[bool] = []  # computed from the input (not a weight's DequantizeLinear, not a Constant)
     for node in nodes:
         live.append(any(i in graph_inputs or (i in producer and live[producer[i]]) for i in node.input))
+    copied = {i for i, n in enumerate(nodes) if not live[i] or n.op_type == "DequantizeLinear"}  # run where read
     depth = depths(model, corrected)
-    last = max(depth[i] for i, n in enumerate(nodes) if n.op_type == "Conv" and n.output[0] in corrected)
     measures = {i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.output[0] in corrected}
+    last = max(depth[i] for i in measures)
 
-    def runs_in(i: int) -> int:
-        return depth[i] + 1  # the step that computes node I for real
-
-    steps_of: dict[int, list[int]] = {}
+    members: dict[int, set[int]] = {k: set() for k in range(1, last + 1)}
     for i in range(len(nodes)):
-        if live[i] and runs_in(i) <= last:
-            steps_of.setdefault(runs_in(i), []).append(i)
+        if i not in copied and depth[i] + 1 <= last:
+            members[depth[i] + 1].add(i)  # the step that runs node I for real
         if i in measures:
-            steps_of.setdefault(depth[i], []).append(i)
-    readers: dict[str, list[int]] = {}  # activation -> steps that read it
-    for k, members in steps_of.items():
-        for i in members:
-            for t in nodes[i].input:
-                if t in graph_inputs or (t in producer and live[producer[t]] and producer[t] not in members):
-                    readers.setdefault(t, []).append(k)
-    steps = []
-    for k in range(1, last + 1):
-        members = sorted(set(steps_of.get(k, [])))
-        computed = {o for i in members if not (i in measures and depth[i] == k) for o in nodes[i].output}
-        constants, todo = set(), [producer[t] for i in members for t in nodes[i].input
-                                  if t in producer and not live[producer[t]]]
+            members[depth[i]].add(i)
+    for k, own in members.items():
+        todo = [producer[t] for i in own for t in nodes[i].input if t in producer and producer[t] in copied]
         while todo:
             j = todo.pop()
-            if j not in constants:
-                constants.add(j)
-                todo += [producer[t] for t in nodes[j].input if t in producer]
-        reads = sorted({t for t, ks in readers.items() if k in ks})
-        keeps = sorted(t for t in computed if any(r > k for r in readers.get(t, [])))
-        steps.append(Step(nodes=sorted(set(members) | constants),
-                          measured=[nodes[i].output[0] for i in members if i in measures and depth[i] == k],
-                          reads=reads, keeps=keeps,
+            if j not in own:
+                own.add(j)
+                todo += [producer[t] for t in nodes[j].input if t in producer and producer[t] in copied]
+    reads: dict[int, set[str]] = {}
+    readers: dict[str, list[int]] = {}  # kept activation -> steps that read it
+    for k, own in members.items():
+        reads[k] = {t for i in own for t in nodes[i].input
+                    if t in graph_inputs or (t in producer and producer[t] not in own and producer[t] not in copied)}
+        for t in reads[k]:
+            readers.setdefault(t, []).append(k)
+    steps = []
+    for k, own in members.items():
+        measured = [nodes[i].output[0] for i in sorted(own) if i in measures and depth[i] == k]
+        keeps = sorted(t for i in own if i not in copied and not (i in measures and depth[i] == k)
+                       for t in nodes[i].output if any(r > k for r in readers.get(t, [])))
+        steps.append(Step(nodes=sorted(own), measured=measured, reads=sorted(reads[k]), keeps=keeps,
                           last_read={t: max(readers[t]) for t in keeps}))
     return steps
 
 
-def step_model(model: onnx.ModelProto, step: Step, shapes: dict[str, list[int]]) -> bytes:
+def step_model(model: onnx.ModelProto, step: Step, types: dict[str, onnx.TypeProto]) -> bytes:
     """MODEL's nodes of STEP as a model of their own: its reads as inputs, its keeps and measured tensors as
-    outputs."""
+    outputs (TYPES: every tensor's inferred type)."""
     nodes = [model.graph.node[i] for i in step.nodes]
     used = {t for n in nodes for t in n.input}
+
     def info(name: str) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shapes[name])
+        return helper.make_value_info(name, types[name])
     graph = helper.make_graph(nodes, "step", [info(t) for t in step.reads],
                               [info(t) for t in step.keeps + step.measured],
                               [init for init in model.graph.initializer if init.name in used])
@@ -240,10 +239,10 @@ def step_model(model: onnx.ModelProto, step: Step, shapes: dict[str, list[int]])
     return out.SerializeToString()
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Every tensor's type (element type and static shape), from ONNX shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    infos = (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
-    return {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in infos}
+    return {vi.name: vi.type for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
 
 
 def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str, np.ndarray],
@@ -253,20 +252,22 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
     from ... import runtime
 
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, skip, per_channel))
-    shapes = static_shapes(quantized)
+    types = tensor_types(quantized)
+    shapes = {t: [d.dim_value for d in ty.tensor_type.shape.dim] for t, ty in types.items()}
+    dtypes = {t: helper.tensor_dtype_to_np_dtype(ty.tensor_type.elem_type) for t, ty in types.items()}
     bias_of = {c.output: c.bias for c in convs}
     biases = biases_of(model, convs)
     input_name = model.graph.input[0].name
     tensors = np.load(calib_tensors, mmap_mode="r")
     offset, count = tensors.offset, tensors.shape[0]
     del tensors  # read image by image with plain reads: mapped pages would count in RSS and grow with N
-    size = {t: int(np.prod(s)) for t, s in shapes.items()}
+    size = {t: int(np.prod(s)) * dtypes[t].itemsize for t, s in shapes.items()}  # bytes per image
     with tempfile.TemporaryDirectory(prefix="bias-correction-") as scratch:
         kept: dict[str, Path] = {input_name: Path(calib_tensors)}
         expires: dict[str, int] = {}
         for k, step in enumerate(plan(quantized, set(bias_of)), start=1):
             set_biases(quantized, biases)  # every earlier group's correction, as the card will run it
-            session = runtime.session(step_model(quantized, step, shapes))
+            session = runtime.session(step_model(quantized, step, types))
             sums = {t: np.zeros(shapes[t][1], np.float64) for t in step.measured}
             files = {t: Path(scratch) / f"{k}-{j}.bin" for j, t in enumerate(step.keeps)}
             readers = {t: open(kept[t], "rb") for t in step.reads}
@@ -275,11 +276,11 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
                 for image in progress(range(count), total=count):
                     feeds = {}
                     for t, handle in readers.items():
-                        handle.seek((offset if t == input_name else 0) + image * size[t] * 4)
-                        feeds[t] = np.fromfile(handle, np.float32, size[t]).reshape(shapes[t])
+                        handle.seek((offset if t == input_name else 0) + image * size[t])
+                        feeds[t] = np.fromfile(handle, dtypes[t], size[t] // dtypes[t].itemsize).reshape(shapes[t])
                     outputs = session.run(step.keeps + step.measured, feeds)
                     for t, value in zip(step.keeps, outputs):
-                        value.astype(np.float32, copy=False).tofile(writers[t])
+                        value.tofile(writers[t])
                     for t, value in zip(step.measured, outputs[len(step.keeps):]):
                         sums[t] += value.sum(axis=(0, 2, 3), dtype=np.float64)
             finally:
