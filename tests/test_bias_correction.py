@@ -397,3 +397,29 @@ def test_vamc_is_given_the_corrected_onnx_and_nothing_else_changes(tmp_path, sta
     assert (out / "vamc.yaml").read_text() == expected_yaml(config, "vamc", onnx_path.resolve(), "int8",
                                                             str((calib / "images").resolve()), 3, out.parent, quantize)
     assert manifest["bias_correction"]["onnx_sha256"] == sha256_file(onnx_path)
+
+
+@pytest.mark.parametrize("written, corrected", [("empirical", True), ('"empirical"  # on', True), ("false", False),
+                                                ("yes", False)])
+def test_make_builds_releases_and_hwchecks_the_corrected_onnx_of_an_empirical_config(tmp_path, written, corrected):
+    """`make -n`: nothing runs. A value Make does not read as empirical builds from the simplified ONNX, where the
+    config loader refuses `yes` and the build refuses an ONNX its config does not ask for (tests above)."""
+    from test_make_usage import make
+    config = tmp_path / "mine.yaml"
+    text = INT8_CONFIG.read_text().replace("\npipeline:\n", f"\npipeline:\n  bias_correction: {written}\n")
+    config.write_text(text)
+    art = tmp_path / "art"
+    onnx_int8 = f"{art}/onnx/mine.{'corrected' if corrected else 'sim'}.onnx"
+    lines = {}
+    for goal, stage in (("int8", "build"), ("release", "release"), ("hwcheck", "hwcheck")):
+        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", goal)
+        assert done.returncode == 0, done.stderr
+        lines[goal] = done.stdout.replace("\\\n", "")
+        assert any(f" -m pipeline {stage} " in line and f"'{onnx_int8}'" in line
+                   for line in lines[goal].splitlines()), lines[goal]
+    correct = [line for line in lines["int8"].splitlines() if " -m pipeline correct " in line]
+    if corrected:
+        assert correct == [f".venv/bin/python -m pipeline correct --config '{config}' --onnx '{art}/onnx/mine.sim.onnx' "
+                           f"--calib '{art}/calib/mine' --out '{onnx_int8}'"]
+    else:
+        assert correct == []
