@@ -9,9 +9,9 @@ average, as far as the emulation is faithful to vamc (docs/quantization.md, "Bia
 Sequential, as the card runs it: a Conv's correction is measured with every Conv upstream of it already
 corrected and quantized. Correcting all Convs at once by their accumulated error overcorrects (each Conv's
 error already holds the upstream errors that the upstream corrections remove). The fp32 means do not depend on
-the corrections, so one fp32 pass gives them all; the int8 means are measured generation by generation: Convs
-with no corrected Conv between them and the input share a pass, each pass running only the nodes its Convs
-need (`prune`).
+the corrections, so one fp32 pass gives them all; the int8 means are measured generation by generation (Convs
+with no corrected Conv between them share a pass), each pass running only the part of the network it adds, from
+the int8 activations earlier passes kept (`plan`).
 
 vamc calibrates the model it is given, so the thresholds are recomputed on the corrected model; correction and
 calibration alternate until no threshold moves by more than THRESHOLD_MOVE, at most MAX_ROUNDS corrections.
