@@ -34,8 +34,8 @@ def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress)
     if cfg.backend.dtype != "int8":
         raise PipelineError(f"{cfg.source}: builds {cfg.backend.dtype}; bias correction is for int8 configs")
     if cfg.pipeline.bias_correction != MODE:
-        raise PipelineError(f"{cfg.source}: pipeline.bias_correction is {cfg.pipeline.bias_correction}; set it to "
-                            f"{MODE} to build from a bias-corrected ONNX")
+        raise PipelineError(f"{cfg.source}: pipeline.bias_correction is false; set it to {MODE} to build from a "
+                            f"bias-corrected ONNX")
     if not onnx.is_file():
         raise PipelineError(f"{onnx}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
     if out.suffix != ".onnx" or out.resolve() == onnx.resolve():

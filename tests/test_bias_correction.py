@@ -316,7 +316,7 @@ def test_bad_inputs_are_one_line(tmp_path, calib, capsys):
 
     off = config_file(tmp_path / "off.yaml", bias_correction=False)
     code, err = run_cli(capsys, "--config", off, "--onnx", onnx_path, "--calib", calib, "--out", out)
-    assert code == 2 and err == (f"error: {off}: pipeline.bias_correction is False; set it to empirical to build from "
+    assert code == 2 and err == (f"error: {off}: pipeline.bias_correction is false; set it to empirical to build from "
                                  f"a bias-corrected ONNX\n")
     assert not out.exists() and not Path(f"{out}.json").exists()
 
