@@ -94,7 +94,7 @@ endef
 
 # The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
 comma := ,
-CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) evaluate report \
+CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) correct evaluate report \
 	demo-data demo-ckpt tune)
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
@@ -152,8 +152,22 @@ fp16: $(ENGINE_FP16)/manifest.json ## build the fp16 engine (artifacts/engines/N
 $(ENGINE_FP16)/manifest.json: $(ART)/onnx/$(FP16).sim.onnx $(CONFIG_FP16) $(BUILD_CODE) $(COMPILER) $(STAMP)
 	$(PY) -m pipeline build --config '$(CONFIG_FP16)' --onnx '$<' --backend '$(BACKEND)' --out '$(@D)'
 
+# pipeline.bias_correction of CONFIG_INT8, read as text (.venv may not exist yet when Make starts): with
+# `empirical`, int8 builds from the corrected ONNX. The build checks that the ONNX it is given is what the config
+# says as Python reads it, so a way of writing the key that this misses is one error line, never a wrong engine.
+CORRECTED := $(shell sed -n -E "s/^[[:space:]]+bias_correction:[[:space:]]*[\"']?empirical[\"']?[[:space:]]*(\#.*)?$$/yes/p" \
+	'$(CONFIG_INT8)' 2>/dev/null)
+INT8_ONNX := $(ART)/onnx/$(INT8).$(if $(CORRECTED),corrected,sim).onnx
+CORRECT_CODE := $(call code,correct)
+
+$(ART)/onnx/$(INT8).corrected.onnx: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json \
+		$(CORRECT_CODE) $(STAMP)
+	$(PY) -m pipeline correct --config '$(CONFIG_INT8)' --onnx '$<' --calib '$(CALIB_DIR)' --out '$@'
+
+correct: $(ART)/onnx/$(INT8).corrected.onnx ## bias-correct the simplified ONNX for CONFIG_INT8 (pipeline.bias_correction: empirical)
+
 int8: $(ENGINE_INT8)/manifest.json ## calibrate and build the int8 engine (artifacts/engines/NAME/BACKEND/)
-$(ENGINE_INT8)/manifest.json: $(ART)/onnx/$(INT8).sim.onnx $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(BUILD_CODE) \
+$(ENGINE_INT8)/manifest.json: $(INT8_ONNX) $(CONFIG_INT8) $(CALIB_DIR)/manifest.json $(BUILD_CODE) \
 		$(COMPILER) $(STAMP)
 	$(PY) -m pipeline build --config '$(CONFIG_INT8)' --onnx '$<' --calib '$(CALIB_DIR)' --backend '$(BACKEND)' \
 		--out '$(@D)'
@@ -260,7 +274,7 @@ HWCHECK_SKIP ?= ## skip_conv_layers list of hwcheck's numbering check, e.g. 54 (
 hwcheck: $(STAMP) ## with a VACC card: channel order, resize path, conv numbering, int8 prediction (artifacts/hwcheck/report.md)
 	$(MAKE) --no-print-directory BACKEND=vamc fp16 int8
 	$(PY) -m pipeline hwcheck --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' \
-		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
+		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(INT8_ONNX)' \
 		--engine-fp16 '$(ART)/engines/$(FP16)/vamc' --engine-int8 '$(ART)/engines/$(INT8)/vamc' --calib '$(CALIB_DIR)' \
 		--data '$(DATA)' --out '$(ART)/hwcheck' $(if $(HWCHECK_SKIP),--skip-conv-layers '$(HWCHECK_SKIP)')
 
@@ -272,7 +286,7 @@ release: fp16 int8 eval $(CALIB_DIR)/manifest.json ## bundle engines, ONNX, conf
 	@echo "$(PY) -m pipeline release (bundling $(ART) into $(RELEASE_ROOT); \`make -n release\` shows the full command)"
 	@$(PY) -m pipeline release --config-fp16 '$(CONFIG_FP16)' --config-int8 '$(CONFIG_INT8)' --ckpt '$(CKPT)' \
 		--data '$(DATA)' --backend '$(BACKEND)' --calib-list '$(CALIB_LIST)' --calib '$(CALIB_DIR)' \
-		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(ART)/onnx/$(INT8).sim.onnx' \
+		--onnx-fp16 '$(ART)/onnx/$(FP16).sim.onnx' --onnx-int8 '$(INT8_ONNX)' \
 		--engine-fp16 '$(ENGINE_FP16)' --engine-int8 '$(ENGINE_INT8)' --eval-dir '$(EVAL)' $(if $(LIMIT),--limit '$(LIMIT)') \
 		--report '$(ART)/report.md' '$(ART)/report.png' $(if $(SELECTION),--selection '$(SELECTION)') \
 		--out-root '$(RELEASE_ROOT)'
@@ -362,5 +376,5 @@ help: ## list targets and variables
 	  END {printf "%s", vars}' $(MAKEFILE_LIST)
 
 FORCE:
-.PHONY: venv onnx simplify sim calib fp16 int8 layers analyze tune eval hwcheck release verify demo demo-ckpt \
+.PHONY: venv onnx simplify sim calib correct fp16 int8 layers analyze tune eval hwcheck release verify demo demo-ckpt \
 	demo-data demo-stages demo-tune test clean clean-all help FORCE

@@ -145,6 +145,17 @@ def cmd_build(args) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def cmd_correct(args) -> None:
+    from .correct import correct_onnx
+    record, seconds, rss = correct_onnx(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.out),
+                                        progress=lambda it, total=None: progress(it, "bias correction", total))
+    last = record["rounds"][-1]
+    print(f"wrote {args.out} and {args.out}.json: {len(record['convs'])} Convs corrected, "
+          f"{record['rounds_run']} round(s) ({record['passes_per_round']} int8 passes each), last threshold move "
+          f"{last['largest_threshold_move']:.2%}{'' if record['settled'] else ' (not settled)'}; fp32 deviation from "
+          f"the input {record['fp32_deviation']['mean_abs_alpha_diff']:.5f} ({seconds:.0f} s, peak RSS {rss:.0f} MB)")
+
+
 def cmd_layers(args) -> None:
     from .backends.ort import skipped_convs
     from .backends.ort.numbering import conv_table, format_conv_table
@@ -378,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ort: reference engine on ONNX Runtime; vamc: the vendor compiler")
     p.add_argument("--out", required=True, help="engine folder to write")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("correct", help="bias-correct the simplified ONNX for an int8 config's quantization (the "
+                                       "ONNX `pipeline.bias_correction: empirical` builds from)")
+    p.add_argument("--config", required=True, help="int8 build config YAML with pipeline.bias_correction: empirical")
+    p.add_argument("--onnx", required=True, help="simplified ONNX")
+    p.add_argument("--calib", required=True, help="calibration folder from `calib`")
+    p.add_argument("--out", required=True, help="corrected ONNX to write (and OUT.json, its record, beside it)")
+    p.set_defaults(func=cmd_correct)
 
     p = sub.add_parser("layers", help="list every Conv: vamc and ONNX index (skip_conv_layers), branch, shapes")
     p.add_argument("--config", required=True, help="build config YAML (skip_conv_layers, pipeline.conv_numbering)")

@@ -137,6 +137,9 @@ class PipelineSettings:
     conv_numbering: str
     vsx: Vsx
     tune: Tune
+    # False: int8 builds from the simplified ONNX; "empirical": from the bias-corrected one (`python -m pipeline
+    # correct`, pipeline/backends/ort/bias_correction.py)
+    bias_correction: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,8 @@ def _dataset(r: _Reader, raw: Any, shape: tuple[int, int, int, int]) -> Dataset:
 def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
     # The gate's limits are required: a default loose enough for any config would be a gate that never fails.
     d = r.mapping(raw if raw is not None else {}, "pipeline", ("gate",), ("seed", "opset", "parity_tolerance",
-                                                                        "conv_numbering", "vsx", "tune"))
+                                                                        "conv_numbering", "vsx", "tune",
+                                                                        "bias_correction"))
     limits = ("max_mse_increase", "max_mad_increase", "max_miou_drop")
     g = r.mapping(d["gate"], "pipeline.gate", limits)
     gate = Gate(**{k: r.float_(g[k], f"pipeline.gate.{k}", 0.0, 1.0) for k in limits})
@@ -396,7 +400,16 @@ def _pipeline(r: _Reader, raw: Any) -> PipelineSettings:
         conv_numbering=r.str_(d.get("conv_numbering", "vamc"), "pipeline.conv_numbering", CONV_NUMBERINGS),
         vsx=vsx,
         tune=_tune(r, d.get("tune", {})),
+        bias_correction=_bias_correction(r, d.get("bias_correction", False)),
     )
+
+
+def _bias_correction(r: _Reader, value: Any) -> bool | str:
+    # YAML reads yes/on/true as True: a bare boolean other than false is refused, not taken for a mode.
+    if value is False or value == "empirical":
+        return value
+    raise r.fail("pipeline.bias_correction", f"{_kind(value)} is not false or empirical (bias correction is off "
+                                             f"unless written as `bias_correction: empirical`)")
 
 
 def _tune(r: _Reader, raw: Any) -> Tune:

@@ -385,3 +385,41 @@ def test_a_tuned_configs_selection_list_is_bundled_named_and_put_back_for_the_re
     release.copy_list(manifest, bundle, scratch)
     assert (scratch / "tune" / "official_modnet_int8" / "selection.txt").read_bytes() == f"{'3' * 64}  p2.jpg\n".encode()
     assert (scratch / "calib_list" / "official_modnet_int8.txt").read_bytes() == b"1111  a.jpg\n"
+
+
+def test_a_bias_corrected_release_ships_the_corrected_onnx_and_its_record(fake_build, tmp_path):
+    """With `bias_correction: empirical` the Makefile passes the corrected ONNX as --onnx-int8: the bundle ships it
+    and its record (OUT.json, as `correct` writes it), and the int8 engine's manifest must name it."""
+    art = fake_build.onnx_int8.parent
+    corrected = _write(art / "official_modnet_int8.corrected.onnx", b"corrected onnx-bytes")
+    _write(art / "official_modnet_int8.corrected.onnx.json", b'{"bias_correction": "empirical"}')
+    inputs = ReleaseInputs(**{**fake_build.__dict__, "onnx_int8": corrected})
+    with pytest.raises(PipelineError, match=r"engines/official_modnet_int8/ort/manifest.json .* records its ONNX as"):
+        assemble(inputs, tmp_path / "release")  # the engine was built from the simplified ONNX
+    _write(inputs.engine_int8 / "manifest.json", json.dumps({"backend": "ort",
+                                                             "onnx": {"sha256": sha256_file(corrected)}}).encode())
+    write_eval(inputs)
+    bundle, written = assemble(inputs, tmp_path / "release")
+    assert written
+    shipped = sorted(p.name for p in (bundle / "onnx").iterdir())
+    assert shipped == ["official_modnet_fp16.sim.onnx", "official_modnet_fp16.sim.onnx.json",
+                       "official_modnet_int8.corrected.onnx", "official_modnet_int8.corrected.onnx.json"]
+    assert (bundle / "onnx" / "official_modnet_int8.corrected.onnx").read_bytes() == b"corrected onnx-bytes"
+
+
+def test_a_rebuilt_correction_record_may_differ_only_in_the_calibration_manifests_hash(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    record = {"calibration": {"images": 50, "manifest_sha256": "a", "tensors_sha256": "t"}, "rounds_run": 2}
+    files = {
+        "onnx/m.corrected.onnx": (b"1", b"1"),
+        "onnx/m.corrected.onnx.json": (record, {**record, "calibration": {**record["calibration"],
+                                                                          "manifest_sha256": "b"}}),
+        "onnx/n.corrected.onnx.json": (record, {**record, "rounds_run": 3}),
+        "onnx/n.corrected.onnx": (b"1", b"2"),
+    }
+    for rel, (a, b) in files.items():
+        _write(ours / rel, a if isinstance(a, bytes) else json.dumps(a).encode())
+        _write(theirs / rel, b if isinstance(b, bytes) else json.dumps(b).encode())
+    rows = {rel: status for rel, status, _ in compare(ours, theirs)}
+    assert rows == {"onnx/m.corrected.onnx": "equal", "onnx/m.corrected.onnx.json": "expected",
+                    "onnx/n.corrected.onnx.json": "DIFFERENT", "onnx/n.corrected.onnx": "DIFFERENT"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..calibrate import read_calibration_folder
 from ..config import BuildConfig
+from ..correct import build_correction
 from ..errors import PipelineError
 from ..fileio import check_out_dir, sha256_file
 from ..provenance import git_state, versions
@@ -29,6 +30,7 @@ def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
         if calib is None:
             raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")
         read_calibration_folder(cfg, calib)
+    build_correction(cfg, onnx)
 
 
 # Why a tuned config of each verdict `make tune` does not promote is not vouched for (tuned_yaml.VERDICTS)
@@ -80,6 +82,9 @@ def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None
     if cfg.backend.dtype == "int8" and calib is not None:
         manifest["calibration"] = {"path": str(calib.resolve()),
                                    "manifest_sha256": sha256_file(calib / "manifest.json")}
+    correction = build_correction(cfg, onnx)
+    if correction is not None:  # only then: the manifests of builds without correction stay as they were
+        manifest["bias_correction"] = correction
     return manifest
 
 
