@@ -5,7 +5,9 @@ Stage modules are imported inside each handler so that `--help` and quick comman
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -518,19 +520,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a CI timeout, `kill`), raised where the stage is so that its `finally` blocks and context managers
+    run: the default action would end the process there and leave its scratch folders (correct's activations, an
+    engine's .part folder) behind. Not an Exception: no handler of a bug may swallow it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception:  # a bug, not bad input: keep the traceback, but end on one line that says so
         traceback.print_exc()
         print(f"error: internal failure in `{args.command}` (a bug: please report it with the traceback above)",
               file=sys.stderr)
         return 3
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0

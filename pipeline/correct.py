@@ -16,7 +16,7 @@ from .calibrate import read_calibration_folder
 from .config import BuildConfig
 from .errors import PipelineError
 from .fileio import sha256_bytes, sha256_file, write_bytes, write_json
-from .runtime import read_onnx
+from .runtime import check_model_input, read_onnx
 
 MODE = "empirical"
 
@@ -28,7 +28,7 @@ def record_path(onnx: Path) -> Path:
 def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress) -> tuple[dict, float, float]:
     """Write OUT and OUT.json; returns the record, the seconds it took and the peak RSS in MB."""
     from .backends.ort import peak_rss_mb, skipped_convs
-    from .backends.ort.bias_correction import check_model_input, correct
+    from .backends.ort.bias_correction import correct
 
     start = time.perf_counter()
     if cfg.backend.dtype != "int8":

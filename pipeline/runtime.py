@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .config import BuildConfig
 from .errors import PipelineError
 
 
@@ -19,6 +20,18 @@ def read_onnx(path: str | Path, hint: str) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{path}: not a valid ONNX model ({first}); {hint}") from None
     return model
+
+
+def check_model_input(cfg: BuildConfig, model: onnx.ModelProto, source) -> None:
+    """MODEL takes the config's one input, by name and static shape (the simplified ONNX of CFG's model)."""
+    found = [(i.name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                       for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
+    expected = [(cfg.frontend.input_name, list(cfg.input_shape))]
+    if found != expected:
+        raise PipelineError(f"{source}: takes {found[0][0] if found else 'no input'!r} "
+                            f"{found[0][1] if found else []}, but {cfg.source} builds "
+                            f"{expected[0][0]!r} {expected[0][1]}: not the simplified ONNX of this config "
+                            f"(`make simplify CONFIG={cfg.source}` writes it)")
 
 
 def session(model: str | Path | bytes) -> ort.InferenceSession:

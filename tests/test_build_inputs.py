@@ -87,3 +87,21 @@ def test_corrupt_onnx(int8_calib, small_sim_onnx, tmp_path, capsys):
     assert code == 2 and "\n" not in err
     assert err.startswith(f"error: {broken}: not a valid ONNX model (") and "make simplify" in err
     assert not out.parent.exists()
+
+
+def test_an_onnx_of_another_input_shape_is_one_line(int8_calib, small_sim_onnx, tmp_path, capsys):
+    # the simplified ONNX of another config (another input size): refused by name and shape before any backend runs,
+    # not a stream of calibration tensors of the wrong shape
+    import onnx
+    config, calib = int8_calib
+    model = onnx.load(str(small_sim_onnx))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[2]
+    expected = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    dim.dim_value += 32
+    other = tmp_path / "other.sim.onnx"
+    onnx.save(model, str(other))
+    got = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    code, err = build(config, other, calib, tmp_path / "engine", capsys)
+    assert code == 2 and err == (f"error: {other}: takes 'input' {got}, but {config} builds 'input' {expected}: not "
+                                 f"the simplified ONNX of this config (`make simplify CONFIG={config}` writes it)")
+    assert not (tmp_path / "engine").exists()

@@ -236,3 +236,23 @@ def test_stages_writing_into_a_folder_refuse_one_of_foreign_files(tmp_path, caps
         f"error: {victim}: holds files `{command}` did not write (precious.txt, sub/); choose an empty or new folder, "
         f"or delete it yourself"]
     assert tree_bytes(victim) == before
+
+
+def test_sigterm_mid_stage_leaves_no_scratch_folder_and_exits_143(tmp_path):
+    # a CI timeout or `kill` sends SIGTERM: the stage's context managers must still remove its .part folder
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "demo-data", "--out", str(out), "--count", "100"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".data.*.part")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".data.*.part")), "the stage never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.splitlines()[-1] == "interrupted; nothing half-written was kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ from ..correct import build_correction
 from ..errors import PipelineError
 from ..fileio import check_out_dir, sha256_file
 from ..provenance import git_state, versions
-from ..runtime import read_onnx
+from ..runtime import check_model_input, read_onnx
 from ..tuning import tuned_yaml
 
 BACKENDS = ("ort", "vamc")
@@ -25,7 +25,7 @@ def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
     """Refuse, before any backend runs, an ONNX file or a calibration folder that is missing, truncated or stale."""
     if not onnx.is_file():
         raise PipelineError(f"{onnx}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
-    read_onnx(onnx, f"rebuild it with `make simplify CONFIG={cfg.source}`")
+    check_model_input(cfg, read_onnx(onnx, f"rebuild it with `make simplify CONFIG={cfg.source}`"), onnx)
     if cfg.backend.dtype == "int8":
         if calib is None:
             raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")

@@ -45,18 +45,6 @@ class Conv:
     bias: str        # its bias initializer (added when the Conv had none)
 
 
-def check_model_input(cfg: BuildConfig, model: onnx.ModelProto, source) -> None:
-    """MODEL takes the config's one input, by name and static shape (the simplified ONNX of CFG's model)."""
-    found = [(i.name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                       for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
-    expected = [(cfg.frontend.input_name, list(cfg.input_shape))]
-    if found != expected:
-        raise PipelineError(f"{source}: takes {found[0][0] if found else 'no input'!r} "
-                            f"{found[0][1] if found else []}, but {cfg.source} builds "
-                            f"{expected[0][0]!r} {expected[0][1]}: not the simplified ONNX of this config "
-                            f"(`make simplify CONFIG={cfg.source}` writes it)")
-
-
 def with_biases(model: onnx.ModelProto, skip: set[str]) -> tuple[onnx.ModelProto, list[Conv], set[str]]:
     """A copy of MODEL where every Conv to correct (all but SKIP) has a bias initializer, zero where it had none
     (the fp32 output is unchanged); those Convs in graph order, and the names of the Convs given a bias."""
