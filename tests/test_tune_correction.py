@@ -229,3 +229,22 @@ def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it
     assert appended.endswith("workspace:\n  path: ./deploy_weights/\npipeline:\n  bias_correction: empirical\n")
     (tmp_path / "bare_tuned.yaml").write_text(appended)
     assert make_int8_onnx(tmp_path / "bare_tuned.yaml", tmp_path).endswith("/onnx/bare_tuned.corrected.onnx")
+
+
+def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
+                                                                                     tmp_path):
+    from pipeline.backends import build_engine
+    from pipeline.correct import correct_onnx
+    # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
+    raw = yaml.safe_load(tune_config(tmp_path).read_text())
+    raw["backend"]["quantize"].update(calibrate_mode="max", skip_conv_layers=[1])
+    raw["pipeline"]["bias_correction"] = "empirical"
+    cfg_path = tmp_path / "skip_corrected.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    wb = workbench(cfg_path, small_sim_onnx, inputs)
+    cfg = load_config(cfg_path)
+    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", no_progress)
+    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", no_progress)
+    incumbent = Candidate("max", None, (1,), corrected=True)
+    assert wb.quantizer.build(incumbent) == (tmp_path / "engine" / "model.onnx").read_bytes()
+    assert wb.quantizer.corrected("max", None, (1,))[0].SerializeToString() == (tmp_path / "c.onnx").read_bytes()

@@ -86,25 +86,31 @@ class Quantizer:
         tensors = qdq.quantized_tensors(model, set())
         return stats.collect(model, tensors, self.calib / TENSORS, self._progress("statistics"))
 
-    def corrected(self, mode: str, calibrate_range: float | None) -> tuple[onnx.ModelProto, stats.Collection]:
-        """The bias-corrected model a config of this calibration (nothing skipped) builds from, as `make int8` reads
-        it back from its file, and the statistics collected on it."""
+    def corrected(self, mode: str, calibrate_range: float | None, skip: tuple[int, ...] = ()
+                  ) -> tuple[onnx.ModelProto, stats.Collection]:
+        """The bias-corrected model a config of this calibration and SKIP builds from (`make int8` corrects for the
+        config's skip_conv_layers: skipped Convs are not corrected), as read back from its file, and the statistics
+        collected on it. The search corrects with nothing skipped; an input config's own skip list is its own."""
         from ..backends.ort.bias_correction import correct
 
-        if (mode, calibrate_range) not in self._corrected:
+        if (mode, calibrate_range, skip) not in self._corrected:
             q = self.cfg.backend.quantize
-            quantize = replace(q, calibrate_mode=mode, skip_conv_layers=(),
+            quantize = replace(q, calibrate_mode=mode, skip_conv_layers=skip,
                                calibrate_range=q.calibrate_range if calibrate_range is None else calibrate_range)
             cfg = replace(self.cfg, backend=replace(self.cfg.backend, quantize=quantize))
-            data, _ = correct(cfg, self.model, self.calib / TENSORS, self._progress("bias correction"), [])
+            data, _ = correct(cfg, self.model, self.calib / TENSORS, self._progress("bias correction"),
+                              sorted(self.skipped(skip)))
             model = onnx.load_from_string(data)
-            self._corrected[mode, calibrate_range] = model, self._collect(model)
-        return self._corrected[mode, calibrate_range]
+            self._corrected[mode, calibrate_range, skip] = model, self._collect(model)
+        return self._corrected[mode, calibrate_range, skip]
 
-    def thresholds(self, mode: str, calibrate_range: float | None, corrected: bool = False) -> dict[str, float]:
+    def thresholds(self, mode: str, calibrate_range: float | None, corrected: tuple[int, ...] | None = None
+                   ) -> dict[str, float]:
+        """The thresholds of MODE from the simplified model's statistics, or (CORRECTED: the skip list the model was
+        corrected for) from the corrected model's."""
         key = (mode, calibrate_range, corrected)
         if key not in self._thresholds:
-            collection = self.corrected(mode, calibrate_range)[1] if corrected else self.collection
+            collection = self.collection if corrected is None else self.corrected(mode, calibrate_range, corrected)[1]
             self._thresholds[key] = tensor_thresholds(collection, mode, calibrate_range)
         return self._thresholds[key]
 
@@ -113,9 +119,12 @@ class Quantizer:
 
     def build(self, candidate: Candidate, parts: str = "both") -> bytes:
         """CANDIDATE's Q/DQ model; PARTS (qdq.PARTS) quantizes only its weights or only its activations."""
-        model = self.corrected(candidate.mode, candidate.range)[0] if candidate.corrected else self.model
-        return qdq.write_qdq(model, self.thresholds(candidate.mode, candidate.range, candidate.corrected),
-                             self.skipped(candidate.skip), self.per_channel, parts)
+        if candidate.corrected:
+            model = self.corrected(candidate.mode, candidate.range, candidate.skip)[0]
+            thresholds = self.thresholds(candidate.mode, candidate.range, candidate.skip)
+        else:
+            model, thresholds = self.model, self.thresholds(candidate.mode, candidate.range)
+        return qdq.write_qdq(model, thresholds, self.skipped(candidate.skip), self.per_channel, parts)
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}
