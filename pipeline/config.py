@@ -119,13 +119,15 @@ class Tune:
     max_miou_drop: float
     max_builds: int
     max_float_layers: int
+    bias_correction: bool = True  # whether the search tries its base calibration bias-corrected (docs/tuning.md)
 
 
 # tune compares at most this many candidates with the input config: Holm's smallest level is then 0.05 / 100, which
 # the studentized bootstrap's 9999 resamples still resolve (pipeline/tuning/statistics.py)
 TUNE_MAX_BUILDS = 100
 TUNE_DEFAULTS = {"selection_images": None, "confirmation_images": None, "max_mse_increase": 0.002,
-                 "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40, "max_float_layers": 5}
+                 "max_mad_increase": 0.002, "max_miou_drop": 0.003, "max_builds": 40, "max_float_layers": 5,
+                 "bias_correction": True}
 
 
 @dataclass(frozen=True)
@@ -422,7 +424,8 @@ def _tune(r: _Reader, raw: Any) -> Tune:
                 max_miou_drop=r.float_(t["max_miou_drop"], "pipeline.tune.max_miou_drop", 0.0, 1.0),
                 max_builds=r.int_(t["max_builds"], "pipeline.tune.max_builds", minimum=1,
                                   maximum=TUNE_MAX_BUILDS),
-                max_float_layers=r.int_(t["max_float_layers"], "pipeline.tune.max_float_layers", minimum=0))
+                max_float_layers=r.int_(t["max_float_layers"], "pipeline.tune.max_float_layers", minimum=0),
+                bias_correction=r.bool_(t["bias_correction"], "pipeline.tune.bias_correction"))
 
 
 def parse_config(raw: Any, source: str | Path) -> BuildConfig:

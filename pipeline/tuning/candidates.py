@@ -1,16 +1,18 @@
 """Candidates: vamc-expressible quantization settings, the models they give, and the cache of their scores.
 
-A candidate is (calibrate_mode, calibrate_range, skip_conv_layers); `quantize_per_channel` and the conv numbering
-are the input config's. Its model is exactly what `make int8` builds from a config with those settings: the
+A candidate is (calibrate_mode, calibrate_range, skip_conv_layers, corrected); `quantize_per_channel` and the conv
+numbering are the input config's. Its model is exactly what `make int8` builds from a config with those settings: the
 thresholds come from one statistics collection of every quantizable tensor (stats.py; a tensor's threshold
 depends only on its own statistics, so skipping a Conv changes no other tensor's) and the Q/DQ writer is the
-backend's own (qdq.py).
+backend's own (qdq.py). A corrected candidate (`pipeline.bias_correction: empirical`) is built from the
+bias-corrected model of its calibration (bias_correction.correct, minutes per calibration), with thresholds from a
+statistics collection on that model, since vamc calibrates the ONNX it is given.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -32,21 +34,26 @@ class Candidate:
     mode: str
     range: float | None  # calibrate_range, percentile only
     skip: tuple[int, ...] = ()  # skip_conv_layers, sorted
+    corrected: bool = False  # built from the bias-corrected model (pipeline.bias_correction: empirical)
 
+    # An uncorrected candidate's key and JSON are what they were before the field existed, so earlier caches stay valid.
     @property
     def key(self) -> str:
-        return f"{self.mode}|{'' if self.range is None else repr(self.range)}|{','.join(map(str, self.skip))}"
+        key = f"{self.mode}|{'' if self.range is None else repr(self.range)}|{','.join(map(str, self.skip))}"
+        return f"{key}|corrected" if self.corrected else key
 
     def label(self) -> str:
         mode = self.mode if self.range is None else f"{self.mode} {self.range:g}"
-        return f"{mode}, skip {list(self.skip)}" if self.skip else mode
+        text = f"{mode}, skip {list(self.skip)}" if self.skip else mode
+        return f"{text} + bias correction" if self.corrected else text
 
     def to_json(self) -> dict:
-        return {"calibrate_mode": self.mode, "calibrate_range": self.range, "skip_conv_layers": list(self.skip)}
+        d = {"calibrate_mode": self.mode, "calibrate_range": self.range, "skip_conv_layers": list(self.skip)}
+        return {**d, "corrected": True} if self.corrected else d
 
     @classmethod
     def from_json(cls, d: dict) -> "Candidate":
-        return cls(d["calibrate_mode"], d["calibrate_range"], tuple(d["skip_conv_layers"]))
+        return cls(d["calibrate_mode"], d["calibrate_range"], tuple(d["skip_conv_layers"]), d.get("corrected", False))
 
 
 def calibrations(cfg: BuildConfig) -> list[Candidate]:
@@ -59,30 +66,65 @@ def calibrations(cfg: BuildConfig) -> list[Candidate]:
 
 
 class Quantizer:
-    """Writes the Q/DQ model of any candidate; the statistics are collected on first need, once."""
+    """Writes the Q/DQ model of any candidate; the statistics are collected on first need, once per model (the
+    simplified one, and each bias-corrected one). PROGRESS(iterable, desc, total=None), the workbench's."""
 
     def __init__(self, cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress):
         self.cfg, self.model, self.calib, self.progress = cfg, model, calib, progress
         self.per_channel = cfg.backend.quantize.quantize_per_channel
         self._thresholds: dict[tuple, dict[str, float]] = {}
+        self._corrected: dict[tuple, tuple[onnx.ModelProto, stats.Collection]] = {}
+
+    def _progress(self, desc: str):
+        return lambda it, total=None: self.progress(it, desc, total)
 
     @cached_property
     def collection(self) -> stats.Collection:
-        tensors = qdq.quantized_tensors(self.model, set())
-        return stats.collect(self.model, tensors, self.calib / TENSORS, self.progress)
+        return self._collect(self.model)
 
-    def thresholds(self, mode: str, calibrate_range: float | None) -> dict[str, float]:
-        if (mode, calibrate_range) not in self._thresholds:
-            self._thresholds[mode, calibrate_range] = tensor_thresholds(self.collection, mode, calibrate_range)
-        return self._thresholds[mode, calibrate_range]
+    def _collect(self, model: onnx.ModelProto) -> stats.Collection:
+        tensors = qdq.quantized_tensors(model, set())
+        return stats.collect(model, tensors, self.calib / TENSORS, self._progress("statistics"))
+
+    def corrected(self, mode: str, calibrate_range: float | None, skip: tuple[int, ...] = ()
+                  ) -> tuple[onnx.ModelProto, stats.Collection]:
+        """The bias-corrected model a config of this calibration and SKIP builds from (`make int8` corrects for the
+        config's skip_conv_layers: skipped Convs are not corrected), as read back from its file, and the statistics
+        collected on it. The search corrects with nothing skipped; an input config's own skip list is its own."""
+        from ..backends.ort.bias_correction import correct
+
+        if (mode, calibrate_range, skip) not in self._corrected:
+            q = self.cfg.backend.quantize
+            quantize = replace(q, calibrate_mode=mode, skip_conv_layers=skip,
+                               calibrate_range=q.calibrate_range if calibrate_range is None else calibrate_range)
+            cfg = replace(self.cfg, backend=replace(self.cfg.backend, quantize=quantize))
+            data, _ = correct(cfg, self.model, self.calib / TENSORS, self._progress("bias correction"),
+                              sorted(self.skipped(skip)))
+            model = onnx.load_from_string(data)
+            self._corrected[mode, calibrate_range, skip] = model, self._collect(model)
+        return self._corrected[mode, calibrate_range, skip]
+
+    def thresholds(self, mode: str, calibrate_range: float | None, corrected: tuple[int, ...] | None = None
+                   ) -> dict[str, float]:
+        """The thresholds of MODE from the simplified model's statistics, or (CORRECTED: the skip list the model was
+        corrected for) from the corrected model's."""
+        key = (mode, calibrate_range, corrected)
+        if key not in self._thresholds:
+            collection = self.collection if corrected is None else self.corrected(mode, calibrate_range, corrected)[1]
+            self._thresholds[key] = tensor_thresholds(collection, mode, calibrate_range)
+        return self._thresholds[key]
 
     def skipped(self, skip: tuple[int, ...]) -> set[str]:
         return set(skipped_convs(self.model, skip, self.cfg.pipeline.conv_numbering, self.cfg.source))
 
     def build(self, candidate: Candidate, parts: str = "both") -> bytes:
         """CANDIDATE's Q/DQ model; PARTS (qdq.PARTS) quantizes only its weights or only its activations."""
-        return qdq.write_qdq(self.model, self.thresholds(candidate.mode, candidate.range),
-                             self.skipped(candidate.skip), self.per_channel, parts)
+        if candidate.corrected:
+            model = self.corrected(candidate.mode, candidate.range, candidate.skip)[0]
+            thresholds = self.thresholds(candidate.mode, candidate.range, candidate.skip)
+        else:
+            model, thresholds = self.model, self.thresholds(candidate.mode, candidate.range)
+        return qdq.write_qdq(model, thresholds, self.skipped(candidate.skip), self.per_channel, parts)
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}
@@ -154,8 +196,13 @@ def _figures(value, sizes: dict[str, int], pixels: int, where: str, labelled_onl
 
 
 def _candidate(value, where: str) -> Candidate:
-    if not isinstance(value, dict) or set(value) != {"calibrate_mode", "calibrate_range", "skip_conv_layers"}:
-        raise ValueError(f"{where} is not an object of calibrate_mode, calibrate_range, skip_conv_layers")
+    keys = {"calibrate_mode", "calibrate_range", "skip_conv_layers"}
+    if not isinstance(value, dict) or set(value) - {"corrected"} != keys:
+        raise ValueError(f"{where} is not an object of calibrate_mode, calibrate_range, skip_conv_layers (and "
+                         f"corrected)")
+    if "corrected" in value and value["corrected"] is not True:
+        # written only when true, so that an uncorrected candidate's entry is what it was before the field existed
+        raise ValueError(f"{where}.corrected is {value['corrected']!r}, not true (an uncorrected candidate has none)")
     mode, calibrate_range, skip = value["calibrate_mode"], value["calibrate_range"], value["skip_conv_layers"]
     if mode not in CALIBRATE_MODES:
         raise ValueError(f"{where}.calibrate_mode is {mode!r}, not one of {', '.join(CALIBRATE_MODES)}")

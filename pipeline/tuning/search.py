@@ -3,7 +3,11 @@ figures come from `evaluate`, its paired comparison with the incumbent from the 
 
 0. the incumbent: the input config as it is (its own calibration and skip_conv_layers);
 1. calibration: every calibration with no layer skipped; the base is the one of lowest deviation among those that
-   meet the target, or of lowest deviation if none does. If it meets the target, the search ends there.
+   meet the target, or of lowest deviation if none does.
+1b. correction (CORRECTION): the base bias-corrected, nothing skipped (or, when the incumbent is corrected, the base
+   as it is: already scored). One candidate, minutes to build; it is compared as any other but never becomes the
+   base: correcting each skip set below would cost minutes per candidate. If the base meets the target, the search
+   ends here.
 2. rank: for the `rank_count` layers worst by `prerank` (the analysis's single-layer SQNR), the base with that
    layer alone kept float; layers are ranked by how much that reduces the deviation from fp32, measured ones first.
 3. bisect: the fewest top-ranked layers kept float (at most `max_float`) that meet the target: n = 1, 2, 4, ...
@@ -83,7 +87,8 @@ class _OutOfBudget(Exception):
 
 
 def search(incumbent: Candidate, calibrations: list[Candidate], evaluate: Callable[[Candidate], dict],
-           prerank: Callable[[Candidate], list[int]], budget: int, rank_count: int, max_float: int) -> Outcome:
+           prerank: Callable[[Candidate], list[int]], budget: int, rank_count: int, max_float: int,
+           correction: bool = False) -> Outcome:
     outcome = Outcome()
     seen: dict[Candidate, Step] = {}
 
@@ -105,11 +110,13 @@ def search(incumbent: Candidate, calibrations: list[Candidate], evaluate: Callab
         return sorted(gains, key=lambda layer: -gains[layer]) + [i for i in order if i not in gains]
 
     try:
-        run(incumbent, "input" if incumbent.skip else "calibration")
+        run(incumbent, "input" if incumbent.skip or incumbent.corrected else "calibration")
         for candidate in calibrations:
             run(candidate, "calibration")
-        plain = [s for s in outcome.steps if not s.candidate.skip]
+        plain = [s for s in outcome.steps if not s.candidate.skip and not s.candidate.corrected]
         base = min(plain, key=lambda s: (not s.met, s.result["deviation"]))
+        if correction:
+            run(replace(base.candidate, corrected=not incumbent.corrected), "correction")
         if base.met or max_float == 0:
             return outcome
         ranked = ranking((), base, prerank(base.candidate), "rank")

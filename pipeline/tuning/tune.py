@@ -11,9 +11,10 @@ leaves no tuned.yaml, only the cache.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..correct import MODE as CORRECTION
 from ..fileio import mark_stage, write_bytes, write_text
 from . import plot, scoring, statistics, tuned_yaml
 from .analyze import config_candidate, sqnr_rows, worst_first
@@ -22,7 +23,7 @@ from .search import Decision, Outcome, Step, decide, search, verdict
 from .workbench import Workbench, listing
 
 RANK_LAYERS = 10  # layers measured alone kept float to rank them (search.py, step 2)
-PHASES = ("input", "calibration", "rank", "bisect", "rerank", "drop")
+PHASES = ("input", "calibration", "correction", "rank", "bisect", "rerank", "drop")
 
 
 @dataclass
@@ -59,8 +60,9 @@ def run_search(wb: Workbench, bar) -> Outcome:
         return ranks[candidate.key]
 
     tune = wb.cfg.pipeline.tune
-    return search(config_candidate(wb), calibrations(wb.cfg), evaluate, prerank, tune.max_builds, RANK_LAYERS,
-                  tune.max_float_layers)
+    incumbent = replace(config_candidate(wb), corrected=wb.cfg.pipeline.bias_correction == CORRECTION)
+    return search(incumbent, calibrations(wb.cfg), evaluate, prerank, tune.max_builds, RANK_LAYERS,
+                  tune.max_float_layers, tune.bias_correction)
 
 
 def _gain(wb: Workbench, incumbent: Candidate, candidate: Candidate, image_set: str):
@@ -205,10 +207,19 @@ def png(wb: Workbench, result: Result) -> bytes:
                         integer_x=True, stamp=wb.demo_stamp)
 
 
+def bias_correction(wb: Workbench, candidate: Candidate) -> bool | str | None:
+    """What the tuned config's pipeline.bias_correction becomes for CANDIDATE (None: the input's, unchanged)."""
+    if candidate.corrected == (wb.cfg.pipeline.bias_correction == CORRECTION):
+        return None
+    return CORRECTION if candidate.corrected else False
+
+
 def header(wb: Workbench, result: Result, command: str) -> list[str]:
     d = wb.digests
     banner = [f"DEMO: {wb.demo_banner}"] if wb.demo_banner else []
-    return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only backend.quantize changed.",
+    changed = "backend.quantize" + ("" if bias_correction(wb, result.chosen.candidate) is None else
+                                    " and pipeline.bias_correction")
+    return [f"{tuned_yaml.MARK} (docs/tuning.md): {wb.cfg.source.name} with only {changed} changed.",
             *banner,
             f"{tuned_yaml.VERDICT_PREFIX}{result.verdict}",
             *[f"Warning: {notice}" for notice in wb.notices],
@@ -249,5 +260,6 @@ def tune(wb: Workbench, out: Path, command: str, bar) -> Result:
     write_bytes(out / "tune.png", png(wb, result))
     block = tuned_yaml.quantize_block(wb.cfg.vamc["backend"]["quantize"], chosen.candidate.mode,
                                       chosen.candidate.range, list(chosen.candidate.skip))
-    write_text(out / "tuned.yaml", tuned_yaml.tuned_text(text, block, header(wb, result, command)))
+    write_text(out / "tuned.yaml", tuned_yaml.tuned_text(text, block, header(wb, result, command),
+                                                         bias_correction(wb, chosen.candidate)))
     return result

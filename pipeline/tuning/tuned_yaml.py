@@ -1,7 +1,9 @@
-"""The tuned config: the input YAML with only `backend.quantize` replaced, under a header comment.
+"""The tuned config: the input YAML with only `backend.quantize` replaced (and `pipeline.bias_correction` when the
+choice changes it), under a header comment.
 
-The text is edited in place (the `quantize:` block under `backend:`) so every other line, comments included,
-stays as the release engineer wrote it; the result is checked by parsing it back. A layout the edit cannot
+The text is edited in place (the `quantize:` block under `backend:`, the `bias_correction:` line under `pipeline:`) so
+every other line, comments included, stays as the release engineer wrote it; the result is checked by parsing it
+back. A layout the edit cannot
 handle (e.g. a flow-style `quantize: {...}`) falls back to dumping the whole document.
 
 The header starts with MARK and ends with the sha256 of its verdict line and the body (everything after it), so a
@@ -138,9 +140,28 @@ def _replace_block(text: str, block: dict) -> str | None:
     return None
 
 
-def tuned_text(text: str, block: dict, header: list[str]) -> str:
-    """TEXT (a config YAML, tuned or not) with backend.quantize = BLOCK, under HEADER (comment lines without '# ')
-    and the body's sha256."""
+def _set_bias_correction(text: str, value: str) -> str:
+    """TEXT with `bias_correction: VALUE` under the top-level `pipeline:`: an existing line at the block's indentation
+    replaced, else one added right after `pipeline:` (or a `pipeline:` block appended). Indented, as the Makefile's
+    sed, which reads the key before Python can, expects it."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(r"pipeline:\s*(#.*)?$", line)), None)
+    if start is None:
+        return "".join(lines) + ("" if not lines or lines[-1].endswith("\n") else "\n") + \
+            f"pipeline:\n  bias_correction: {value}\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i].startswith((" ", "#"))),
+               len(lines))
+    child = next((line for line in lines[start + 1:end] if line.strip() and not line.lstrip().startswith("#")), "  x")
+    entry = " " * (len(child) - len(child.lstrip(" "))) + f"bias_correction: {value}\n"
+    at = next((i for i in range(start + 1, end) if lines[i].startswith(entry.split(":")[0] + ":")), None)
+    if at is None:
+        return "".join(lines[:start + 1]) + entry + "".join(lines[start + 1:])
+    return "".join(lines[:at]) + entry + "".join(lines[at + 1:])
+
+
+def tuned_text(text: str, block: dict, header: list[str], bias_correction: bool | str | None = None) -> str:
+    """TEXT (a config YAML, tuned or not) with backend.quantize = BLOCK and, unless None, pipeline.bias_correction =
+    BIAS_CORRECTION (False or "empirical"), under HEADER (comment lines without '# ') and the body's sha256."""
     _, text = split(text)  # a tuned config's earlier header goes: one header, this run's
     raw = yaml.safe_load(text)
     expected = copy.deepcopy(raw)
@@ -148,6 +169,10 @@ def tuned_text(text: str, block: dict, header: list[str]) -> str:
         expected["backend"]["quantize"] = block
     except (TypeError, KeyError):
         raise PipelineError("the input config has no backend mapping to tune") from None
+    if bias_correction is not None:
+        pipeline = expected.get("pipeline")
+        expected["pipeline"] = {**(pipeline if isinstance(pipeline, dict) else {}), "bias_correction": bias_correction}
+        text = _set_bias_correction(text, "false" if bias_correction is False else bias_correction)
     body = _replace_block(text, block)
     if body is None or yaml.safe_load(body) != expected:
         body = yaml.safe_dump(expected, sort_keys=False, default_flow_style=None)

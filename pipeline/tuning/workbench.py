@@ -48,7 +48,7 @@ class Workbench:
                     **{d: f"the confirmation image {n}" for n, d in self.confirmation_entries},
                     **{e["sha256"]: f"the calibration image {e['name']}" for e in calib_manifest["images"]}}
         self.extra_entries = extra_images(cfg, extra, held_out) if extra is not None else []
-        self.quantizer = Quantizer(cfg, self.model, calib, lambda it, total=None: progress(it, "statistics", total))
+        self.quantizer = Quantizer(cfg, self.model, calib, progress)
         self.digests = {"onnx_sha256": sha256_file(onnx_path),
                         "calibration_manifest_sha256": sha256_file(calib / "manifest.json"),
                         "calibration_tensors_sha256": calib_manifest["tensors"]["sha256"],  # checked whole above

@@ -1,0 +1,250 @@
+"""Bias correction as tune's fourth knob (issue 21 section 3): the corrected candidate, its place in the search and
+the choice, its model, and what tuned.yaml and the Makefile make of it."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from conftest import INT8_CONFIG, REPO
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.tuning import search as search_mod, statistics, tuned_yaml
+from pipeline.tuning.candidates import Cache, Candidate, check_saved, content_digest
+from pipeline.tuning.scoring import FIDELITY, LABELLED
+from test_tune import CALIBS, Bar, fake_evaluate, inputs, no_progress, prerank, tune_config, workbench  # noqa: F401
+
+
+def test_an_uncorrected_candidate_is_keyed_and_saved_as_before_and_a_corrected_one_round_trips():
+    plain = Candidate("percentile", 0.9999, (1, 3))
+    assert plain.key == "percentile|0.9999|1,3" and plain.label() == "percentile 0.9999, skip [1, 3]"
+    assert plain.to_json() == {"calibrate_mode": "percentile", "calibrate_range": 0.9999, "skip_conv_layers": [1, 3]}
+    corrected = Candidate("kl_divergence", None, (), corrected=True)
+    assert corrected.key == "kl_divergence|||corrected" and corrected.label() == "kl_divergence + bias correction"
+    assert corrected.to_json() == {"calibrate_mode": "kl_divergence", "calibrate_range": None,
+                                   "skip_conv_layers": [], "corrected": True}
+    assert Candidate.from_json(json.loads(json.dumps(corrected.to_json()))) == corrected
+    assert Candidate.from_json(plain.to_json()) == plain and corrected.key != Candidate("kl_divergence", None).key
+
+
+def small_record(candidate: Candidate) -> dict:
+    """A candidates.json of one candidate scored on no image: what check_saved reads."""
+    cache = Cache(None, {"selection": [], "extra": [], "confirmation": [], "input_shape": [1, 3, 8, 8]})
+    cache.put(candidate, "selection", {k: [] for k in FIDELITY + LABELLED})
+    cache.put(candidate, "extra", {k: [] for k in FIDELITY})
+    return cache.record()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, False, None])
+def test_the_cache_refuses_a_corrected_that_is_not_true(value):
+    corrected = Candidate("max", None, (), corrected=True)
+    assert list(check_saved(small_record(corrected))) == ["max|||corrected"]
+    saved = small_record(corrected)
+    saved["cache"][0]["candidate"]["corrected"] = value
+    saved["digest"] = content_digest(saved)  # a well-formed file otherwise: only the field is wrong
+    with pytest.raises(ValueError, match=rf"cache\[0\]\.candidate\.corrected is {value!r}, not true"):
+        check_saved(saved)
+
+
+def test_the_tune_setting_is_a_strict_boolean(tmp_path):
+    assert load_config(tune_config(tmp_path)).pipeline.tune.bias_correction is True
+    assert load_config(tune_config(tmp_path, bias_correction=False)).pipeline.tune.bias_correction is False
+    with pytest.raises(PipelineError, match=r"pipeline\.tune\.bias_correction: expected true or false, got"):
+        load_config(tune_config(tmp_path, bias_correction="empirical"))
+
+
+# --- the search ----------------------------------------------------------------------------------------------------
+
+def test_the_search_adds_one_corrected_candidate_after_the_calibrations_and_none_when_off():
+    calls = []
+    outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
+                                max_float=5, correction=True)
+    # mse is the calibration of lowest deviation (fake_evaluate): its corrected self comes next, then the ranking
+    # from the uncorrected base
+    assert [(s.phase, s.candidate) for s in outcome.steps[:5]] == \
+        [("calibration", c) for c in CALIBS] + [("correction", Candidate("mse", None, (), corrected=True))]
+    assert [s.candidate.corrected for s in outcome.steps] == [False] * 4 + [True] + [False] * (len(outcome.steps) - 5)
+    assert all(s.candidate.mode == "mse" for s in outcome.steps[5:]) and outcome.steps[5].phase == "rank"
+    off = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10, max_float=5)
+    assert [s.candidate for s in off.steps] == [s.candidate for s in outcome.steps if not s.candidate.corrected]
+    # the correction counts against max_builds as any candidate
+    short = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=4, rank_count=10, max_float=5,
+                              correction=True)
+    assert short.out_of_budget and not any(s.candidate.corrected for s in short.steps)
+
+
+def test_a_corrected_incumbent_is_compared_with_the_uncorrected_calibrations():
+    incumbent = Candidate("kl_divergence", None, (), corrected=True)
+    outcome = search_mod.search(incumbent, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10,
+                                max_float=5, correction=True)
+    assert (outcome.steps[0].phase, outcome.steps[0].candidate) == ("input", incumbent)
+    # the correction phase's candidate is the base uncorrected, already scored: both states compared, once each
+    assert [s.candidate for s in outcome.steps[1:5]] == CALIBS
+    assert [s.candidate.corrected for s in outcome.steps] == [True] + [False] * (len(outcome.steps) - 1)
+    assert outcome.steps[5].phase == "rank" and outcome.steps[5].candidate.mode == "mse"  # base: never the corrected
+
+
+def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, small_sim_onnx, tmp_path, monkeypatch):
+    from pipeline.tuning import tune as tune_mod
+    seen = {}
+
+    def fake_search(incumbent, calibrations, evaluate, prerank, budget, rank_count, max_float, correction):
+        seen.update(incumbent=incumbent, calibrations=calibrations, correction=correction)
+        return search_mod.Outcome()
+    monkeypatch.setattr(tune_mod, "search", fake_search)
+    raw = yaml.safe_load(tune_config(tmp_path).read_text())
+    raw["pipeline"]["bias_correction"] = "empirical"
+    raw["pipeline"]["tune"] = {"bias_correction": False}
+    (tmp_path / "corrected.yaml").write_text(yaml.safe_dump(raw))
+    tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), Bar())
+    assert seen["incumbent"] == Candidate("kl_divergence", None, (), corrected=True) and seen["correction"] is False
+    assert not any(c.corrected for c in seen["calibrations"])
+    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), Bar())
+    assert seen["incumbent"] == Candidate("kl_divergence", None, ()) and seen["correction"] is True
+
+
+# --- the choice ----------------------------------------------------------------------------------------------------
+
+def test_the_corrected_candidate_is_chosen_when_significantly_closer_and_within_the_target():
+    # ten images: the corrected base closer to fp32 than KL by 0.01 on nine and 0.02 on one (p = 1 / 10000,
+    # tests/test_tune_statistics.py::test_significantly_better); the uncorrected base worse on average
+    kl = [0.05] * 9 + [0.06]
+    corrected, base = [0.04] * 10, [0.045] * 5 + [0.06] * 5
+    p = [statistics.p_value(statistics.mean([a - b for a, b in zip(kl, c)], statistics.draws(10, 0)))
+         for c in (base, corrected)]
+    assert p[1] == 1 / (statistics.RESAMPLES + 1) and p[0] > 0.5
+    steps = [search_mod.Step(Candidate("kl_divergence", None), "calibration", {"deviation": 0.051, "violation": 2}),
+             search_mod.Step(Candidate("mse", None), "calibration", {"deviation": 0.0525, "violation": 0.9}),
+             search_mod.Step(Candidate("mse", None, (), True), "correction", {"deviation": 0.04, "violation": 0.8})]
+    decision = search_mod.decide(steps, p)
+    assert decision.chosen is steps[2] and decision.verdict == "chosen" and decision.compared == 2
+    # the same gain missing the target: not chosen (nothing else is significant, KL misses it too)
+    missed = [*steps[:2], replace(steps[2], result={"deviation": 0.04, "violation": 1.5})]
+    assert search_mod.decide(missed, p).verdict == "target not met"
+    # a Conv kept float costs speed on the card: the corrected candidate wins over a closer one that skips a Conv
+    skipping = search_mod.Step(Candidate("mse", None, (3,)), "bisect", {"deviation": 0.03, "violation": 0.5})
+    assert search_mod.decide([*steps, skipping], [*p, p[1]]).chosen is steps[2]
+
+
+# --- the build, and what tuned.yaml carries ------------------------------------------------------------------------
+
+def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_builds_it(inputs, small_sim_onnx,
+                                                                                        tmp_path, monkeypatch):
+    from pipeline.backends import build_engine
+    from pipeline.backends.ort import qdq, stats, tensor_thresholds
+    from pipeline.correct import correct_onnx
+    from pipeline.tuning import tune as tune_mod
+    # the input config (max: its thresholds are the quickest to recompute, as the correction does 4 times) and its
+    # correction only: the other calibrations and the ranking are tested elsewhere
+    raw = yaml.safe_load(tune_config(tmp_path, max_float_layers=0).read_text())
+    raw["backend"]["quantize"]["calibrate_mode"] = "max"
+    cfg_path = tmp_path / "small_max.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(tune_mod, "calibrations", lambda cfg: [Candidate("max", None)])
+    out = tmp_path / "tune"
+    descs = []
+    wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    wb.quantizer.progress = lambda it, desc, total=None: descs.append(desc) or it
+
+    def take_the_correction(steps, p_values, level=statistics.LEVEL):  # the choice is tested above
+        decision = search_mod.decide(steps, p_values, level)
+        return replace(decision, chosen=next(s for s in steps if s.phase == "correction"), verdict="chosen")
+    monkeypatch.setattr(tune_mod, "decide", take_the_correction)
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    chosen = result.chosen.candidate
+    assert [s.phase for s in result.outcome.steps] == ["calibration", "correction"]
+    assert chosen == Candidate("max", None, (), corrected=True)
+    assert "bias correction" in descs and "statistics" in descs
+
+    # tuned.yaml says so
+    text = (out / "tuned.yaml").read_text()
+    assert text.splitlines()[0] == f"# {tuned_yaml.MARK} (docs/tuning.md): {cfg_path.name} with only " \
+                                   f"backend.quantize and pipeline.bias_correction changed."
+    tuned = load_config(out / "tuned.yaml")
+    assert tuned.pipeline.bias_correction == "empirical"
+    assert (tuned.backend.quantize.calibrate_mode, tuned.backend.quantize.skip_conv_layers) == ("max", ())
+    saved = json.loads((out / "candidates.json").read_text())
+    assert saved["chosen"] == chosen.to_json() and saved["search"][1]["phase"] == "correction"
+
+    # the model scored is the corrected ONNX `make int8` makes for the tuned config (python -m pipeline correct),
+    # quantized with thresholds from its own statistics by write_qdq, and the engine built from that ONNX
+    corrected_onnx = tmp_path / "small.corrected.onnx"
+    correct_onnx(tuned, small_sim_onnx, inputs / "calib", corrected_onnx, no_progress)
+    assert wb.quantizer.corrected("max", None)[0].SerializeToString() == corrected_onnx.read_bytes()
+    model = onnx.load(str(corrected_onnx))
+    collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
+                              no_progress)
+    direct = qdq.write_qdq(model, tensor_thresholds(collected, "max", None), set(), True)
+    assert wb.quantizer.build(chosen) == direct
+    assert wb.quantizer.build(replace(chosen, corrected=False)) != direct
+    build_engine("ort", tuned, corrected_onnx, inputs / "calib", tmp_path / "engine", no_progress)
+    assert (tmp_path / "engine" / "model.onnx").read_bytes() == direct
+
+
+def make_int8_onnx(config: Path, tmp_path: Path) -> str:
+    """The ONNX `make int8` would build CONFIG's engine from (make -n: nothing runs)."""
+    done = subprocess.run(["make", "-n", "int8", f"ART={tmp_path}/art", "BACKEND=ort", f"CONFIG_INT8={config}"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    line = next(line for line in done.stdout.splitlines() if "pipeline build" in line)
+    return line.split("--onnx ")[1].split()[0].strip("'")
+
+
+def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it(tmp_path):
+    text = INT8_CONFIG.read_text()
+    raw = yaml.safe_load(text)
+    block = tuned_yaml.quantize_block(raw["backend"]["quantize"], "mse", None, [])
+    on = tuned_yaml.tuned_text(text, block, ["header"], "empirical")
+    lines = on.splitlines()[2:]  # the header and its body sha256
+    at = lines.index("pipeline:")
+    indent = next(line for line in text.splitlines()[text.splitlines().index("pipeline:") + 1:]
+                  if line.strip() and not line.lstrip().startswith("#")).split("seed")[0]
+    assert lines[at + 1] == f"{indent}bias_correction: empirical"
+    assert lines[:at + 1] + lines[at + 2:] == tuned_yaml.tuned_text(text, block, ["header"]).splitlines()[2:]
+    expected = {**raw, "backend": {**raw["backend"], "quantize": block},
+                "pipeline": {**raw["pipeline"], "bias_correction": "empirical"}}
+    assert yaml.safe_load(on) == expected
+    (tmp_path / "on_tuned.yaml").write_text(on)
+    assert load_config(tmp_path / "on_tuned.yaml").pipeline.bias_correction == "empirical"
+    assert make_int8_onnx(tmp_path / "on_tuned.yaml", tmp_path).endswith("/onnx/on_tuned.corrected.onnx")
+
+    # an existing line is replaced where it is, its neighbours kept
+    commented = text.replace("  opset: 17", "  bias_correction: empirical  # corrected\n  opset: 17")
+    off = tuned_yaml.tuned_text(commented, block, ["header"], False)
+    assert "  bias_correction: false\n  opset: 17" in off and "empirical" not in off
+    assert off.splitlines()[2:] == [line.replace("bias_correction: empirical  # corrected",
+                                                 "bias_correction: false")
+                                    for line in tuned_yaml.tuned_text(commented, block, ["header"]).splitlines()[2:]]
+    (tmp_path / "off_tuned.yaml").write_text(off)
+    assert load_config(tmp_path / "off_tuned.yaml").pipeline.bias_correction is False
+    assert make_int8_onnx(tmp_path / "off_tuned.yaml", tmp_path).endswith("/onnx/off_tuned.sim.onnx")
+
+    # a config without a pipeline section gets one, indented as the Makefile's sed reads it
+    bare = text[:text.index("# Our settings")]
+    appended = tuned_yaml.tuned_text(bare, block, ["header"], "empirical")
+    assert appended.endswith("workspace:\n  path: ./deploy_weights/\npipeline:\n  bias_correction: empirical\n")
+    (tmp_path / "bare_tuned.yaml").write_text(appended)
+    assert make_int8_onnx(tmp_path / "bare_tuned.yaml", tmp_path).endswith("/onnx/bare_tuned.corrected.onnx")
+
+
+def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
+                                                                                     tmp_path):
+    from pipeline.backends import build_engine
+    from pipeline.correct import correct_onnx
+    # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
+    raw = yaml.safe_load(tune_config(tmp_path).read_text())
+    raw["backend"]["quantize"].update(calibrate_mode="max", skip_conv_layers=[1])
+    raw["pipeline"]["bias_correction"] = "empirical"
+    cfg_path = tmp_path / "skip_corrected.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    wb = workbench(cfg_path, small_sim_onnx, inputs)
+    cfg = load_config(cfg_path)
+    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", no_progress)
+    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", no_progress)
+    incumbent = Candidate("max", None, (1,), corrected=True)
+    assert wb.quantizer.build(incumbent) == (tmp_path / "engine" / "model.onnx").read_bytes()
+    assert wb.quantizer.corrected("max", None, (1,))[0].SerializeToString() == (tmp_path / "c.onnx").read_bytes()
