@@ -52,8 +52,8 @@ def test_the_cache_refuses_a_corrected_that_is_not_true(value):
 
 
 def test_the_tune_setting_is_a_strict_boolean(tmp_path):
-    assert load_config(tune_config(tmp_path)).pipeline.tune.bias_correction is True
-    assert load_config(tune_config(tmp_path, bias_correction=False)).pipeline.tune.bias_correction is False
+    assert load_config(tune_config(tmp_path)).pipeline.tune.bias_correction is False  # off unless asked: minutes
+    assert load_config(tune_config(tmp_path, bias_correction=True)).pipeline.tune.bias_correction is True
     with pytest.raises(PipelineError, match=r"pipeline\.tune\.bias_correction: expected true or false, got"):
         load_config(tune_config(tmp_path, bias_correction="empirical"))
 
@@ -104,8 +104,10 @@ def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, s
     tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), Bar())
     assert seen["incumbent"] == Candidate("kl_divergence", None, (), corrected=True) and seen["correction"] is False
     assert not any(c.corrected for c in seen["calibrations"])
-    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tune_config(tmp_path, bias_correction=True), small_sim_onnx, inputs), Bar())
     assert seen["incumbent"] == Candidate("kl_divergence", None, ()) and seen["correction"] is True
+    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), Bar())
+    assert seen["correction"] is False  # the default: off
 
 
 # --- the choice ----------------------------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     from pipeline.tuning import tune as tune_mod
     # the input config (max: its thresholds are the quickest to recompute, as the correction does 4 times) and its
     # correction only: the other calibrations and the ranking are tested elsewhere
-    raw = yaml.safe_load(tune_config(tmp_path, max_float_layers=0).read_text())
+    raw = yaml.safe_load(tune_config(tmp_path, max_float_layers=0, bias_correction=True).read_text())
     raw["backend"]["quantize"]["calibrate_mode"] = "max"
     cfg_path = tmp_path / "small_max.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
