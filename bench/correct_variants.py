@@ -11,9 +11,10 @@ counted twice, and it needs no sequence of passes; what it misses is how a Conv'
 already shifted input. One correction, no recalibration loop (the scoring recalibrates the corrected model, as
 vamc calibrates what it is given; the largest threshold move is printed).
 
-Scored as bench/correct_accuracy.py scores (its `measure`): CONFIG without correction, with `correct`'s
-sequential correction (DIR/<CONFIG stem>_bc.corrected.onnx, made by `python -m pipeline correct`'s function when
-missing), and with this variant (DIR/<CONFIG stem>_own.corrected.onnx), each against the original fp32.
+Scored as bench/correct_accuracy.py scores (its `measure`): CONFIG without correction and with this variant
+(DIR/<CONFIG stem>_own.corrected.onnx, reused when there), each against the original fp32, and the paired
+improvement. `correct`'s sequential correction on the same images is bench/correct_accuracy.py's row (the same
+images and seed give the same figures for CONFIG).
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from correct_accuracy import common_arguments, corrected, label_of, measure, report  # noqa: E402
+from correct_accuracy import common_arguments, label_of, measure, report  # noqa: E402
 
 from pipeline import runtime  # noqa: E402
 from pipeline.backends.ort import qdq, skipped_convs, stats  # noqa: E402
@@ -35,7 +35,6 @@ from pipeline.backends.ort.bias_correction import (  # noqa: E402
     THRESHOLD_MOVE, biases_of, calibrate, channel_means, fp32_deviation, largest_move, set_biases, with_biases)
 from pipeline.calibrate import TENSORS  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.correct import MODE  # noqa: E402
 from pipeline.fileio import write_bytes, write_json  # noqa: E402
 from pipeline.runtime import read_onnx  # noqa: E402
 from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
@@ -96,10 +95,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config)
     label = label_of(cfg)
-    sequential_cfg = replace(cfg, pipeline=replace(cfg.pipeline, bias_correction=MODE))
     timings = {}
-    sequential, timings["sequential"], sequential_record = corrected(
-        sequential_cfg, args.work / f"{args.config.stem}_bc.yaml", args.onnx, args.calib, args.work)
     own = args.work / f"{args.config.stem}_own.corrected.onnx"
     if not own.is_file():
         started = time.perf_counter()
@@ -113,8 +109,6 @@ def main() -> None:
     print(f"own error only: correction {timings['own']} s; threshold move after recalibration "
           f"{own_record['rounds'][0]['largest_threshold_move']:.2%} ({own_record['rounds'][0]['tensor']})", flush=True)
     entries = [{"label": label, "cfg": cfg, "source": args.onnx, "record": None, "baseline": None},
-               {"label": f"{label}, bias-corrected (sequential, `correct`)", "cfg": cfg, "source": sequential,
-                "record": sequential_record, "baseline": 0},
                {"label": f"{label}, bias-corrected (own error only, this bench)", "cfg": cfg, "source": own,
                 "record": own_record, "baseline": 0}]
     started = time.perf_counter()
