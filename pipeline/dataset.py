@@ -14,6 +14,12 @@ from .names import check_name
 
 HEX = frozenset("0123456789abcdef")
 
+
+def is_sha256(value) -> bool:
+    """VALUE is a sha256 as sha256sum writes it: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and set(value) <= HEX
+
+
 SOURCE = ("PPM-100 comes from its official repository, github.com/ZHKKKe/PPM (a download link in its README): unpack "
           "it into datasets/PPM-100/ or pass DATA=/path/to/PPM-100")
 
@@ -65,7 +71,7 @@ def read_image_list(path: Path, what: str) -> tuple[dict, list[tuple[str, str]]]
                 header[key.strip()] = value.strip()
             continue
         digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64 or not set(digest) <= HEX or not name:
+        if not sep or not is_sha256(digest) or not name:
             raise PipelineError(f"{path}:{number}: expected `<sha256>  <file name>`, got {line!r}")
         entries.append((check_name(name, f"{path}:{number}"), digest))
     names = [n for n, _ in entries]

@@ -4,7 +4,7 @@ Both stand on the reference backend's quantizer (backends/ort): one statistics c
 set, thresholds for any calibrate mode from it, and the Q/DQ writer. Every candidate is a Q/DQ model written from
 those thresholds, scored with ONNX Runtime on selection images against fp32's predictions.
 - split.py: the selection and confirmation images (outside the calibration subset, by its seeded rule), extra images;
-- statistics.py: seeded paired bootstrap bounds and Holm's correction (pure);
+- statistics.py: seeded paired studentized bootstrap bounds and p-values, Holm's correction (pure);
 - candidates.py: a candidate's settings, the quantizer that writes its model, the cache of scored candidates;
 - scoring.py: per-image figures of a candidate (deviation from fp32, ground truth) and their summary with bounds;
 - layers.py: per-Conv analysis (thresholds, weight / single / entire SQNR, the effect of keeping one float);

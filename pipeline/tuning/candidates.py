@@ -22,7 +22,7 @@ from ..backends.ort import qdq, skipped_convs, stats, tensor_thresholds
 from ..calibrate import TENSORS
 from ..config import CALIBRATE_MODES, BuildConfig
 from ..errors import PipelineError
-from ..dataset import HEX
+from ..dataset import is_sha256
 from ..fileio import dumps_json, write_json
 from .scoring import FIDELITY, LABELLED
 
@@ -258,8 +258,7 @@ def check_saved(saved) -> dict[str, dict]:
             raise ValueError(f"{where} repeats the candidate {key}")
         entries[key] = entry
     searched = saved.get(SEARCHED, [])
-    if not isinstance(searched, list) or not all(isinstance(d, str) and len(d) == 64 and set(d) <= HEX
-                                                 for d in searched):
+    if not isinstance(searched, list) or not all(is_sha256(d) for d in searched):
         raise ValueError(f"{SEARCHED} is not a list of sha256")
     if saved["digest"] != content_digest(saved):
         raise ValueError("its content does not match its digest (edited since the tune that wrote it)")
