@@ -92,9 +92,9 @@ define remember_output
 	@mkdir -p -- '$(@D)'; ( $(1) ) > '$@.new'; if cmp -s '$@.new' '$@'; then rm -- '$@.new'; else mv -- '$@.new' '$@'; fi
 endef
 
-# The code each stage runs, derived from its imports by pipeline/deps.py (plain python3: no .venv needed yet).
+# The code each stage runs, derived from its imports by pipeline/core/deps.py (plain python3: no .venv needed yet).
 comma := ,
-CODE_DEPS := $(shell $(PYTHON) -I pipeline/deps.py export simplify calib build:$(BACKEND) correct evaluate report \
+CODE_DEPS := $(shell $(PYTHON) -I pipeline/core/deps.py export simplify calib build:$(BACKEND) correct evaluate report \
 	demo-data demo-ckpt tune)
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)

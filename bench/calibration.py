@@ -71,7 +71,7 @@ def main() -> None:
     if not (data / "image").is_dir() or len(list((data / "image").iterdir())) < max(args.counts):
         run(["demo-data", "--out", str(data), "--count", str(max(args.counts)), "--seed", "7", "--scale", "0.3"])
 
-    from pipeline import runtime
+    from pipeline.core import runtime
     session = runtime.session(onnx)
     targets = {"kl_divergence": 2.5, "percentile": 2.5, "mse": 2.5, "max": 1.5}
     for n in args.counts:

@@ -29,14 +29,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from correct_accuracy import common_arguments, label_of, measure, report  # noqa: E402
 
-from pipeline import runtime  # noqa: E402
-from pipeline.backends.ort import qdq, skipped_convs, stats  # noqa: E402
+from pipeline.core import runtime  # noqa: E402
+from pipeline.backends.ort import qdq, stats  # noqa: E402
+from pipeline.backends.ort.build import skipped_convs
 from pipeline.backends.ort.bias_correction import (  # noqa: E402
     THRESHOLD_MOVE, biases_of, calibrate, channel_means, fp32_deviation, largest_move, set_biases, with_biases)
-from pipeline.calibrate import TENSORS  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.fileio import write_bytes, write_json  # noqa: E402
-from pipeline.runtime import read_onnx  # noqa: E402
+from pipeline.stages.calibrate import TENSORS  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.fileio import write_bytes, write_json  # noqa: E402
+from pipeline.core.runtime import read_onnx  # noqa: E402
 from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
 
 

@@ -12,8 +12,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .errors import PipelineError
-from .fileio import check_out_dir
+from .core.errors import PipelineError
+from .core.fileio import check_out_dir
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
 
@@ -68,18 +68,18 @@ def log_progress(iterable, desc: str, total: int | None, stream, every: float, c
 
 
 def _config(path: str):
-    from .config import load_config
+    from .core.config import load_config
     return load_config(path)
 
 
 def cmd_export(args) -> None:
-    from .export import export_onnx
+    from .model.export import export_onnx
     export_onnx(_config(args.config), args.ckpt, args.out)
     print(f"wrote {args.out}")
 
 
 def cmd_simplify(args) -> None:
-    from .simplify import simplify_onnx
+    from .stages.simplify import simplify_onnx
     report = simplify_onnx(_config(args.config), args.onnx, args.out)
     p = report["parity"]
     print(f"wrote {args.out}: {report['nodes_before']} -> {report['nodes_after']} nodes, parity max abs "
@@ -101,9 +101,9 @@ def _check_seed(seed: int) -> None:
 
 
 def cmd_demo_ckpt(args) -> None:
-    from .checkpoint import is_demo_checkpoint
-    from .demo_checkpoint import write_demo_checkpoint
-    from .demo_training import STEPS
+    from .model.checkpoint import is_demo_checkpoint
+    from .demo.checkpoint import write_demo_checkpoint
+    from .demo.training import STEPS
     steps = STEPS if args.steps is None else args.steps
     if steps < 0:
         raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
@@ -119,7 +119,7 @@ def cmd_demo_ckpt(args) -> None:
 
 
 def cmd_demo_data(args) -> None:
-    from .demo_data import write_demo_data
+    from .demo.data import write_demo_data
     _check_seed(args.seed)
     names = write_demo_data(args.out, args.count, args.seed, args.scale,
                             progress=lambda it: progress(it, "demo images", args.count))
@@ -127,7 +127,7 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_calib(args) -> None:
-    from .calibrate import default_list_path, make_calibration_set
+    from .stages.calibrate import default_list_path, make_calibration_set
     cfg = _config(args.config)
     list_path = Path(args.list) if args.list else default_list_path(cfg)
     manifest = make_calibration_set(cfg, args.data, args.out, list_path, redraw=args.redraw,
@@ -148,7 +148,7 @@ def cmd_build(args) -> None:
 
 
 def cmd_correct(args) -> None:
-    from .correct import correct_onnx
+    from .stages.correct import correct_onnx
     record, seconds, rss = correct_onnx(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.out),
                                         progress=lambda it, total=None: progress(it, "bias correction", total))
     last = record["rounds"][-1]
@@ -159,9 +159,9 @@ def cmd_correct(args) -> None:
 
 
 def cmd_layers(args) -> None:
-    from .backends.ort import skipped_convs
+    from .backends.ort.build import skipped_convs
     from .backends.ort.numbering import conv_table, format_conv_table
-    from .runtime import read_onnx
+    from .core.runtime import read_onnx
     cfg = _config(args.config)
     if not Path(args.onnx).is_file():
         raise PipelineError(f"{args.onnx}: no such ONNX file (run `make simplify` first)")
@@ -176,7 +176,7 @@ def cmd_layers(args) -> None:
 
 
 def _workbench(args, cache: Path | None = None):
-    from .checkpoint import is_demo_checkpoint
+    from .model.checkpoint import is_demo_checkpoint
     from .tuning.workbench import Workbench
     demo = (args.demo, bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
     extra = getattr(args, "extra_images", None)
@@ -229,7 +229,7 @@ def cmd_promote(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate
+    from .stages.evaluate import evaluate
     report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit,
                       progress=lambda it, total=None: progress(it, f"evaluate {Path(args.engine).name}", total))
     t = report["timing"]
@@ -239,7 +239,7 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluated(args):
-    from .report import Evaluated, load_metrics
+    from .stages.report import Evaluated, load_metrics
     fp32 = Evaluated("fp32", Path(args.fp32), load_metrics(args.fp32), None)
     engines = [Evaluated(label, Path(folder), load_metrics(folder), _config(cfg))
                for label, folder, cfg in (args.engine or [])]
@@ -249,9 +249,9 @@ def _evaluated(args):
 def _scope(args, engines):
     """Which images of DATA the engines were calibrated or tuned on: the calibration folders' manifests and tune's
     selection lists, checked as data (a selection image of DATA must be the file that was tuned on)."""
-    from .calibrate import read_calibration_manifest
-    from .dataset import check_listed_images, read_image_list
-    from .report import Scope
+    from .stages.calibrate import read_calibration_manifest
+    from .data.dataset import check_listed_images, read_image_list
+    from .stages.report import Scope
     from .tuning.tuned_yaml import is_tuned
     calibration = None
     for folder in args.calib or ():
@@ -271,8 +271,8 @@ def _scope(args, engines):
 
 
 def cmd_report(args) -> None:
-    from .checkpoint import is_demo_checkpoint
-    from .report import described, gate_failures, write_report
+    from .model.checkpoint import is_demo_checkpoint
+    from .stages.report import described, gate_failures, write_report
     fp32, engines = _evaluated(args)
     scope = _scope(args, engines)
     out = Path(args.out)
@@ -288,7 +288,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_gate(args) -> None:
-    from .report import gate, gate_failures
+    from .stages.report import gate, gate_failures
     fp32, engines = _evaluated(args)
     failure = gate_failures(gate(fp32, engines))
     if failure:
@@ -306,8 +306,8 @@ def _engine_args(p) -> None:
 def cmd_release(args) -> None:
     import os
 
-    from .provenance import meant_to_be_committed
-    from .release import ReleaseInputs, assemble, load_manifest
+    from .core.provenance import meant_to_be_committed
+    from .stages.release import ReleaseInputs, assemble, load_manifest
     fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
     name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
     inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
@@ -328,8 +328,8 @@ def cmd_release(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from .provenance import REPO
-    from .verify import verify
+    from .core.provenance import REPO
+    from .stages.verify import verify
     optional = {name: Path(getattr(args, name)) if getattr(args, name) else None
                 for name in ("scratch", "scratch_root", "ckpt", "data")}
     venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / "artifacts" / "verify" / "venvs"
@@ -337,7 +337,7 @@ def cmd_verify(args) -> None:
 
 
 def cmd_hwcheck(args) -> None:
-    from .hwcheck import Inputs, run
+    from .stages.hwcheck import Inputs, run
     check_out_dir(Path(args.out), "hwcheck")  # before any work; claim_dir checks again
     skip = None
     if args.skip_conv_layers is not None:

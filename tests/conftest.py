@@ -43,7 +43,7 @@ def small_config_dict(path: Path = FP16_CONFIG, hw: tuple[int, int] = SMALL_HW) 
 
 @pytest.fixture(scope="session")
 def demo_ckpt(tmp_path_factory) -> Path:
-    from pipeline.demo_checkpoint import write_demo_checkpoint
+    from pipeline.demo.checkpoint import write_demo_checkpoint
     path = tmp_path_factory.mktemp("ckpt") / "modnet_photographic_portrait_matting.ckpt"
     write_demo_checkpoint(path, seed=0)
     return path
@@ -58,8 +58,8 @@ def small_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
     """The demo checkpoint exported at the small shape."""
-    from pipeline.config import load_config
-    from pipeline.export import export_onnx
+    from pipeline.core.config import load_config
+    from pipeline.model.export import export_onnx
     out = tmp_path_factory.mktemp("onnx") / "small.onnx"
     export_onnx(load_config(small_config), demo_ckpt, out)
     return out
@@ -67,8 +67,8 @@ def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
 
 @pytest.fixture(scope="session")
 def small_sim_onnx(tmp_path_factory, small_onnx, small_config) -> Path:
-    from pipeline.config import load_config
-    from pipeline.simplify import simplify_onnx
+    from pipeline.core.config import load_config
+    from pipeline.stages.simplify import simplify_onnx
     out = tmp_path_factory.mktemp("sim") / "small.sim.onnx"
     simplify_onnx(load_config(small_config), small_onnx, out)
     return out

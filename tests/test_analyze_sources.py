@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SMALL_HW
-from pipeline import metrics, runtime
+from pipeline.accuracy import metrics
+from pipeline.core import runtime
 from pipeline.backends.ort import qdq
 from pipeline.cli import main
 from pipeline.tuning import analyze as analyze_mod, statistics

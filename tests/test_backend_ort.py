@@ -10,12 +10,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline import runtime
+from pipeline.core import runtime
 from pipeline.backends import build_engine
 from pipeline.backends.ort import fp16, qdq, stats, thresholds
 from pipeline.backends.ort.numbering import conv_order
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 SKIP = [0, 54]  # 54: f_branch.conv_lr4x in vamc's numbering, hr_branch.tohr_enc2x in ONNX order
 FP16_MAX_ABS = 0.02  # measured 0.011 on a generated image with the demo checkpoint
@@ -36,8 +36,8 @@ def int8_config(tmp_path: Path, numbering: str = "vamc", **quantize):
 
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory) -> Path:
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("ortcalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(int8_config(tmp), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")

@@ -15,10 +15,10 @@ from pipeline import cli
 from pipeline.backends import build_engine
 from pipeline.backends.ort import bias_correction as bc
 from pipeline.backends.ort import qdq
-from pipeline.config import load_config
-from pipeline.correct import correct_onnx
-from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
+from pipeline.core.config import load_config
+from pipeline.stages.correct import correct_onnx
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileio import sha256_file
 
 HW = (32, 32)
 CHANNELS = 3
@@ -84,8 +84,8 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory) -> Path:
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("bccalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(load_config(config_file(tmp / "c.yaml")), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")
@@ -269,7 +269,7 @@ def test_the_record_names_its_inputs_and_the_fp32_deviation(tmp_path, calib):
                                      "tensors_sha256": sha256_file(calib / "tensors.npy")}
     assert record["quantize"]["calibrate_mode"] == "kl_divergence" and record["bias_correction"] == "empirical"
     # the corrected float model's own output, against the original's, on the calibration images
-    from pipeline import runtime
+    from pipeline.core import runtime
     x = np.load(calib / "tensors.npy")
     a, b = runtime.session(save(chain(), tmp_path / "orig.onnx")), runtime.session(out)
     diffs = [np.abs(runtime.run(b, x[i:i + 1]).astype(np.float64) - runtime.run(a, x[i:i + 1])).mean()

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import LAYOUT, REPO
-from pipeline.checkpoint import load_modnet
-from pipeline.demo_checkpoint import demo_state_dict
-from pipeline.errors import PipelineError
-from pipeline.model import MODNet
+from pipeline.model.checkpoint import load_modnet
+from pipeline.demo.checkpoint import demo_state_dict
+from pipeline.core.errors import PipelineError
+from pipeline.model.modnet import MODNet
 
 OFFICIAL = json.loads(LAYOUT.read_text())["tensors"]
 DTYPES = {"float32": torch.float32, "int64": torch.int64}

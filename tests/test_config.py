@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG, REPO, config_dict, write_config
-from pipeline.config import Normalize, Resize, load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import Normalize, Resize, load_config
+from pipeline.core.errors import PipelineError
 
 
 def test_official_configs_carry_the_vendor_recipe():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.demo_checkpoint import write_demo_checkpoint
-from pipeline.demo_data import _encode, in_order, make_pair, write_demo_data
+from pipeline.demo.checkpoint import write_demo_checkpoint
+from pipeline.demo.data import _encode, in_order, make_pair, write_demo_data
 
 
 def test_demo_checkpoint_bytes_follow_the_seed(tmp_path):
@@ -60,7 +60,7 @@ def test_the_threaded_folder_holds_what_one_serial_pair_at_a_time_gives(tmp_path
 
 
 def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypatch):
-    from pipeline import demo_data
+    from pipeline.demo import data as demo_data
 
     started = []
 

@@ -18,14 +18,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, put_standin_on_path, small_config_dict, write_config
 from fake_vaststreamx import Card, install
-from pipeline import hwcheck
+from pipeline.stages import hwcheck
 from pipeline.backends import build_engine
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
-from pipeline.hwcheck import (Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict,
-                              resize_verdict)
-from pipeline.runners import VaststreamxRunner, describe
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
+from pipeline.stages.hwcheck import (
+    Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict, resize_verdict)
+from pipeline.backends.vamc.runner import VaststreamxRunner
+from pipeline.backends.runners import describe
 
 
 def quiet(iterable, desc=None, total=None):
@@ -41,8 +42,8 @@ def agree(mean: float, per_image=None) -> Agreement:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory, small_config, small_sim_onnx):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("hwcheck")
     write_demo_data(tmp / "PPM-100", count=5, seed=4, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
@@ -149,7 +150,7 @@ def _engine_with_vdsp(checked, tmp_path, text: str, record: bool):
     import json
     import shutil
 
-    from pipeline.fileio import sha256_file
+    from pipeline.core.fileio import sha256_file
     engine = tmp_path / "fp16"
     shutil.copytree(checked.engines["fp16"], engine)
     (engine / "vdsp_params.json").write_text(text)
@@ -280,7 +281,7 @@ def test_runner_feeds_the_card_as_configured(checked, monkeypatch, order, resize
 
 
 def test_vsx_settings_default_to_todays_behaviour_and_are_checked(tmp_path):
-    from pipeline.config import Vsx
+    from pipeline.core.config import Vsx
     assert load_config(INT8_CONFIG).pipeline.vsx == Vsx(input_order="bgr", resize="host")
     raw = small_config_dict()
     raw["pipeline"]["vsx"] = {"input_order": "rgb", "resize": "card"}
@@ -405,7 +406,7 @@ def test_fake_quantize_conv_matches_a_direct_computation():
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     absmax = float(np.abs(x).max())
-    from pipeline import runtime
+    from pipeline.core import runtime
     got = runtime.run(runtime.session(hwcheck.fake_quantize_conv(model, "conv", absmax).SerializeToString()), x)
     sw = np.abs(w).reshape(2, -1).max(axis=1).reshape(2, 1, 1, 1) / 127
     wq = np.round(w / sw) * sw
@@ -477,7 +478,7 @@ def test_summary_and_report_of_hand_made_verdicts(tmp_path):
 
 @pytest.mark.parametrize("converts, order", [(True, "bgr"), (False, "rgb")])
 def test_evaluate_feeds_a_vamc_engine_as_the_config_says(checked, monkeypatch, tmp_path, converts, order):
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
     install(monkeypatch, Card(converts=converts))  # no noise: the fake card runs the fp32 model
     cfg = hwcheck.with_vsx(checked.cfg16, input_order=order)
     fp32 = evaluate(cfg, checked.inputs.onnx_fp16, checked.inputs.data, tmp_path / "fp32")

@@ -44,7 +44,7 @@ def stages(variables: dict, *targets: str, env: dict | None = None) -> Counter:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_ckpt):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("incremental")
     write_demo_data(root / "PPM-100", count=4, seed=5, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)

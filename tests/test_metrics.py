@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.accuracy import metrics
 
 U8 = np.uint8
 

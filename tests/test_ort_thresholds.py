@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import runtime
+from pipeline.core import runtime
 from pipeline.backends.ort import stats, thresholds
 
 BINS = 8001

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG
-from pipeline import release
-from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
-from pipeline.source import code_digest, code_files
-from pipeline.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
-                              inputs_record, tampered)
+from pipeline.stages import release
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileio import sha256_file
+from pipeline.stages.source import code_digest, code_files
+from pipeline.stages.release import (
+    MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest, inputs_record, tampered)
 
 
 def _write(path: Path, content: bytes) -> Path:
@@ -163,7 +163,7 @@ def test_two_releases_of_the_same_inputs_ship_the_same_source_tar(fake_build, tm
         assert [m.name for m in members] == [rel for rel, _ in code_files()]
         assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) for m in members} == \
             {(946684800, 0, 0, "", "", 0o644, tarfile.REGTYPE)}
-        assert tar.extractfile("pipeline/release.py").read() == (Path(release.__file__)).read_bytes()
+        assert tar.extractfile("pipeline/stages/release.py").read() == (Path(release.__file__)).read_bytes()
 
 
 COMPILER = {"executable": "/opt/vastai/bin/vamc", "version": "vamc 3.4.1", "sha256": "a" * 64, "command": "compile"}
@@ -334,7 +334,7 @@ def test_a_committed_calibration_list_is_recorded_as_such(fake_build, tmp_path):
     bundle, _ = assemble(inputs, tmp_path / "release")
     repository = json.loads((bundle / MANIFEST).read_text())["repository"]
     assert repository["calibration_list_committed"] is True
-    from pipeline.provenance import git_state
+    from pipeline.core.provenance import git_state
     assert repository["clean"] == git_state()["clean"]
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.source import SOURCE_MTIME, code_digest, read_source, source_entry, unpack, write_source_tar
+from pipeline.core.errors import PipelineError
+from pipeline.stages.source import SOURCE_MTIME, code_digest, read_source, source_entry, unpack, write_source_tar
 
 CODE = {"Makefile": b"all:\n", "requirements.txt": b"numpy==1.26.4\n", "pipeline/__init__.py": b"",
         "pipeline/backends/ort.py": b"X = 1\n", "pipeline/backends.py": b"Y = 2\n"}

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from conftest import INT8_CONFIG, SMALL_HW, small_config_dict, write_config
 from pipeline.backends import build_engine
 from pipeline.backends.ort.numbering import conv_order
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 from pipeline.tuning import scoring, search as search_mod, tuned_yaml
 from pipeline.tuning.analyze import analyze
 from pipeline.tuning.candidates import Candidate, calibrations
@@ -52,8 +52,8 @@ def tune_config(tmp_path: Path, **tune) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("tune")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     config = tune_config(tmp)
@@ -258,7 +258,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
 
 def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
     import json
-    from pipeline import metrics
+    from pipeline.accuracy import metrics
     from pipeline.tuning import statistics
     cfg_path = tune_config(tmp_path, max_builds=3)
     out = tmp_path / "tune"
@@ -390,7 +390,7 @@ def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibrat
     import json
     import shutil
     from pipeline import cli
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     write_demo_data(tmp_path / "other", count=2, seed=9, scale=0.15)
     extra = tmp_path / "other" / "image"  # photos only: the mattes stay out of reach
     cfg_path = tune_config(tmp_path, max_builds=2)
@@ -470,10 +470,11 @@ def outlier_model(path: Path, scale: float, width: int = 8, channels=(0, 1)) -> 
 
 def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_path):
     import cv2
-    from pipeline import metrics, runtime
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
-    from pipeline.preprocess import load_input
+    from pipeline.accuracy import metrics
+    from pipeline.core import runtime
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
+    from pipeline.data.preprocess import load_input
     outlier_model(tmp_path / "plain.onnx", 1.0)
     outlier_model(tmp_path / "outliers.onnx", 300.0)
     cfg_path = tune_config(tmp_path, max_builds=20, max_mse_increase=0.01, max_mad_increase=0.02, max_miou_drop=0.1)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import INT8_CONFIG, REPO
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 from pipeline.tuning import search as search_mod, statistics, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, check_saved, content_digest
 from pipeline.tuning.scoring import FIDELITY, LABELLED
@@ -138,8 +138,9 @@ def test_the_corrected_candidate_is_chosen_when_significantly_closer_and_within_
 def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                         tmp_path, monkeypatch):
     from pipeline.backends import build_engine
-    from pipeline.backends.ort import qdq, stats, tensor_thresholds
-    from pipeline.correct import correct_onnx
+    from pipeline.backends.ort import qdq, stats
+    from pipeline.backends.ort.build import tensor_thresholds
+    from pipeline.stages.correct import correct_onnx
     from pipeline.tuning import tune as tune_mod
     # the input config (max: its thresholds are the quickest to recompute, as the correction does 4 times) and its
     # correction only: the other calibrations and the ranking are tested elsewhere
@@ -236,7 +237,7 @@ def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it
 def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                      tmp_path):
     from pipeline.backends import build_engine
-    from pipeline.correct import correct_onnx
+    from pipeline.stages.correct import correct_onnx
     # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
     raw = yaml.safe_load(tune_config(tmp_path).read_text())
     raw["backend"]["quantize"].update(calibrate_mode="max", skip_conv_layers=[1])

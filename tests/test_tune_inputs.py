@@ -16,7 +16,7 @@ import yaml
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
 from pipeline import cli
 from pipeline.backends import tuned_config_warnings
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.tuning import plot, promote, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, content_digest
 
@@ -34,8 +34,8 @@ def tune_config(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("tune_inputs")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     make_calibration_set(load_config(tune_config(tmp / "small_int8.yaml")), tmp / "data", tmp / "calib",

@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.accuracy import metrics
 from pipeline.tuning import scoring, statistics
 from pipeline.tuning.candidates import Candidate
 from pipeline.tuning.search import Step, decide, verdict
@@ -183,7 +183,7 @@ def test_miou_of_pooled_counts_by_hand():
 
 
 def test_summary_bounds_and_target_by_hand():
-    from pipeline.config import Tune
+    from pipeline.core.config import Tune
     tune = Tune(None, None, max_mse_increase=0.01, max_mad_increase=0.01, max_miou_drop=0.01, max_builds=1,
                 max_float_layers=1)
     n = 20

@@ -13,12 +13,12 @@ import sys
 import pytest
 
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
-from pipeline.source import SOURCE_MTIME, code_files
+from pipeline.stages.source import SOURCE_MTIME, code_files
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory, demo_ckpt):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("release")
     data = root / "PPM-100"
     write_demo_data(data, count=6, seed=3, scale=0.1)
@@ -85,7 +85,7 @@ def later_checkout(folder):
     shutil.copytree(REPO / "build_configs", folder / "build_configs")
     os.symlink((REPO / ".venv").resolve(), folder / ".venv")
     os.utime(folder / "requirements.txt", (SOURCE_MTIME, SOURCE_MTIME))  # never newer than the shared venv's stamp
-    metrics = folder / "pipeline" / "metrics.py"
+    metrics = folder / "pipeline" / "accuracy" / "metrics.py"
     code = metrics.read_text()
     truncated = "return np.clip(a * 255, 0, 255).astype(np.uint8)"
     assert code.count(truncated) == 1 and code.count('"""') >= 2

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from pipeline.cli import main
-from pipeline.release import make_environment, rebuild_variables
+from pipeline.stages.release import make_environment, rebuild_variables
 
 
 @pytest.fixture()
@@ -117,7 +117,7 @@ def test_a_missing_checkpoint_says_how_to_get_it_back(bundle, tmp_path, capsys, 
 
 
 def test_the_demo_checkpoint_path_is_the_makefiles():
-    from pipeline.release import DEMO_CKPT
+    from pipeline.stages.release import DEMO_CKPT
     makefile = (REPO / "Makefile").read_text()
     assert "\nDEMO := artifacts/demo\n" in makefile
     assert "\nDEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt\n" in makefile

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..calibrate import read_calibration_folder
-from ..config import BuildConfig
-from ..correct import build_correction
-from ..errors import PipelineError
-from ..fileio import check_out_dir, sha256_file
-from ..provenance import git_state, versions
-from ..runtime import check_model_input, read_onnx
+from ..stages.calibrate import read_calibration_folder
+from ..core.config import BuildConfig
+from ..stages.correct import build_correction
+from ..core.errors import PipelineError
+from ..core.fileio import check_out_dir, sha256_file
+from ..core.provenance import git_state, versions
+from ..core.runtime import check_model_input, read_onnx
 from ..tuning import tuned_yaml
 
 BACKENDS = ("ort", "vamc")
@@ -93,5 +93,5 @@ def build_engine(backend: str, cfg: BuildConfig, onnx: Path, calib: Path | None,
         raise PipelineError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
     check_out_dir(out, "build")
     check_inputs(cfg, onnx, calib)
-    module = importlib.import_module(f"{__name__}.{backend}")
+    module = importlib.import_module(f"{__name__}.{backend}.build")
     return module.build(cfg, onnx, calib, out, progress)

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import onnx
 
-from ..backends.ort import qdq, skipped_convs, stats, tensor_thresholds
-from ..calibrate import TENSORS
-from ..config import CALIBRATE_MODES, BuildConfig
-from ..errors import PipelineError
-from ..dataset import is_sha256
-from ..fileio import dumps_json, write_json
+from ..backends.ort import qdq, stats
+from ..backends.ort.build import skipped_convs, tensor_thresholds
+from ..stages.calibrate import TENSORS
+from ..core.config import CALIBRATE_MODES, BuildConfig
+from ..core.errors import PipelineError
+from ..data.dataset import is_sha256
+from ..core.fileio import dumps_json, write_json
 from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)

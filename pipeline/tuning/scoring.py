@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics, runtime
-from ..config import BuildConfig, Tune
-from ..dataset import image_dir, matte_path
-from ..evaluate import load_gt
-from ..preprocess import load_input
+from ..accuracy import metrics
+from ..core import runtime
+from ..core.config import BuildConfig, Tune
+from ..data.dataset import image_dir, matte_path
+from ..stages.evaluate import load_gt
+from ..data.preprocess import load_input
 from . import statistics
 
 FIDELITY = ("deviation", "flips")                          # every image

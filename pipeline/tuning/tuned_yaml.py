@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 MARK = "Tuned by `python -m pipeline tune`"
 TUNED_SUFFIX = "_tuned"  # TUNED_CONFIG's default name, NAME_tuned.yaml (the Makefile strips it: patsubst %_tuned,%)

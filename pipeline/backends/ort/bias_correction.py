@@ -28,9 +28,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...config import BuildConfig
-from ...errors import PipelineError
-from . import qdq, stats, tensor_thresholds
+from ...core.config import BuildConfig
+from ...core.errors import PipelineError
+from . import qdq, stats
+from .build import tensor_thresholds
 from .numbering import conv_order, node_name
 
 MAX_ROUNDS = 3
@@ -121,7 +122,7 @@ def prune(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
 def channel_means(model: onnx.ModelProto, tensors: list[str], calib_tensors, progress) -> dict[str, np.ndarray]:
     """Per output channel, the mean of each of TENSORS (N, C, H, W) over every calibration image and position,
     accumulated in float64 image by image in the calibration order."""
-    from ... import runtime
+    from ...core import runtime
 
     data, shapes = stats._outputs(prune(model, tensors), tensors)
     session = runtime.session(data)
@@ -237,7 +238,7 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
                  thresholds: dict[str, float], skip: set[str], per_channel: bool, calib_tensors,
                  progress) -> dict[str, np.ndarray]:
     """The biases of CONVS corrected sequentially against FP32_MEANS, in MODEL quantized with THRESHOLDS."""
-    from ... import runtime
+    from ...core import runtime
 
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, skip, per_channel))
     types = tensor_types(quantized)
@@ -306,7 +307,7 @@ def largest_move(before: dict[str, float], after: dict[str, float]) -> tuple[flo
 
 def fp32_deviation(original: onnx.ModelProto, corrected: onnx.ModelProto, calib_tensors, progress) -> dict:
     """Mean and largest |alpha_corrected - alpha_original| of the float models on the calibration images."""
-    from ... import runtime
+    from ...core import runtime
 
     output = original.graph.output[0].name
     data, shapes = stats._outputs(corrected, [])

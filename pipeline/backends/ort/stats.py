@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ...errors import PipelineError
+from ...core.errors import PipelineError
 from .thresholds import BINS, ZERO_BIN
 
 
@@ -133,7 +133,7 @@ def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, 
 def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, progress,
             histograms: bool = True) -> Collection:
     """Statistics of TENSORS over every image of CALIB_TENSORS (a calibration folder's tensors.npy)."""
-    from ... import runtime
+    from ...core import runtime
 
     data, shapes = _outputs(model, tensors)
     session = runtime.session(data)

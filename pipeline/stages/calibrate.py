@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BuildConfig
-from .dataset import format_image_list, image_dir, list_images, read_image_list
-from .errors import PipelineError
-from .fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
-from .names import check_name
-from .preprocess import load_input
+from ..core.config import BuildConfig
+from ..data.dataset import format_image_list, image_dir, list_images, read_image_list
+from ..core.errors import PipelineError
+from ..core.fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
+from ..core.names import check_name
+from ..data.preprocess import load_input
 
 RULE = ("rank every candidate file name NAME by the hex sha256 of \"{seed}:{NAME}\" (ties by name) and take the "
         "first N, in that order")

@@ -18,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import metrics
-from .config import BuildConfig
-from .dataset import list_images, matte_path
-from .errors import PipelineError
-from .fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
-from .preprocess import decode_bgr
-from .runners import Runner, open_runner
+from ..accuracy import metrics
+from ..core.config import BuildConfig
+from ..data.dataset import list_images, matte_path
+from ..core.errors import PipelineError
+from ..core.fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
+from ..data.preprocess import decode_bgr
+from ..backends.runners import Runner, open_runner
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
 SHEET_IMAGES = 4

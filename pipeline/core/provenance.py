@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 LIBRARIES = ("torch", "onnx", "onnxsim", "onnxruntime", "numpy", "opencv-python-headless", "pyyaml")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def versions() -> dict[str, str]:

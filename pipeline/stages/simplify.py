@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnxsim
 
-from . import runtime
-from .config import BuildConfig
-from .errors import PipelineError
-from .fileio import sha256_file, write_bytes, write_json
+from ..core import runtime
+from ..core.config import BuildConfig
+from ..core.errors import PipelineError
+from ..core.fileio import sha256_file, write_bytes, write_json
 
 PARITY_INPUTS = 3
 

@@ -22,13 +22,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import matte_path
-from .errors import PipelineError
-from .fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file
-from .names import check_name, check_path
-from .provenance import REPO, committed, environment, git_state, versions
+from ..data.dataset import matte_path
+from ..core.errors import PipelineError
+from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file
+from ..core.names import check_name, check_path
+from ..core.provenance import REPO, committed, environment, git_state, versions
 from .source import code_digest, source_name, write_source_tar
-from .tuning.tuned_yaml import TUNED_SUFFIX
+from ..tuning.tuned_yaml import TUNED_SUFFIX
 
 MANIFEST = BUNDLE_MANIFEST
 SHORT_HASH = 12
@@ -121,7 +121,7 @@ def compiler_record(backend: str) -> dict | None:
     """For vamc: which compiler built the engines (VAMC resolved, its --version line and sha256) and how."""
     if backend != "vamc":
         return None
-    from .backends.vamc import vamc_command, vamc_executable, vamc_version
+    from ..backends.vamc.build import vamc_command, vamc_executable, vamc_version
     executable = vamc_executable()
     return {"executable": executable, "version": vamc_version(executable), "sha256": sha256_file(executable),
             "command": vamc_command()}

@@ -3,7 +3,7 @@
 The official weights cannot be downloaded on these machines. This file has the same keys, shapes, dtypes and
 `module.` prefix, and non-trivial BatchNorm statistics, so every loading path the real file takes is exercised.
 With `steps=0` (the tests) its values are random; `make demo` trains it briefly on generated portraits
-(pipeline/demo_training.py) so that its mattes and activations look like a trained network's. Either way nothing
+(pipeline/demo/training.py) so that its mattes and activations look like a trained network's. Either way nothing
 measured with it says anything about MODNet's accuracy on real photos.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, strip_prefix
-from .config import BuildConfig
-from .demo_training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
-from .fileio import write_bytes
-from .model import MODNet
+from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, strip_prefix
+from ..core.config import BuildConfig
+from .training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
+from ..core.fileio import write_bytes
+from ..model.modnet import MODNet
 
 
 def _tensor(rng: np.random.Generator, name: str, template: torch.Tensor) -> torch.Tensor:

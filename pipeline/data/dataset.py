@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PipelineError
-from .fileio import sha256_file
-from .names import check_name
+from ..core.errors import PipelineError
+from ..core.fileio import sha256_file
+from ..core.names import check_name
 
 HEX = frozenset("0123456789abcdef")
 

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, TypeVar
 import cv2
 import numpy as np
 
-from .errors import PipelineError
-from .fileio import atomic_dir, check_out_dir
+from ..core.errors import PipelineError
+from ..core.fileio import atomic_dir, check_out_dir
 
 # (width, height) of the photos: landscape and portrait, 1080p and larger
 PHOTO_SIZES = ((1920, 1080), (1080, 1920), (2048, 1365), (1365, 2048), (2560, 1440), (1440, 2560))

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize, ToTensor
-from .errors import PipelineError
+from ..core.config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize, ToTensor
+from ..core.errors import PipelineError
 
 INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC,
                  "area": cv2.INTER_AREA}

@@ -29,12 +29,12 @@ import numpy as np
 import onnx
 import yaml
 
-from . import metrics
-from .config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
+from ..accuracy import metrics
+from ..core.config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
                      HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
-from .errors import PipelineError
-from .fileio import claim_dir, write_text
-from .runners import open_runner
+from ..core.errors import PipelineError
+from ..core.fileio import claim_dir, write_text
+from ..backends.runners import open_runner
 
 ORDER_IMAGES = 5  # calibration images of the channel-order and resize checks
 
@@ -193,7 +193,7 @@ def fake_quantize_conv(model: onnx.ModelProto, conv: str, input_absmax: float) -
     channel, its input symmetric int8 (zero point 0), both with scale max|x|/127 (INPUT_ABSMAX for the input), not
     the reference backend's T/128 (qdq.py): a ranking of Convs, not a prediction of the engine. The rest stays
     float."""
-    from .backends.ort.numbering import node_name
+    from ..backends.ort.numbering import node_name
     out = copy.deepcopy(model)
     graph = out.graph
     position, node = next((i, n) for i, n in enumerate(graph.node) if node_name(n, i) == conv)
@@ -305,13 +305,13 @@ def calibration_photos(calib: Path) -> list[Path]:
 
 
 def predict(runner, cfg: BuildConfig, images: list[Path], progress, label: str) -> list[np.ndarray]:
-    from .preprocess import decode_bgr
+    from ..data.preprocess import decode_bgr
     return [metrics.pred_from_alpha(runner.infer(runner.prepare(cfg, decode_bgr(path))))
             for path in progress(images, label, len(images))]
 
 
 def _vamc_engine(engine: Path):
-    from .runners import describe
+    from ..backends.runners import describe
     info = describe(engine)
     if info.backend != "vamc":
         raise PipelineError(f"{engine}: hwcheck compares vamc engines with the card, this is an {info.backend} "
@@ -320,14 +320,14 @@ def _vamc_engine(engine: Path):
 
 
 def _open_vamc(engine: Path):
-    from .runners import VaststreamxRunner
+    from ..backends.vamc.runner import VaststreamxRunner
     return VaststreamxRunner(_vamc_engine(engine))
 
 
 def check_kinds(inputs: Inputs, cfg16: BuildConfig, cfg8: BuildConfig) -> None:
     """Each config and engine is the kind its flag names, before any check runs: an fp16 config given as the int8
     one would otherwise fail only at check 3, minutes in."""
-    from .runners import vdsp_size
+    from ..backends.vamc.runner import vdsp_size
     for flag, cfg, dtype in (("--config-fp16", cfg16, "fp16"), ("--config-int8", cfg8, "int8")):
         if cfg.backend.dtype != dtype:
             raise PipelineError(f"{cfg.source}: {flag} names an {cfg.backend.dtype} config (backend.dtype); pass "
@@ -361,8 +361,8 @@ def variant_config(source: Path, out: Path, skip: list[int], numbering: str) -> 
 
 def sensitivity(model: onnx.ModelProto, convs: list[str], inputs: list[np.ndarray], progress) -> dict[str, float]:
     """Mean |alpha change| on INPUTS when each of CONVS alone is quantized (fake_quantize_conv), on ORT fp32."""
-    from . import runtime
-    from .backends.ort.numbering import node_name
+    from ..core import runtime
+    from ..backends.ort.numbering import node_name
     conv_inputs = {node_name(n, i): n.input[0] for i, n in enumerate(model.graph.node) if n.op_type == "Conv"}
     probe = copy.deepcopy(model)
     wanted = sorted({conv_inputs[c] for c in convs} - {o.name for o in probe.graph.output})
@@ -420,8 +420,8 @@ def check_numbering(vamc_engine: Path, references: dict[str, Path], cfg8: BuildC
 
 
 def choose_skip_list(model: onnx.ModelProto, cfg8: BuildConfig, images: list[Path], progress) -> tuple[list[int], str]:
-    from .backends.ort.numbering import conv_order
-    from .preprocess import load_input
+    from ..backends.ort.numbering import conv_order
+    from ..data.preprocess import load_input
     orders = {n: conv_order(model, n) for n in ("vamc", "onnx")}
     candidates = differing_indices(orders["vamc"], orders["onnx"])
     convs = sorted({orders[n][i] for i in candidates for n in orders})
@@ -435,9 +435,9 @@ def choose_skip_list(model: onnx.ModelProto, cfg8: BuildConfig, images: list[Pat
 def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     """Every check; writes OUT/report.md (and the reference engines and configs under OUT). Returns the
     verdicts and the one-screen summary."""
-    from .backends import build_engine
-    from .backends.ort.numbering import conv_order
-    from .dataset import matte_path
+    from ..backends import build_engine
+    from ..backends.ort.numbering import conv_order
+    from ..data.dataset import matte_path
     from .evaluate import load_gt
     cfg16, cfg8 = load_config(inputs.config_fp16), load_config(inputs.config_int8)
     check_kinds(inputs, cfg16, cfg8)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import PipelineError
-from .fileio import remove_tree, sha256_bytes
-from .names import check_path
-from .provenance import REPO, installed_packages
+from ..core.errors import PipelineError
+from ..core.fileio import remove_tree, sha256_bytes
+from ..core.names import check_path
+from ..core.provenance import REPO, installed_packages
 from .release import (MANIFEST, compare, copy_list, format_table, load_manifest, make_environment,
                       rebuild_variables, tampered)
 from .source import code_digest, read_source, source_entry, unpack

@@ -467,7 +467,7 @@ def load_config(path: str | Path) -> BuildConfig:
     return parse_config(raw, path)
 
 
-# `make hwcheck` (pipeline/hwcheck.py): how its verdicts read the differences it measures, alpha in 0..1.
+# `make hwcheck` (pipeline/stages/hwcheck.py): how its verdicts read the differences it measures, alpha in 0..1.
 # The fp16 engine on the right input agrees with ONNX Runtime fp32 to well within this mean |alpha difference|
 # (the ort fp16 engine is at 0.0025 on the random-weights demo model, the worst case we have measured):
 HWCHECK_AGREE_MEAN_ABS = 0.01

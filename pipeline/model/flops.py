@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, shape_inference
 
-from .errors import PipelineError
+from ..core.errors import PipelineError
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 COUNTING_RULE = ("MACs of Conv, MatMul and Gemm from the ONNX shapes at the static input shape (other ops not "

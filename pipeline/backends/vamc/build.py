@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize
-from ..errors import PipelineError
-from ..fileio import check_out_dir, mark_stage, sha256_file, write_json, write_text
-from . import base_manifest
+from ...core.config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize
+from ...core.errors import PipelineError
+from ...core.fileio import check_out_dir, mark_stage, sha256_file, write_json, write_text
+from .. import base_manifest
 
 ENGINE_FILES = ("mod.so", "mod.json", "mod.params")
 COMMANDS = ("compile", "build")  # `vamc compile` since 2025; older releases know only `vamc build`

@@ -15,10 +15,10 @@ import re
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from .errors import PipelineError
-from .fileio import atomic_path, sha256_bytes, sha256_file
-from .names import name_problem
-from .provenance import REPO
+from ..core.errors import PipelineError
+from ..core.fileio import atomic_path, sha256_bytes, sha256_file
+from ..core.names import name_problem
+from ..core.provenance import REPO
 
 # The code whose change can change an artifact: every module of the package, the recipe and the pinned tools.
 CODE_GLOBS = ("pipeline/**/*.py", "Makefile", "requirements.txt")

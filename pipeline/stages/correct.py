@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from .calibrate import read_calibration_folder
-from .config import BuildConfig
-from .errors import PipelineError
-from .fileio import sha256_bytes, sha256_file, write_bytes, write_json
-from .runtime import check_model_input, read_onnx
+from ..core.config import BuildConfig
+from ..core.errors import PipelineError
+from ..core.fileio import sha256_bytes, sha256_file, write_bytes, write_json
+from ..core.runtime import check_model_input, read_onnx
 
 MODE = "empirical"
 
@@ -27,8 +27,8 @@ def record_path(onnx: Path) -> Path:
 
 def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress) -> tuple[dict, float, float]:
     """Write OUT and OUT.json; returns the record, the seconds it took and the peak RSS in MB."""
-    from .backends.ort import peak_rss_mb, skipped_convs
-    from .backends.ort.bias_correction import correct
+    from ..backends.ort.build import peak_rss_mb, skipped_convs
+    from ..backends.ort.bias_correction import correct
 
     start = time.perf_counter()
     if cfg.backend.dtype != "int8":

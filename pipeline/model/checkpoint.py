@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import PipelineError
-from .model import MODNet
+from ..core.errors import PipelineError
+from .modnet import MODNet
 
 OFFICIAL_NAME = "modnet_photographic_portrait_matting.ckpt"
 OFFICIAL_SOURCE = ("the official MODNet repository (github.com/ZHKKKe/MODNet, see pretrained/README.md: "

@@ -10,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import flops as flops_count
-from . import metrics
-from .config import BuildConfig
-from .dataset import matte_path
-from .errors import PipelineError
-from .fileio import write_bytes, write_text
-from .preprocess import decode_bgr
+from ..model import flops as flops_count
+from ..accuracy import metrics
+from ..core.config import BuildConfig
+from ..data.dataset import matte_path
+from ..core.errors import PipelineError
+from ..core.fileio import write_bytes, write_text
+from ..data.preprocess import decode_bgr
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
 VENDOR_ROWS = (

@@ -8,9 +8,9 @@ import onnx
 import torch
 
 from .checkpoint import load_modnet
-from .config import BuildConfig
-from .errors import PipelineError
-from .fileio import atomic_path
+from ..core.config import BuildConfig
+from ..core.errors import PipelineError
+from ..core.fileio import atomic_path
 
 OUTPUT_NAME = "output"
 

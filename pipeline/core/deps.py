@@ -1,11 +1,11 @@
 """The code each stage runs, derived from the imports, for the Makefile's prerequisites.
 
-`python3 pipeline/deps.py STAGE...` prints one `STAGE=FILE,FILE,...` word per STAGE: the pipeline's files that
+`python3 pipeline/core/deps.py STAGE...` prints one `STAGE=FILE,FILE,...` word per STAGE: the pipeline's files that
 `python -m pipeline STAGE` imports. A stage's entry points are `pipeline/__main__.py`, `pipeline/cli.py` and the
 modules imported by cli.py at module level and by its handler `cmd_STAGE` and the cli.py functions that handler
 calls (cli.py imports each stage lazily, so the other handlers' imports never run). From there every `import` /
 `from ... import` of a pipeline module anywhere in a file is followed (lazy imports inside functions included:
-no closer reading is attempted there), and importing a module counts its parent packages' `__init__.py` too. `build:BACKEND` adds `pipeline/backends/BACKEND` (a module or a package),
+no closer reading is attempted there), and importing a module counts its parent packages' `__init__.py` too. `build:BACKEND` adds `pipeline/backends/BACKEND/build.py`,
 which `pipeline.backends` imports by name at run time, where no static reading can see it.
 
 Standard library only, and run as a plain script, so Make can call it before `.venv` exists.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = "pipeline"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def module_file(module: str) -> Path | None:
@@ -89,7 +89,7 @@ def cli_imports(stage: str) -> set[str]:
     found = imported(top, f"{PACKAGE}.cli", False)
     handler = "cmd_" + stage.replace("-", "_")
     if handler not in functions:
-        raise SystemExit(f"pipeline/deps.py: no handler {handler} in pipeline/cli.py for stage {stage!r}")
+        raise SystemExit(f"pipeline/core/deps.py: no handler {handler} in pipeline/cli.py for stage {stage!r}")
     todo, seen = [handler], set()
     while todo:
         name = todo.pop()
@@ -105,7 +105,7 @@ def stage_files(stage: str) -> list[str]:
     name, _, backend = stage.partition(":")
     modules = {f"{PACKAGE}.__main__", *cli_imports(name)}
     if backend:
-        modules.add(f"{PACKAGE}.backends.{backend}")
+        modules.add(f"{PACKAGE}.backends.{backend}.build")
     main_files = closure({f"{PACKAGE}.__main__"}, {CLI})  # __main__ imports cli, read above
     return sorted(p.relative_to(ROOT).as_posix() for p in closure(modules, main_files))
 
