@@ -60,33 +60,50 @@ def test_the_tune_setting_is_a_strict_boolean(tmp_path):
 
 # --- the search ----------------------------------------------------------------------------------------------------
 
-def test_the_search_adds_one_corrected_candidate_after_the_calibrations_and_none_when_off():
+def test_the_search_tries_every_calibration_corrected_after_the_calibrations_and_none_when_off():
     calls = []
     outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
                                 max_float=5, correction=True)
-    # mse is the calibration of lowest deviation (fake_evaluate): its corrected self comes next, then the ranking
-    # from the uncorrected base
-    assert [(s.phase, s.candidate) for s in outcome.steps[:5]] == \
-        [("calibration", c) for c in CALIBS] + [("correction", Candidate("mse", None, (), corrected=True))]
-    assert [s.candidate.corrected for s in outcome.steps] == [False] * 4 + [True] + [False] * (len(outcome.steps) - 5)
-    assert all(s.candidate.mode == "mse" for s in outcome.steps[5:]) and outcome.steps[5].phase == "rank"
+    # mse is the calibration of lowest deviation (fake_evaluate): its corrected self first, then every other
+    # calibration corrected in their order, then the ranking from the uncorrected base
+    corrected = [replace(c, corrected=True) for c in (CALIBS[2], CALIBS[0], CALIBS[1], CALIBS[3])]
+    assert [(s.phase, s.candidate) for s in outcome.steps[:8]] == \
+        [("calibration", c) for c in CALIBS] + [("correction", c) for c in corrected]
+    assert calls[:8] == [*CALIBS, *corrected]  # each evaluated once
+    assert not any(s.candidate.corrected for s in outcome.steps[8:])
+    assert all(s.candidate.mode == "mse" for s in outcome.steps[8:]) and outcome.steps[8].phase == "rank"
     off = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10, max_float=5)
     assert [s.candidate for s in off.steps] == [s.candidate for s in outcome.steps if not s.candidate.corrected]
-    # the correction counts against max_builds as any candidate
-    short = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=4, rank_count=10, max_float=5,
-                              correction=True)
-    assert short.out_of_budget and not any(s.candidate.corrected for s in short.steps)
+    assert "correction" not in {s.phase for s in off.steps}
+    # each correction counts against max_builds as any candidate: the budget can end the phase half-way
+    for budget, tried in ((4, 0), (6, 2)):
+        short = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=budget, rank_count=10,
+                                  max_float=5, correction=True)
+        assert short.out_of_budget and [s.candidate for s in short.steps] == [*CALIBS, *corrected[:tried]]
 
 
-def test_a_corrected_incumbent_is_compared_with_the_uncorrected_calibrations():
+def test_a_corrected_incumbent_is_compared_with_every_calibration_in_both_states_and_its_uncorrected_twin():
     incumbent = Candidate("kl_divergence", None, (), corrected=True)
     outcome = search_mod.search(incumbent, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10,
                                 max_float=5, correction=True)
     assert (outcome.steps[0].phase, outcome.steps[0].candidate) == ("input", incumbent)
-    # the correction phase's candidate is the base uncorrected, already scored: both states compared, once each
     assert [s.candidate for s in outcome.steps[1:5]] == CALIBS
-    assert [s.candidate.corrected for s in outcome.steps] == [True] + [False] * (len(outcome.steps) - 1)
-    assert outcome.steps[5].phase == "rank" and outcome.steps[5].candidate.mode == "mse"  # base: never the corrected
+    # the correction phase: the other calibrations corrected, base (mse) first; KL corrected is the incumbent and
+    # its uncorrected twin the first calibration, both already scored, so neither counts twice
+    assert [(s.phase, s.candidate) for s in outcome.steps[5:8]] == \
+        [("correction", replace(c, corrected=True)) for c in (CALIBS[2], CALIBS[1], CALIBS[3])]
+    assert outcome.steps[8].phase == "rank" and outcome.steps[8].candidate.mode == "mse"  # base: never corrected
+    assert not any(s.candidate.corrected for s in outcome.steps[8:])
+    # an incumbent with Convs kept float: its uncorrected twin is a candidate of its own, after the corrections
+    skipping = Candidate("kl_divergence", None, (3,), corrected=True)
+    steps = search_mod.search(skipping, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10,
+                              max_float=5, correction=True).steps
+    assert [(s.phase, s.candidate) for s in steps[5:10]] == \
+        [("correction", replace(c, corrected=True)) for c in (CALIBS[2], CALIBS[0], CALIBS[1], CALIBS[3])] + \
+        [("correction", replace(skipping, corrected=False))]
+    # without the knob, a corrected incumbent meets the uncorrected calibrations only
+    off = search_mod.search(incumbent, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10, max_float=5)
+    assert [s.candidate.corrected for s in off.steps] == [True] + [False] * (len(off.steps) - 1)
 
 
 def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, small_sim_onnx, tmp_path, monkeypatch):
