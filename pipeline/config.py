@@ -121,7 +121,7 @@ class Tune:
     max_float_layers: int
     # whether the search also tries every calibration bias-corrected: off by default, since it costs one correction
     # per calibration (7), each about 10 minutes at 480x288 (3 rounds): an hour more than the rest of the tune
-    # (docs/tuning.md)
+    # (docs/tuning.md); it also makes analyze add the corrected model's rows (one correction)
     bias_correction: bool = False
 
 
