@@ -407,10 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text, func in (
             ("analyze", "per-Conv quantization error of an int8 config, and whether its weights or its activations "
-                        "lose most: layers.csv, layers.md, layers.png, analysis.json", cmd_analyze),
+                        "lose most: layers.csv, layers.md, layers.png, analysis.json; with pipeline.tune."
+                        "bias_correction: true or pipeline.bias_correction: empirical, the same rows in the other "
+                        "bias-correction state and whether the correction helped (one correction: minutes)",
+             cmd_analyze),
             ("tune", "search vamc quantize settings that meet pipeline.tune's target: tuned.yaml and its record",
              cmd_tune)):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", required=True, help="int8 build config YAML (its pipeline.tune section)")
         p.add_argument("--onnx", required=True, help="simplified ONNX")
         p.add_argument("--calib", required=True, help="calibration folder from `calib`")

@@ -156,17 +156,19 @@ def one_conv_model(w: list[float]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def deviation_by_hand(wb, w_fp32: list[float], w_used: list[float], threshold: float | None) -> float:
-    """Mean |8-bit alpha - fp32's| over the selection images, in numpy: weights W_USED, the input quantized at
-    THRESHOLD (None: float)."""
-    def pred(w, t):
-        return metrics.pred_from_alpha(1 / (1 + np.exp(-np.einsum("i,nihw->nhw", np.array(w, np.float32), t)))[0])
+def deviation_by_hand(wb, w_fp32: list[float], w_used: list[float], threshold: float | None, bias: float = 0.0,
+                      per_image: bool = False) -> float | list[float]:
+    """Mean |8-bit alpha - fp32's| over the selection images, in numpy: weights W_USED and BIAS, the input quantized
+    at THRESHOLD (None: float); PER_IMAGE: each image's."""
+    def pred(w, t, b=0.0):
+        conv = np.einsum("i,nihw->nhw", np.array(w, np.float32), t) + np.float32(b)
+        return metrics.pred_from_alpha(1 / (1 + np.exp(-conv))[0])
     out = []
     for x in wb.images("selection").inputs:
         m = np.clip(x, -EDGE, EDGE) * np.array([1, 1, 0], np.float32).reshape(1, 3, 1, 1)
-        got = pred(w_used, act_q(m, threshold) if threshold is not None else m)
-        out.append(np.abs(got.astype(np.int16) - pred(w_fp32, m)).mean() / 255)
-    return float(np.mean(out))
+        got = pred(w_used, act_q(m, threshold) if threshold is not None else m, bias)
+        out.append(float(np.abs(got.astype(np.int16) - pred(w_fp32, m)).mean() / 255))
+    return out if per_image else float(np.mean(out))
 
 
 # weights: per output channel scale 100/128 (the largest weight reads a zeroed channel), so 3 -> 3.125 and
@@ -248,3 +250,132 @@ def test_analyze_on_modnet_both_row_is_the_config_s_int8_and_the_cli_prints_the_
     assert models["both"] == wb.quantizer.build(analyze_mod.config_candidate(wb))
     assert "QuantizeLinear" not in ops(models["weights only"]) and "QuantizeLinear" in ops(models["activations only"])
     assert capsys.readouterr().out.splitlines()[-1] == saved["sources"]["reading"]["text"]
+
+
+# --- the same rows with bias correction ------------------------------------------------------------------------------
+
+BIAS = -0.4  # the stubbed correction's bias on the one Conv (which has none)
+
+
+def stub_correction(monkeypatch) -> list:
+    """bias_correction.correct stubbed (the correction itself is tests/test_bias_correction.py's): the model with
+    BIAS added to its Conv as a bias input; returns the list of (calibrate_mode, skipped) of each call."""
+    from pipeline.backends.ort import bias_correction
+    calls = []
+
+    def fake_correct(cfg, model, calib_tensors, progress, skipped):
+        calls.append((cfg.backend.quantize.calibrate_mode, skipped))
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        conv = next(n for n in out.graph.node if n.op_type == "Conv")
+        conv.input.append("corrected_bias")
+        out.graph.initializer.append(numpy_helper.from_array(np.array([BIAS], np.float32), "corrected_bias"))
+        return out.SerializeToString(), {}
+    monkeypatch.setattr(bias_correction, "correct", fake_correct)
+    return calls
+
+
+def corrected_config(tmp_path, **pipeline):
+    import yaml
+    from test_tune import tune_config
+    tmp_path.mkdir(exist_ok=True)
+    path = tune_config(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    for key, value in pipeline.items():
+        if key == "tune_bias_correction":
+            raw["pipeline"]["tune"]["bias_correction"] = value
+        else:
+            raw["pipeline"][key] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_with_the_knob_the_corrected_model_gets_its_three_rows_and_the_reading_says_whether_it_helped(
+        inputs, tmp_path, monkeypatch):
+    calls = stub_correction(monkeypatch)
+    w, _, w_used, _ = CASES["weights"]
+    path = tmp_path / "one_conv.onnx"
+    onnx.save(one_conv_model(w), str(path))
+
+    def run(cfg_path, out):
+        wb = workbench(cfg_path, path, inputs)
+        monkeypatch.setattr(wb.quantizer, "thresholds",
+                            lambda mode, calibrate_range, corrected=None: {"m": CASES["weights"][1]})
+        analyze(wb, out)
+        return wb, json.loads((out / "analysis.json").read_text())
+
+    # off by default: three rows, no correction run
+    _, plain = run(corrected_config(tmp_path / "a"), tmp_path / "plain")
+    assert [r["quantized"] for r in plain["sources"]["rows"]] == ["weights only", "activations only", "both"]
+    assert calls == [] and plain["sources"]["reading"]["bias_correction"] is None
+
+    # pipeline.tune.bias_correction: true adds the corrected model's rows, from one correction
+    wb, saved = run(corrected_config(tmp_path / "b", tune_bias_correction=True), tmp_path / "knob")
+    assert calls == [("kl_divergence", [])]
+    rows = {r["quantized"]: r for r in saved["sources"]["rows"]}
+    assert list(rows) == ["weights only", "activations only", "both", "weights only + bias correction",
+                          "activations only + bias correction", "both + bias correction"]
+    assert {k: rows[k] for k in ("weights only", "activations only", "both")} == \
+        {r["quantized"]: r for r in plain["sources"]["rows"]}  # the config's own rows unchanged
+    assert saved["candidate"] == plain["candidate"] and saved["figures"] == plain["figures"]
+    # by hand: the input's quantization is exact (CASES), so weights-only and both are the rounded weights with the
+    # bias, activations-only the float weights with it, each against the ORIGINAL fp32
+    by_hand = {"weights only + bias correction": deviation_by_hand(wb, w, w_used, None, BIAS, per_image=True),
+               "activations only + bias correction": deviation_by_hand(wb, w, w, None, BIAS, per_image=True),
+               "both + bias correction": deviation_by_hand(wb, w, w_used, 128 / 255, BIAS, per_image=True)}
+    for label, per_image in by_hand.items():
+        assert rows[label]["per_image_deviation"] == pytest.approx(per_image, abs=1e-4)
+        assert rows[label]["deviation"] == pytest.approx(np.mean(per_image), abs=1e-4)
+    assert rows["activations only + bias correction"]["deviation"] > 0.005  # the bias shows: not vacuous
+    # the reading: the paired improvement of the `both` rows, uncorrected minus corrected, and its bounds
+    read = saved["sources"]["reading"]
+    diff = [a - b for a, b in zip(rows["both"]["per_image_deviation"],
+                                  rows["both + bias correction"]["per_image_deviation"])]
+    e = statistics.mean(diff, statistics.draws(len(diff), wb.cfg.pipeline.seed))
+    lower, upper = statistics.lower(e), statistics.upper(e)
+    helped = True if lower > 0 else False if upper < 0 else None
+    improvement = rows["both"]["deviation"] - rows["both + bias correction"]["deviation"]
+    assert read["bias_correction"] == {"helped": helped, "improvement": improvement, "lower_bound": lower,
+                                       "upper_bound": upper, "text": read["bias_correction"]["text"]}
+    verdict = {True: "helps the int8 model", False: "makes the int8 model worse",
+               None: "is not shown to help or to hurt the int8 model"}[helped]
+    tail = f", not significant on {SET} images" if helped is None else ""
+    sentence = (f"Bias correction {verdict} (deviation {rows['both']['deviation']:.5f} without it, "
+                f"{rows['both + bias correction']['deviation']:.5f} with it; paired improvement {improvement:+.5f}, "
+                f"one-sided 95% bounds [{lower:+.5f}, {upper:+.5f}]{tail}).")
+    assert read["bias_correction"]["text"] == sentence
+    assert read["text"] == f"{plain['sources']['reading']['text']} {sentence}"
+    md = (tmp_path / "knob" / "layers.md").read_text()
+    assert f"| both + bias correction | {rows['both + bias correction']['deviation']:.5f} [" in md
+    assert f"\n\n{read['text']}\n\n" in md
+
+
+def test_a_corrected_config_s_rows_are_its_corrected_model_and_the_uncorrected_ones_follow(inputs, tmp_path,
+                                                                                            monkeypatch):
+    calls = stub_correction(monkeypatch)
+    w, threshold, w_used, _ = CASES["weights"]
+    path = tmp_path / "one_conv.onnx"
+    onnx.save(one_conv_model(w), str(path))
+    wb = workbench(corrected_config(tmp_path, bias_correction="empirical"), path, inputs)
+    monkeypatch.setattr(wb.quantizer, "thresholds", lambda mode, calibrate_range, corrected=None: {"m": threshold})
+    analyze(wb, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert calls == [("kl_divergence", [])]  # one correction: the config's own model needs it anyway
+    rows = {r["quantized"]: r for r in saved["sources"]["rows"]}
+    assert list(rows) == ["weights only", "activations only", "both", "weights only without bias correction",
+                          "activations only without bias correction", "both without bias correction"]
+    # `both` is what the config builds: the corrected model, the whole-model figures above it
+    assert saved["candidate"] == {"calibrate_mode": "kl_divergence", "calibrate_range": None, "skip_conv_layers": [],
+                                  "corrected": True}
+    assert rows["both"]["deviation"] == pytest.approx(deviation_by_hand(wb, w, w_used, 128 / 255, BIAS), abs=1e-4)
+    assert {k: rows["both"][k] for k in saved["figures"] if k != "cached"} == \
+        {k: v for k, v in saved["figures"].items() if k != "cached"}
+    assert rows["both without bias correction"]["deviation"] == \
+        pytest.approx(deviation_by_hand(wb, w, w_used, None), abs=1e-4)
+    assert rows["activations only without bias correction"]["deviation"] == 0.0
+    read = saved["sources"]["reading"]["bias_correction"]
+    assert read["improvement"] == rows["both without bias correction"]["deviation"] - rows["both"]["deviation"]
+    md = (tmp_path / "out" / "layers.md").read_text()
+    assert "Calibration kl_divergence + bias correction, " in md
+    assert "The per-Conv table is measured on the simplified ONNX, uncorrected" in md
+    assert "The config is bias-corrected: the first three rows are its corrected model" in md

@@ -25,7 +25,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.stages.hwcheck import (
     Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict, resize_verdict)
-from pipeline.backends.vamc.runner import VaststreamxRunner
+from pipeline.backends.vamc.build.runner import VaststreamxRunner
 from pipeline.backends.runners import describe
 
 

@@ -246,7 +246,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     monkeypatch.undo()
 
     # another target reuses what was scored on the selection images: this one (any change allowed) is met by
-    # every calibration, so the search stops after them (and the base's bias correction, when the setting asks)
+    # every calibration, so the search stops after them (and every calibration corrected, when the setting asks)
     looser = tune_config(tmp_path, max_builds=12, max_mse_increase=1.0, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
     met = tune(raised, out, "python -m pipeline tune ...", Bar())

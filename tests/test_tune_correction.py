@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -60,33 +61,50 @@ def test_the_tune_setting_is_a_strict_boolean(tmp_path):
 
 # --- the search ----------------------------------------------------------------------------------------------------
 
-def test_the_search_adds_one_corrected_candidate_after_the_calibrations_and_none_when_off():
+def test_the_search_tries_every_calibration_corrected_after_the_calibrations_and_none_when_off():
     calls = []
     outcome = search_mod.search(CALIBS[0], CALIBS, fake_evaluate(calls), prerank, budget=40, rank_count=10,
                                 max_float=5, correction=True)
-    # mse is the calibration of lowest deviation (fake_evaluate): its corrected self comes next, then the ranking
-    # from the uncorrected base
-    assert [(s.phase, s.candidate) for s in outcome.steps[:5]] == \
-        [("calibration", c) for c in CALIBS] + [("correction", Candidate("mse", None, (), corrected=True))]
-    assert [s.candidate.corrected for s in outcome.steps] == [False] * 4 + [True] + [False] * (len(outcome.steps) - 5)
-    assert all(s.candidate.mode == "mse" for s in outcome.steps[5:]) and outcome.steps[5].phase == "rank"
+    # mse is the calibration of lowest deviation (fake_evaluate): its corrected self first, then every other
+    # calibration corrected in their order, then the ranking from the uncorrected base
+    corrected = [replace(c, corrected=True) for c in (CALIBS[2], CALIBS[0], CALIBS[1], CALIBS[3])]
+    assert [(s.phase, s.candidate) for s in outcome.steps[:8]] == \
+        [("calibration", c) for c in CALIBS] + [("correction", c) for c in corrected]
+    assert calls[:8] == [*CALIBS, *corrected]  # each evaluated once
+    assert not any(s.candidate.corrected for s in outcome.steps[8:])
+    assert all(s.candidate.mode == "mse" for s in outcome.steps[8:]) and outcome.steps[8].phase == "rank"
     off = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10, max_float=5)
     assert [s.candidate for s in off.steps] == [s.candidate for s in outcome.steps if not s.candidate.corrected]
-    # the correction counts against max_builds as any candidate
-    short = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=4, rank_count=10, max_float=5,
-                              correction=True)
-    assert short.out_of_budget and not any(s.candidate.corrected for s in short.steps)
+    assert "correction" not in {s.phase for s in off.steps}
+    # each correction counts against max_builds as any candidate: the budget can end the phase half-way
+    for budget, tried in ((4, 0), (6, 2)):
+        short = search_mod.search(CALIBS[0], CALIBS, fake_evaluate([]), prerank, budget=budget, rank_count=10,
+                                  max_float=5, correction=True)
+        assert short.out_of_budget and [s.candidate for s in short.steps] == [*CALIBS, *corrected[:tried]]
 
 
-def test_a_corrected_incumbent_is_compared_with_the_uncorrected_calibrations():
+def test_a_corrected_incumbent_is_compared_with_every_calibration_in_both_states_and_its_uncorrected_twin():
     incumbent = Candidate("kl_divergence", None, (), corrected=True)
     outcome = search_mod.search(incumbent, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10,
                                 max_float=5, correction=True)
     assert (outcome.steps[0].phase, outcome.steps[0].candidate) == ("input", incumbent)
-    # the correction phase's candidate is the base uncorrected, already scored: both states compared, once each
     assert [s.candidate for s in outcome.steps[1:5]] == CALIBS
-    assert [s.candidate.corrected for s in outcome.steps] == [True] + [False] * (len(outcome.steps) - 1)
-    assert outcome.steps[5].phase == "rank" and outcome.steps[5].candidate.mode == "mse"  # base: never the corrected
+    # the correction phase: the other calibrations corrected, base (mse) first; KL corrected is the incumbent and
+    # its uncorrected twin the first calibration, both already scored, so neither counts twice
+    assert [(s.phase, s.candidate) for s in outcome.steps[5:8]] == \
+        [("correction", replace(c, corrected=True)) for c in (CALIBS[2], CALIBS[1], CALIBS[3])]
+    assert outcome.steps[8].phase == "rank" and outcome.steps[8].candidate.mode == "mse"  # base: never corrected
+    assert not any(s.candidate.corrected for s in outcome.steps[8:])
+    # an incumbent with Convs kept float: its uncorrected twin is a candidate of its own, after the corrections
+    skipping = Candidate("kl_divergence", None, (3,), corrected=True)
+    steps = search_mod.search(skipping, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10,
+                              max_float=5, correction=True).steps
+    assert [(s.phase, s.candidate) for s in steps[5:10]] == \
+        [("correction", replace(c, corrected=True)) for c in (CALIBS[2], CALIBS[0], CALIBS[1], CALIBS[3])] + \
+        [("correction", replace(skipping, corrected=False))]
+    # without the knob, a corrected incumbent meets the uncorrected calibrations only
+    off = search_mod.search(incumbent, CALIBS, fake_evaluate([]), prerank, budget=40, rank_count=10, max_float=5)
+    assert [s.candidate.corrected for s in off.steps] == [True] + [False] * (len(off.steps) - 1)
 
 
 def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, small_sim_onnx, tmp_path, monkeypatch):
@@ -251,3 +269,80 @@ def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_build
     incumbent = Candidate("max", None, (1,), corrected=True)
     assert wb.quantizer.build(incumbent) == (tmp_path / "engine" / "model.onnx").read_bytes()
     assert wb.quantizer.corrected("max", None, (1,))[0].SerializeToString() == (tmp_path / "c.onnx").read_bytes()
+
+
+def shifted_model(model: onnx.ModelProto, shift: float) -> onnx.ModelProto:
+    """MODEL with SHIFT added to its first Conv bias: a stand-in for the corrected model, distinct per calibration."""
+    from onnx import numpy_helper
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    bias = next(n.input[2] for n in out.graph.node if n.op_type == "Conv" and len(n.input) > 2)
+    init = next(i for i in out.graph.initializer if i.name == bias)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(shift), bias))
+    return out
+
+
+def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winner_is_what_tuned_yaml_carries(
+        inputs, small_sim_onnx, tmp_path, monkeypatch):
+    from pipeline.backends.ort import bias_correction, qdq, stats
+    from pipeline.backends.ort.build import tensor_thresholds
+    from pipeline.tuning import scoring, tune as tune_mod
+    from pipeline.tuning.candidates import calibrations
+    # the correction stubbed (the search is under test, the correction in tests/test_bias_correction.py): a model
+    # of its own per calibration, so a corrected candidate is not its uncorrected twin
+    cfg_path = tune_config(tmp_path, max_float_layers=0, bias_correction=True)
+    every = calibrations(load_config(cfg_path))
+    corrections = []
+
+    def fake_correct(cfg, model, calib_tensors, progress, skipped):
+        q = cfg.backend.quantize
+        calibration = Candidate(q.calibrate_mode, q.calibrate_range if q.calibrate_mode == "percentile" else None)
+        corrections.append((calibration, skipped))
+        return shifted_model(model, 0.01 * (1 + every.index(calibration))).SerializeToString(), {}
+    monkeypatch.setattr(bias_correction, "correct", fake_correct)
+
+    def take(steps, p_values, level=statistics.LEVEL):  # the rule is tested above: here, what follows the choice
+        decision = search_mod.decide(steps, p_values, level)  # the last correction: never the base's
+        return replace(decision, chosen=[s for s in steps if s.phase == "correction"][-1], verdict="chosen")
+    monkeypatch.setattr(tune_mod, "decide", take)
+    out = tmp_path / "tune"
+    wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    steps = result.outcome.steps
+    base = min(steps[:len(every)], key=lambda s: (not s.met, s.result["deviation"])).candidate
+    winner = result.chosen.candidate
+    assert winner.corrected and winner.mode == "percentile" and replace(winner, corrected=False) != base
+    assert [(s.phase, s.candidate) for s in steps] == \
+        [("calibration", c) for c in every] + \
+        [("correction", replace(c, corrected=True)) for c in [base, *[c for c in every if c != base]]]
+    # one correction per calibration, nothing skipped, none repeated though the chosen one is scored again (on
+    # the confirmation images) and built below
+    assert sorted(corrections, key=lambda c: every.index(c[0])) == [(c, []) for c in every]
+    assert result.decision.compared == 2 * len(every) - 1 and len(result.p_values) == 2 * len(every) - 1
+
+    tuned = load_config(out / "tuned.yaml")
+    q = tuned.backend.quantize
+    assert (q.calibrate_mode, q.calibrate_range, q.skip_conv_layers) == ("percentile", winner.range, ())
+    assert tuned.pipeline.bias_correction == "empirical"
+    assert (out / "tuned.yaml").read_text().splitlines()[0].endswith(
+        "with only backend.quantize and pipeline.bias_correction changed.")
+    # what was scored for it: the Q/DQ of its own corrected model, at thresholds collected on that model
+    model = shifted_model(wb.model, 0.01 * (1 + every.index(replace(winner, corrected=False))))
+    collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
+                              no_progress)
+    direct = qdq.write_qdq(model, tensor_thresholds(collected, "percentile", winner.range), set(), True)
+    assert wb.quantizer.build(winner) == direct != wb.quantizer.build(replace(winner, corrected=False))
+    assert len(corrections) == len(every)
+
+    # a rerun follows the same steps from candidates.json: no correction, no model run, the same tuned.yaml
+    text = (out / "tuned.yaml").read_text()
+
+    def nothing(*args, **kwargs):
+        raise AssertionError("a correction or a model ran")
+    monkeypatch.setattr(bias_correction, "correct", nothing)
+    monkeypatch.setattr(scoring, "predict", nothing)
+    rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
+    again = tune_mod.tune(rerun, out, "python -m pipeline tune ...", Bar())
+    assert rerun.built == 0 and [(s.phase, s.candidate) for s in again.outcome.steps] == \
+        [(s.phase, s.candidate) for s in steps]
+    assert (out / "tuned.yaml").read_text() == text

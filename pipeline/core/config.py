@@ -119,8 +119,9 @@ class Tune:
     max_miou_drop: float
     max_builds: int
     max_float_layers: int
-    # whether the search also tries its base calibration bias-corrected: off by default, since one correction at
-    # 480x288 takes about 10 minutes (3 rounds), more than the rest of the tune (docs/tuning.md)
+    # whether the search also tries every calibration bias-corrected: off by default, since it costs one correction
+    # per calibration (7), each about 10 minutes at 480x288 (3 rounds): an hour more than the rest of the tune
+    # (docs/tuning.md); it also makes analyze add the corrected model's rows (one correction)
     bias_correction: bool = False
 
 

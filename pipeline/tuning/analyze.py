@@ -8,6 +8,8 @@ reduction of the deviation from fp32 ranks them, ahead of the unmeasured ones (b
 Where the error comes from (layers.md and analysis.json's `sources`): the whole model with only its weights
 quantized, only its activations, and both, each scored against fp32 as a candidate is, and a sentence on which
 part loses most and the remedies that follow. A row is (label, model): any model scored the same way joins them.
+With the correction compared (compares_correction: one correction, minutes), the same three rows of the config's
+model in the other correction state follow, and the sentence says whether bias correction helped.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
+from ..core.config import BuildConfig
 from ..core.fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
+from ..stages.correct import MODE as CORRECTION
 from . import layers, plot, scoring, statistics
 from .candidates import Candidate
 from .workbench import Workbench, joined_deviations
@@ -33,6 +37,8 @@ COLUMNS = ("rank", "vamc_index", "onnx_index", "onnx_node", "branch", "kernel", 
 
 # The int8 model with one part quantized at a time (label, qdq.PARTS), then both: AIMET QuantAnalyzer's first question
 SOURCES = (("weights only", "weights"), ("activations only", "activations"), ("both", "both"))
+# Label suffixes of the rows of the other correction state: the config's own rows carry none (SOURCES' labels)
+CORRECTED, UNCORRECTED = " + bias correction", " without bias correction"
 REMEDIES = {"weights": "bias correction or finer weights",
             "activations": "the calibration mode or fp16 Convs (`skip_conv_layers`)"}
 
@@ -41,6 +47,18 @@ def config_candidate(wb: Workbench) -> Candidate:
     q = wb.cfg.backend.quantize
     return Candidate(q.calibrate_mode, q.calibrate_range if q.calibrate_mode == "percentile" else None,
                      q.skip_conv_layers)
+
+
+def built_candidate(wb: Workbench) -> Candidate:
+    """The config's candidate as `make int8` builds it: bias-corrected with `pipeline.bias_correction: empirical`."""
+    return replace(config_candidate(wb), corrected=wb.cfg.pipeline.bias_correction == CORRECTION)
+
+
+def compares_correction(cfg: BuildConfig) -> bool:
+    """Whether analyze adds the rows of the other correction state, at the cost of one correction (minutes): asked
+    as tune is asked (pipeline.tune.bias_correction), or by a corrected config, whose own rows need the correction
+    anyway (so only the uncorrected rows are added, seconds)."""
+    return cfg.pipeline.tune.bias_correction or cfg.pipeline.bias_correction == CORRECTION
 
 
 def skip_index(wb: Workbench) -> dict[str, int]:
@@ -87,9 +105,14 @@ def measure_float(wb: Workbench, candidate: Candidate, rows: list[dict], count: 
         by_index[index]["float_deviation_change"] = got["deviation"] - base["deviation"]
 
 
-def source_models(wb: Workbench, candidate: Candidate) -> list[tuple[str, bytes]]:
-    """(label, Q/DQ model) of CANDIDATE with only its weights, only its activations, then both quantized."""
-    return [(label, wb.quantizer.build(candidate, parts)) for label, parts in SOURCES]
+def source_models(wb: Workbench, candidate: Candidate, twin: bool = False) -> list[tuple[str, bytes]]:
+    """(label, Q/DQ model) of CANDIDATE with only its weights, only its activations, then both quantized; TWIN: then
+    the same of CANDIDATE in the other correction state (its labels suffixed CORRECTED or UNCORRECTED). A corrected
+    model is the one tune scores (Quantizer.corrected: the config's calibration and skip list, its own thresholds)."""
+    other = replace(candidate, corrected=not candidate.corrected)
+    suffix = CORRECTED if other.corrected else UNCORRECTED
+    return [(label, wb.quantizer.build(candidate, parts)) for label, parts in SOURCES] + \
+        ([(label + suffix, wb.quantizer.build(other, parts)) for label, parts in SOURCES] if twin else [])
 
 
 def source_rows(wb: Workbench, models: list[tuple[str, bytes]]) -> list[dict]:
@@ -105,8 +128,10 @@ def source_rows(wb: Workbench, models: list[tuple[str, bytes]]) -> list[dict]:
 
 def reading(rows: list[dict], seed: int) -> dict:
     """Which part loses most (the larger deviation, when the paired difference's lower bound is above 0) and the
-    remedies that follow, as a sentence: from the `weights only` and `activations only` rows of ROWS."""
+    remedies that follow, as a sentence: from the `weights only` and `activations only` rows of ROWS; then, when ROWS
+    hold both correction states, whether bias correction helped (correction_reading)."""
     row = {r["quantized"]: r for r in rows}
+    correction = correction_reading(row, seed)
     weights, activations = row["weights only"], row["activations only"]
     worse, better = ("weights", "activations") if weights["deviation"] >= activations["deviation"] \
         else ("activations", "weights")
@@ -124,16 +149,48 @@ def reading(rows: list[dict], seed: int) -> dict:
                 f"{high['images']} images), so neither kind of remedy comes first: {REMEDIES['weights']} for the "
                 f"weights, {REMEDIES['activations']} for the activations.")
     return {"loses_most": worse if lower > 0 else None, "difference": difference, "lower_bound": lower,
-            "text": text}
+            "bias_correction": correction, "text": text if correction is None else f"{text} {correction['text']}"}
+
+
+def correction_reading(row: dict[str, dict], seed: int) -> dict | None:
+    """Whether bias correction helped the config's int8 (the two `both` rows of ROW, by label; None without them):
+    the paired per-image improvement of deviation, uncorrected minus corrected, with its one-sided 95% bounds;
+    `helped` is True when the lower bound is above 0, False when the upper one is below 0, else None."""
+    if f"both{CORRECTED}" in row:
+        plain, corrected = row["both"], row[f"both{CORRECTED}"]
+    elif f"both{UNCORRECTED}" in row:
+        plain, corrected = row[f"both{UNCORRECTED}"], row["both"]
+    else:
+        return None
+    e = scoring.gain(plain["per_image_deviation"], corrected["per_image_deviation"], seed)
+    improvement = plain["deviation"] - corrected["deviation"]
+    lower, upper = statistics.lower(e), statistics.upper(e)
+    helped = True if lower > 0 else False if upper < 0 else None
+    figures = (f"deviation {plain['deviation']:.5f} without it, {corrected['deviation']:.5f} with it; paired "
+               f"improvement {improvement:+.5f}, one-sided 95% bounds [{lower:+.5f}, {upper:+.5f}]")
+    verdict = {True: "helps the int8 model", False: "makes the int8 model worse",
+               None: "is not shown to help or to hurt the int8 model"}[helped]
+    tail = f", not significant on {plain['images']} images" if helped is None else ""
+    return {"helped": helped, "improvement": improvement, "lower_bound": lower, "upper_bound": upper,
+            "text": f"Bias correction {verdict} ({figures}{tail})."}
 
 
 def sources_markdown(rows: list[dict], read: dict) -> list[str]:
     interval = scoring.interval
+    labels = {r["quantized"] for r in rows}
+    twin = ""
+    if f"both{CORRECTED}" in labels:
+        twin = (f" The rows `{CORRECTED.strip()}` are the same for the model `python -m pipeline correct` makes for "
+                f"the config's calibration and skip list, quantized at thresholds recalibrated on it (what `make "
+                f"int8` builds with `pipeline.bias_correction: empirical`).")
+    elif f"both{UNCORRECTED}" in labels:
+        twin = (f" The config is bias-corrected: the first three rows are its corrected model (what `make int8` "
+                f"builds), the rows `{UNCORRECTED.strip()}` the same for the simplified ONNX as it is.")
     lines = ["Where the error comes from: the whole model on the same images against fp32, with only its weights "
              "quantized (activations float), only its activations (weights float), and both (the config's int8, "
-             "as above); the Convs the config skips stay float in every row. Each figure is a mean with [lower, "
-             "upper] one-sided 95% bounds; deviation is mean |alpha - fp32 alpha| of the 8-bit mattes, flips the "
-             "share of pixels whose label flips.", "",
+             "as above); the Convs the config skips stay float in every row." + twin + " Each figure is a mean "
+             "with [lower, upper] one-sided 95% bounds; deviation is mean |alpha - fp32 alpha| of the 8-bit mattes, "
+             "flips the share of pixels whose label flips.", "",
              "| quantized | deviation | flips | ΔMSE | ΔMAD | mIoU drop |", "|:--|--:|--:|--:|--:|--:|"]
     lines += [f"| {r['quantized']} | {interval(r, 'deviation', '')} | {interval(r, 'flips', '')} | "
               f"{interval(r, 'mse_increase')} | {interval(r, 'mad_increase')} | {interval(r, 'miou_drop')} |"
@@ -171,15 +228,18 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_markdown(rows: list[dict], wb: Workbench, candidate: Candidate, figures: dict, sources: list[str],
                 seconds: float) -> str:
-    """SOURCES: the lines of sources_markdown, after the whole model's figures."""
+    """SOURCES: the lines of sources_markdown, after the whole model's figures (CANDIDATE's: corrected when the config
+    is; the per-Conv table is always the simplified model's)."""
     fp32 = scoring.labelled_means(wb.fp32())
+    uncorrected = (" The per-Conv table is measured on the simplified ONNX, uncorrected: correcting again for each "
+                   "Conv kept float would cost a correction (minutes) each.") if candidate.corrected else ""
     lines = [f"# Quantization analysis: {wb.cfg.source.name}", "",
              *([f"**{wb.demo_banner}**", ""] if wb.demo_banner else []),
              f"Calibration {candidate.label()}, {'per channel' if wb.quantizer.per_channel else 'per tensor'} "
              f"weights, skip_conv_layers counted in {wb.cfg.pipeline.conv_numbering} order. "
              f"{wb.quantizer.collection.images} calibration images; SQNRs pooled over {SQNR_IMAGES} and matte "
              f"figures over {len(wb.selection_entries)} selection images (not in the calibration subset). "
-             f"{seconds:.0f} s.", "",
+             f"{seconds:.0f} s.{uncorrected}", "",
              f"Whole model on the selection images: MAD {figures['mad']:.5f} (fp32 {fp32['mad']:.5f}, "
              f"{figures['mad_increase']:+.5f}), MSE {figures['mse']:.5f} ({figures['mse_increase']:+.5f}), mIoU "
              f"{figures['miou']:.5f} (fp32 {fp32['miou']:.5f}, drop {figures['miou_drop']:+.5f}); deviation from "
@@ -214,20 +274,20 @@ def to_png(rows: list[dict], title: str, stamp: str | None = None) -> bytes:
 def analyze(wb: Workbench, out: Path) -> dict:
     check_out_dir(out, "analyze")
     started = time.perf_counter()
-    candidate = config_candidate(wb)
+    candidate, built = config_candidate(wb), built_candidate(wb)  # the per-Conv analysis is of the simplified ONNX
     rows = sqnr_rows(wb, candidate)
     measure_float(wb, candidate, rows, FLOAT_LAYERS)
-    figures = wb.evaluate(candidate)
-    sources = source_rows(wb, source_models(wb, candidate))
+    figures = wb.evaluate(built)
+    sources = source_rows(wb, source_models(wb, built, compares_correction(wb.cfg)))
     read = reading(sources, wb.cfg.pipeline.seed)
     seconds = time.perf_counter() - started
     with atomic_dir(out, "analyze") as tmp:
         write_text(tmp / "layers.csv", to_csv(rows))
-        write_text(tmp / "layers.md", to_markdown(rows, wb, candidate, figures, sources_markdown(sources, read),
+        write_text(tmp / "layers.md", to_markdown(rows, wb, built, figures, sources_markdown(sources, read),
                                                   seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "
                                                      f"and entire (ring) SQNR per Conv", wb.demo_stamp))
-        write_json(tmp / "analysis.json", {"candidate": candidate.to_json(), "figures": figures,
+        write_json(tmp / "analysis.json", {"candidate": built.to_json(), "figures": figures,
                                            "fp32": scoring.labelled_means(wb.fp32()),
                                            **wb.digests, "selection": wb.cache.context["selection"],
                                            "sources": {"rows": sources, "reading": read}})

@@ -4,10 +4,12 @@ figures come from `evaluate`, its paired comparison with the incumbent from the 
 0. the incumbent: the input config as it is (its own calibration and skip_conv_layers);
 1. calibration: every calibration with no layer skipped; the base is the one of lowest deviation among those that
    meet the target, or of lowest deviation if none does.
-1b. correction (CORRECTION): the base bias-corrected, nothing skipped (or, when the incumbent is corrected, the base
-   as it is: already scored). One candidate, minutes to build; it is compared as any other but never becomes the
-   base: correcting each skip set below would cost minutes per candidate. If the base meets the target, the search
-   ends here.
+1b. correction (CORRECTION): every calibration of step 1 bias-corrected, nothing skipped, the base's first (the
+   likeliest to help, should the budget run out); when the incumbent is corrected, also its uncorrected twin (its own
+   skip list), so that the input is compared with and without correction too. One candidate per calibration, each
+   minutes to build (one correction and one statistics collection on its model); each is compared as any other but
+   never becomes the base: correcting each skip set below would cost minutes per candidate. If the base meets the
+   target, the search ends here.
 2. rank: for the `rank_count` layers worst by `prerank` (the analysis's single-layer SQNR), the base with that
    layer alone kept float; layers are ranked by how much that reduces the deviation from fp32, measured ones first.
 3. bisect: the fewest top-ranked layers kept float (at most `max_float`) that meet the target: n = 1, 2, 4, ...
@@ -116,7 +118,10 @@ def search(incumbent: Candidate, calibrations: list[Candidate], evaluate: Callab
         plain = [s for s in outcome.steps if not s.candidate.skip and not s.candidate.corrected]
         base = min(plain, key=lambda s: (not s.met, s.result["deviation"]))
         if correction:
-            run(replace(base.candidate, corrected=not incumbent.corrected), "correction")
+            corrected = [base.candidate, *[c for c in calibrations if c != base.candidate]]
+            twin = [replace(incumbent, corrected=False)] if incumbent.corrected else []
+            for candidate in [*[replace(c, corrected=True) for c in corrected], *twin]:
+                run(candidate, "correction")
         if base.met or max_float == 0:
             return outcome
         ranked = ranking((), base, prerank(base.candidate), "rank")

@@ -11,13 +11,13 @@ leaves no tuned.yaml, only the cache.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..stages.correct import MODE as CORRECTION
 from ..core.fileio import mark_stage, write_bytes, write_text
 from . import plot, scoring, statistics, tuned_yaml
-from .analyze import config_candidate, sqnr_rows, worst_first
+from .analyze import built_candidate, sqnr_rows, worst_first
 from .candidates import Candidate, calibrations
 from .search import Decision, Outcome, Step, decide, search, verdict
 from .workbench import Workbench, listing
@@ -60,7 +60,7 @@ def run_search(wb: Workbench, bar) -> Outcome:
         return ranks[candidate.key]
 
     tune = wb.cfg.pipeline.tune
-    incumbent = replace(config_candidate(wb), corrected=wb.cfg.pipeline.bias_correction == CORRECTION)
+    incumbent = built_candidate(wb)
     return search(incumbent, calibrations(wb.cfg), evaluate, prerank, tune.max_builds, RANK_LAYERS,
                   tune.max_float_layers, tune.bias_correction)
 
