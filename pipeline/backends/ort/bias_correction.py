@@ -15,6 +15,9 @@ the int8 activations earlier passes kept (`plan`).
 
 vamc calibrates the model it is given, so the thresholds are recomputed on the corrected model; correction and
 calibration alternate until no threshold moves by more than THRESHOLD_MOVE, at most MAX_ROUNDS corrections.
+The record's fp32 deviation of the corrected model costs no pass of its own: the first calibration's pass over the
+float model keeps its output on disk, and each recalibration compares the corrected model's output with it (the
+last recalibration's model is the result).
 Everything is streamed image by image (stats.py's reader), summed in float64 in a fixed order: the same inputs
 give the same bytes.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -286,11 +290,12 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
     return biases
 
 
-def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, calib_tensors, progress
-              ) -> dict[str, float]:
-    """The thresholds `build --backend ort` would give MODEL: the same statistics and mode."""
+def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, calib_tensors, progress,
+              observe=None) -> dict[str, float]:
+    """The thresholds `build --backend ort` would give MODEL: the same statistics and mode (OBSERVE: stats.collect's)."""
     quantize = cfg.backend.quantize
-    collected = stats.collect(model, tensors, calib_tensors, progress, histograms=quantize.calibrate_mode != "max")
+    collected = stats.collect(model, tensors, calib_tensors, progress, histograms=quantize.calibrate_mode != "max",
+                              observe=observe)
     return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
 
 
@@ -305,25 +310,26 @@ def largest_move(before: dict[str, float], after: dict[str, float]) -> tuple[flo
     return float(best), next(t for m, t in moves if m == best)
 
 
-def fp32_deviation(original: onnx.ModelProto, corrected: onnx.ModelProto, calib_tensors, progress) -> dict:
-    """Mean and largest |alpha_corrected - alpha_original| of the float models on the calibration images."""
-    from ...core import runtime
+class Deviation:
+    """Mean and largest |alpha_corrected - alpha_original| of the float models on the calibration images, taken from
+    a calibration pass of the corrected model (stats.collect's OBSERVE, images in order) against the original's
+    outputs, which the first calibration wrote to ORIGINAL image by image: no forward pass of its own."""
 
-    output = original.graph.output[0].name
-    data, shapes = stats._outputs(corrected, [])
-    session, reference = runtime.session(data), runtime.session(original.SerializeToString())
-    input_name = original.graph.input[0].name
-    input_shape = [d.dim_value for d in original.graph.input[0].type.tensor_type.shape.dim]
-    total, largest = [0.0], [0.0]
+    def __init__(self, original: BinaryIO, output: str):
+        self.original, self.output = original, output
+        self.images, self.total, self.largest = 0, 0.0, 0.0
 
-    def compare(values: dict[str, np.ndarray]) -> None:
-        base = reference.run([output], {input_name: values[input_name]})[0].astype(np.float64)
-        diff = np.abs(values[output].astype(np.float64) - base)
-        total[0] += float(diff.mean())
-        largest[0] = max(largest[0], float(diff.max()))
+    def __call__(self, values: dict[str, np.ndarray]) -> None:
+        alpha = values[self.output]
+        base = np.fromfile(self.original, np.float32, alpha.size).reshape(alpha.shape).astype(np.float64)
+        diff = np.abs(alpha.astype(np.float64) - base)
+        self.images += 1
+        self.total += float(diff.mean())
+        self.largest = max(self.largest, float(diff.max()))
 
-    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, compare)
-    return {"images": images, "mean_abs_alpha_diff": total[0] / images, "max_abs_alpha_diff": largest[0]}
+    def record(self) -> dict:
+        return {"images": self.images, "mean_abs_alpha_diff": self.total / self.images,
+                "max_abs_alpha_diff": self.largest}
 
 
 def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, skipped: list[str]) -> tuple[bytes, dict]:
@@ -335,17 +341,26 @@ def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, s
     current, convs, added = with_biases(model, skip)
     original = biases_of(current, convs)
     fp32_means = channel_means(current, [c.output for c in convs], calib_tensors, progress)
-    thresholds = calibrate(current, tensors, cfg, calib_tensors, progress)
+    output = model.graph.output[0].name
     rounds = []
-    for round_ in range(1, MAX_ROUNDS + 1):
-        set_biases(current, correct_once(current, convs, fp32_means, thresholds, skip,
-                                         quantize.quantize_per_channel, calib_tensors, progress))
-        recalibrated = calibrate(current, tensors, cfg, calib_tensors, progress)
-        move, tensor = largest_move(thresholds, recalibrated)
-        rounds.append({"round": round_, "largest_threshold_move": move, "tensor": tensor})
-        thresholds = recalibrated
-        if move <= THRESHOLD_MOVE:
-            break
+    with tempfile.TemporaryDirectory(prefix="bias-correction-") as scratch:
+        # The zero biases with_biases added leave the output as it was: this is the original's fp32 output.
+        original_output = Path(scratch) / "fp32-output.bin"
+        with open(original_output, "wb") as handle:
+            thresholds = calibrate(current, tensors, cfg, calib_tensors, progress,
+                                   observe=lambda values: values[output].tofile(handle))
+        for round_ in range(1, MAX_ROUNDS + 1):
+            set_biases(current, correct_once(current, convs, fp32_means, thresholds, skip,
+                                             quantize.quantize_per_channel, calib_tensors, progress))
+            # Every recalibration measures the deviation: the last one's model is the result.
+            with open(original_output, "rb") as handle:
+                deviation = Deviation(handle, output)
+                recalibrated = calibrate(current, tensors, cfg, calib_tensors, progress, observe=deviation)
+            move, tensor = largest_move(thresholds, recalibrated)
+            rounds.append({"round": round_, "largest_threshold_move": move, "tensor": tensor})
+            thresholds = recalibrated
+            if move <= THRESHOLD_MOVE:
+                break
     final = biases_of(current, convs)
     vamc_index = {name: i for i, name in enumerate(conv_order(model, cfg.pipeline.conv_numbering))}
     depth = {c.name: k for k, group in enumerate(generations(current, convs)) for c in group}
@@ -369,6 +384,6 @@ def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, s
         "max_rounds": MAX_ROUNDS,
         "passes_per_round": len(generations(current, convs)),
         "convs": rows,
-        "fp32_deviation": fp32_deviation(model, current, calib_tensors, progress),
+        "fp32_deviation": deviation.record(),
     }
     return current.SerializeToString(), record

@@ -131,8 +131,12 @@ def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, 
 
 
 def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, progress,
-            histograms: bool = True) -> Collection:
-    """Statistics of TENSORS over every image of CALIB_TENSORS (a calibration folder's tensors.npy)."""
+            histograms: bool = True, observe=None) -> Collection:
+    """Statistics of TENSORS over every image of CALIB_TENSORS (a calibration folder's tensors.npy).
+
+    OBSERVE, when given, also sees pass 1's {tensor: activation} of every image (the model's outputs among them),
+    on the worker thread, in image order: a caller that needs something else of the same forward pass (bias
+    correction's fp32 deviation) gets it without a pass of its own. It must not keep the arrays (buffers reused)."""
     from ...core import runtime
 
     data, shapes = _outputs(model, tensors)
@@ -146,6 +150,8 @@ def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, pro
         for name in tensors:
             x = values[name]
             low[name], high[name] = min(low[name], float(x.min())), max(high[name], float(x.max()))
+        if observe is not None:
+            observe(values)
 
     images = _stream(session, input_name, shapes, calib_tensors, input_shape, progress, extremes)
     bad = next((n for n in tensors if not (np.isfinite(low[n]) and np.isfinite(high[n]))), None)
