@@ -59,7 +59,7 @@ def small_config(tmp_path_factory) -> Path:
 def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
     """The demo checkpoint exported at the small shape."""
     from pipeline.core.config import load_config
-    from pipeline.model.modnet.export import export_onnx
+    from pipeline.model.export import export_onnx
     out = tmp_path_factory.mktemp("onnx") / "small.onnx"
     export_onnx(load_config(small_config), demo_ckpt, out)
     return out

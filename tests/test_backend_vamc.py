@@ -307,7 +307,7 @@ def test_calibration_folder_must_match_its_manifest(tmp_path, standin, onnx_file
 
 
 def test_vdsp_params_follow_the_config(tmp_path):
-    from pipeline.backends.vamc.build.build import vdsp_params
+    from pipeline.backends.vamc.build import vdsp_params
     raw = config_dict(FP16_CONFIG)
     raw["dataset"]["process_ops"][2] = {"type": "Normalize", "div255": True, "mean": [0.485, 0.456, 0.406],
                                         "std": [0.229, 0.224, 0.225]}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import LAYOUT, REPO
-from pipeline.model.modnet.checkpoint import load_modnet
+from pipeline.model.checkpoint import load_modnet
 from pipeline.demo.checkpoint import demo_state_dict
 from pipeline.core.errors import PipelineError
-from pipeline.model.modnet.modnet import MODNet
+from pipeline.model.modnet import MODNet
 
 OFFICIAL = json.loads(LAYOUT.read_text())["tensors"]
 DTYPES = {"float32": torch.float32, "int64": torch.int64}

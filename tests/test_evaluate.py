@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.stages.evaluate import evaluate
-from pipeline.model.modnet.flops import count
+from pipeline.model.flops import count
 from pipeline.stages.report import Evaluated, Scope, gate, gate_failures, write_report
 
 KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
@@ -289,7 +289,7 @@ def test_report_flags_a_demo_checkpoint_and_says_what_it_replaced(evaluated, tmp
                                                                   demo_ckpt, small_config, capsys):
     import torch
 
-    from pipeline.model.modnet.checkpoint import DEMO_MARK, read_state_dict
+    from pipeline.model.checkpoint import DEMO_MARK, read_state_dict
     from pipeline.stages.report import described
     _, out, _, _ = evaluated
     engines = ["--engine", "fp16", str(out / "fp16"), str(small_config)]
