@@ -17,7 +17,7 @@ from ..core.config import BuildConfig
 from ..data.dataset import matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import write_bytes, write_text
-from ..data.preprocess import decode_bgr
+from ..data.preprocess import decode, decode_bgr
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
 VENDOR_ROWS = (
@@ -306,7 +306,7 @@ def _tile(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _pred(ev: Evaluated, name: str) -> np.ndarray:
     path = ev.folder / "preds" / name
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    image = decode(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise PipelineError(f"{path}: missing saved prediction (re-run evaluate)")
     return image

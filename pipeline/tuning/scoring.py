@@ -25,8 +25,7 @@ from ..accuracy.agreement import agreement
 from ..core import runtime
 from ..core.config import BuildConfig, Tune
 from ..data.dataset import image_dir, matte_path
-from ..stages.evaluate import load_gt
-from ..data.preprocess import load_input
+from ..data.preprocess import apply_ops, load_input, read_labelled
 from . import statistics
 
 FIDELITY = ("deviation", "flips")                          # every image
@@ -42,10 +41,16 @@ class Images:
     gts: list[np.ndarray] | None
 
 
+def _labelled(cfg: BuildConfig, image: Path) -> tuple[np.ndarray, np.ndarray]:
+    """IMAGE's input and ground truth, checked as `evaluate` checks them."""
+    bgr, matte = read_labelled(image, matte_path(image))
+    return apply_ops(cfg, bgr), metrics.gt_from_matte(matte, cfg.height, cfg.width)
+
+
 def load_labelled(cfg: BuildConfig, data: str | Path, names: list[str]) -> Images:
     folder = image_dir(data)
-    return Images(names, [load_input(cfg, folder / n) for n in names],
-                  [load_gt(matte_path(folder / n), cfg) for n in names])
+    loaded = [_labelled(cfg, folder / n) for n in names]
+    return Images(names, [x for x, _ in loaded], [gt for _, gt in loaded])
 
 
 def load_unlabelled(cfg: BuildConfig, folder: Path, names: list[str]) -> Images:
