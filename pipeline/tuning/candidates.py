@@ -23,7 +23,7 @@ from ..backends.ort.build import skipped_convs, tensor_thresholds
 from ..stages.calibrate import TENSORS
 from ..core.config import CALIBRATE_MODES, BuildConfig
 from ..core.errors import PipelineError
-from ..data.dataset import is_sha256
+from ..core.names import is_sha256
 from ..core.fileio import dumps_json, write_json
 from .scoring import FIDELITY, LABELLED
 
