@@ -110,10 +110,11 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     return data, summary
 
 
-def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, progress) -> dict:
+def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, progress,
+          correction: dict | None) -> dict:
     import onnxruntime
 
-    manifest = base_manifest(cfg, "ort", onnx_path, calib)
+    manifest = base_manifest(cfg, "ort", onnx_path, calib, correction)
     manifest["resolved_config"] = resolved_config(cfg)
     model = onnx.load(str(onnx_path))
     start = time.perf_counter()
