@@ -362,9 +362,20 @@ def corrected(tmp_path_factory, calib) -> tuple[Path, Path]:
     return config, out
 
 
-def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, calib, corrected):
+def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, calib, corrected, monkeypatch):
+    import pipeline.backends
+    import pipeline.stages.correct
     config, onnx_path = corrected
+    hashed = []
+
+    def counting(path):
+        hashed.append(Path(path))
+        return sha256_file(path)
+    for module in (pipeline.backends, pipeline.stages.correct):
+        monkeypatch.setattr(module, "sha256_file", counting)
     manifest = build_engine("ort", load_config(config), onnx_path, calib, tmp_path / "engine", no_progress)
+    monkeypatch.undo()
+    assert hashed.count(onnx_path) == 1  # checked and recorded from one reading
     record = Path(f"{onnx_path}.json")
     assert manifest["onnx"]["sha256"] == sha256_file(onnx_path)
     assert manifest["bias_correction"] == {

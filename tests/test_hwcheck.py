@@ -23,9 +23,9 @@ from pipeline.backends import build_engine
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
-from pipeline.stages.hwcheck import (
-    Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict, resize_verdict)
-from pipeline.backends.vamc.build.runner import VaststreamxRunner
+from pipeline.accuracy.agreement import Agreement, agreement
+from pipeline.stages.hwcheck import numbering_verdict, order_verdict, prediction_verdict, resize_verdict
+from pipeline.backends.vamc.runner import VaststreamxRunner
 from pipeline.backends.runners import describe
 
 
@@ -35,7 +35,7 @@ def quiet(iterable, desc=None, total=None):
 
 def agree(mean: float, per_image=None) -> Agreement:
     per_image = tuple(per_image) if per_image is not None else (mean,) * 5
-    return Agreement(len(per_image), mean, 2 * mean, mean / 2, per_image)
+    return Agreement(len(per_image), mean, 2 * mean, mean / 2, per_image, (mean / 2,) * len(per_image))
 
 
 # --- the whole command, once, on the fake card (right order, consistent numbering) ----------------------------

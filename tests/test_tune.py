@@ -256,6 +256,41 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_the_config_tune_writes_for_a_candidate_builds_the_very_model_it_scored(inputs, small_sim_onnx, tmp_path,
+                                                                               per_channel):
+    # the build collects only the tensors it quantizes and no histograms for max; tune collects every tensor once,
+    # with histograms, and derives each candidate's thresholds from that: the bytes must agree all the same
+    raw = small_config_dict(INT8_CONFIG)
+    raw["dataset"]["sampler"]["get_data_num"] = CALIB
+    raw["backend"]["quantize"]["quantize_per_channel"] = per_channel
+    cfg_path = write_config(tmp_path / "small_int8.yaml", raw)
+    wb = workbench(cfg_path, small_sim_onnx, inputs)
+    candidates = [Candidate("max", None, (0, 2)), Candidate("percentile", 0.9999, (1,))]
+    scored = {}
+    for i, candidate in enumerate(candidates):
+        block = tuned_yaml.quantize_block(wb.cfg.vamc["backend"]["quantize"], candidate.mode, candidate.range,
+                                          list(candidate.skip))
+        tuned = tmp_path / f"tuned_{i}.yaml"
+        tuned.write_text(tuned_yaml.tuned_text(cfg_path.read_text(), block, ["a test"]))
+        build_engine("ort", load_config(tuned), small_sim_onnx, inputs / "calib", tmp_path / f"engine_{i}",
+                     no_progress)
+        scored[candidate] = wb.quantizer.build(candidate)
+        assert (tmp_path / f"engine_{i}" / "model.onnx").read_bytes() == scored[candidate], candidate
+    assert len(set(scored.values())) == len(candidates)  # each setting is its own model: none was ignored
+    unskipped = wb.quantizer.build(Candidate("max", None))
+    assert unskipped != scored[candidates[0]]
+    model = onnx.load_from_string(scored[candidates[0]])
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    vamc = conv_order(onnx.load(str(small_sim_onnx)), "vamc")
+    by_name = {n.name: n for n in model.graph.node}
+    read = [by_name[vamc[i]].input[1] for i in range(3)]
+    assert weights[read[0]].dtype == weights[read[2]].dtype == np.float32  # skipped: the float weight itself
+    assert read[1].endswith("/dequantized")  # in vamc's numbering, Conv 1 is quantized, per channel or per tensor
+    base = read[1].removesuffix("/dequantized")
+    assert weights[f"{base}/int8"].dtype == np.int8 and weights[f"{base}/scale"].ndim == (1 if per_channel else 0)
+
+
 def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
     import json
     from pipeline.accuracy import metrics

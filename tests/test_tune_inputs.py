@@ -323,6 +323,31 @@ def test_a_truncated_tensors_file_is_one_line(inputs, small_sim_onnx, calib_copy
 
 
 @pytest.mark.parametrize("stage", ["tune", "analyze"])
+def test_a_matte_of_another_size_is_refused_with_evaluates_error(inputs, small_sim_onnx, tmp_path, capsys, stage):
+    data = tmp_path / "data"
+    shutil.copytree(inputs / "data", data)
+    calibration = {e["name"] for e in json.loads((inputs / "calib" / "manifest.json").read_text())["images"]}
+    sizes = {}
+    for matte in sorted((data / "matte").iterdir()):
+        if matte.name not in calibration:  # tune and analyze score the other images only
+            grey = cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE)
+            sizes[matte.name] = grey.shape
+            cv2.imwrite(str(matte), cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2)))
+    args = stage_args(stage, inputs, small_sim_onnx, tmp_path / "out")
+    args[args.index("--data") + 1] = str(data)
+    assert cli.main(args) == 2
+    line = one_error_line(capsys)
+    name = line.split(" does not match its image ")[-1].split(" (")[0]
+    h, w = sizes[name]
+    assert line == (f"error: {data / 'matte' / name}: {w // 2}x{h // 2} does not match its image {name} ({w}x{h}); "
+                    f"a matte must be the same size as its photo")
+    # nothing scored: at most tune's image lists, written before it scores (the cache, report and config are not)
+    out = tmp_path / "out"
+    left = {p.name for p in out.iterdir()} if out.exists() else set()
+    assert left <= {".pipeline-stage", "selection.txt", "confirmation.txt", "extra.txt"}
+
+
+@pytest.mark.parametrize("stage", ["tune", "analyze"])
 def test_a_skip_index_past_the_last_conv_is_refused(inputs, small_sim_onnx, tmp_path, capsys, stage):
     config = tune_config(tmp_path / "skip.yaml", skip_conv_layers=[9999])
     assert cli.main(stage_args(stage, inputs, small_sim_onnx, tmp_path / "out", config=config)) == 2

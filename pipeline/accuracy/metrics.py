@@ -170,8 +170,10 @@ def image_metrics(pred: np.ndarray, gt: np.ndarray) -> dict:
 
 @dataclass
 class Accumulator:
-    """Dataset figures: means of the per-image metrics, mIoU of the summed confusion matrix."""
+    """Dataset figures: means of the per-image metrics (KEYS of them: tune scores MSE and MAD only), mIoU of the
+    summed confusion matrix."""
     per_image: list[dict] = field(default_factory=list)
+    keys: tuple[str, ...] = PER_IMAGE
 
     def add(self, name: str, metrics: dict) -> None:
         self.per_image.append({"name": name, **metrics})
@@ -186,7 +188,7 @@ class Accumulator:
     def summary(self) -> dict:
         if not self.per_image:
             raise ValueError("no images were evaluated")
-        out = {key: float(np.mean([row[key] for row in self.per_image])) for key in PER_IMAGE}
+        out = {key: float(np.mean([row[key] for row in self.per_image])) for key in self.keys}
         out["miou"] = miou(self.confusion())
         out["images"] = len(self.per_image)
         return out

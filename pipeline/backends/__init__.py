@@ -1,8 +1,9 @@
 """Engine backends behind `python -m pipeline build`: `ort` (reference, ONNX Runtime) and `vamc` (vendor compiler).
 
-Each backend module exposes `build(cfg, onnx, calib, out, progress) -> dict` that writes ENGINE_DIR atomically
-(nothing is left in OUT on failure), including `manifest.json`, which starts from `base_manifest` below so every
-engine records the same provenance, and returns that manifest.
+Each backend module exposes `build(cfg, onnx, calib, out, progress, correction) -> dict` that writes ENGINE_DIR
+atomically (nothing is left in OUT on failure), including `manifest.json`, which starts from `base_manifest` below so
+every engine records the same provenance, and returns that manifest. CORRECTION is what `check_inputs` found of the
+ONNX's bias correction, passed on so the ONNX is checked and hashed for it once.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from ..tuning import tuned_yaml
 BACKENDS = ("ort", "vamc")
 
 
-def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
-    """Refuse, before any backend runs, an ONNX file or a calibration folder that is missing, truncated or stale."""
+def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> dict | None:
+    """Refuse, before any backend runs, an ONNX file or a calibration folder that is missing, truncated or stale.
+    Returns the bias correction the ONNX carries for an int8 build of CFG (stages.correct.build_correction)."""
     if not onnx.is_file():
         raise PipelineError(f"{onnx}: no such ONNX file (run `make simplify CONFIG={cfg.source}` first)")
     check_model_input(cfg, read_onnx(onnx, f"rebuild it with `make simplify CONFIG={cfg.source}`"), onnx)
@@ -30,7 +32,7 @@ def check_inputs(cfg: BuildConfig, onnx: Path, calib: Path | None) -> None:
         if calib is None:
             raise PipelineError(f"{cfg.source} builds int8: --calib DIR is required (run `make calib`)")
         read_calibration_folder(cfg, calib)
-    build_correction(cfg, onnx)
+    return build_correction(cfg, onnx)
 
 
 # Why a tuned config of each verdict `make tune` does not promote is not vouched for (tuned_yaml.VERDICTS)
@@ -68,21 +70,22 @@ def tuned_config_warnings(cfg: BuildConfig, onnx: Path) -> list[str]:
     return warnings
 
 
-def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None) -> dict:
-    """Provenance shared by every engine: which config, ONNX and calibration set built it, and with what."""
+def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None, correction: dict | None) -> dict:
+    """Provenance shared by every engine: which config, ONNX (CORRECTION: check_inputs' record of its bias
+    correction) and calibration set built it, and with what."""
     manifest = {
         "backend": backend,
         "dtype": cfg.backend.dtype,
         "config_name": cfg.name,
         "config": {"path": str(cfg.source), "sha256": sha256_file(cfg.source)},
-        "onnx": {"path": str(onnx.resolve()), "sha256": sha256_file(onnx)},
+        # a corrected ONNX was hashed by check_inputs already: a large model is read once
+        "onnx": {"path": str(onnx.resolve()), "sha256": correction["onnx_sha256"] if correction else sha256_file(onnx)},
         "versions": versions(),
         "repository": git_state(),
     }
     if cfg.backend.dtype == "int8" and calib is not None:
         manifest["calibration"] = {"path": str(calib.resolve()),
                                    "manifest_sha256": sha256_file(calib / "manifest.json")}
-    correction = build_correction(cfg, onnx)
     if correction is not None:  # only then: the manifests of builds without correction stay as they were
         manifest["bias_correction"] = correction
     return manifest
@@ -92,6 +95,6 @@ def build_engine(backend: str, cfg: BuildConfig, onnx: Path, calib: Path | None,
     if backend not in BACKENDS:
         raise PipelineError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
     check_out_dir(out, "build")
-    check_inputs(cfg, onnx, calib)
+    correction = check_inputs(cfg, onnx, calib)
     module = importlib.import_module(f"{__name__}.{backend}.build")
-    return module.build(cfg, onnx, calib, out, progress)
+    return module.build(cfg, onnx, calib, out, progress, correction)

@@ -7,7 +7,11 @@ that the shell or Make would interpret.
 """
 from __future__ import annotations
 
+import re
+
 from .errors import PipelineError
+
+SHA256 = "[0-9a-f]{64}"  # a sha256 as sha256sum writes it: 64 lowercase hex digits (a regular expression)
 
 # Characters the shell or Make give a meaning to (expansion, quoting, command separators, redirection, globs,
 # Make's variable/function syntax, comments and escapes), plus whitespace, which splits a Make variable.
@@ -27,6 +31,12 @@ def name_problem(name: object) -> str | None:
     if any(ord(c) < 32 for c in name):
         return "holds a control character"
     return None
+
+
+def is_sha256(value: object) -> bool:
+    """VALUE is a sha256 as sha256sum writes it (SHA256): lists, caches, manifests and cache folders name files by
+    it, so it is checked as data before it names one."""
+    return isinstance(value, str) and re.fullmatch(SHA256, value) is not None
 
 
 def _refused(value: object, where: str, problem: str | None) -> str:

@@ -10,14 +10,7 @@ from pathlib import Path
 
 from ..core.errors import PipelineError
 from ..core.fileio import sha256_file
-from ..core.names import check_name
-
-HEX = frozenset("0123456789abcdef")
-
-
-def is_sha256(value) -> bool:
-    """VALUE is a sha256 as sha256sum writes it: 64 lowercase hex digits."""
-    return isinstance(value, str) and len(value) == 64 and set(value) <= HEX
+from ..core.names import check_name, is_sha256
 
 
 SOURCE = ("PPM-100 comes from its official repository, github.com/ZHKKKe/PPM (a download link in its README): unpack "

@@ -23,21 +23,11 @@ from ..core.config import BuildConfig
 from ..data.dataset import list_images, matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
-from ..data.preprocess import decode_bgr
+from ..data.preprocess import read_labelled, read_matte
 from ..backends.runners import Runner, open_runner
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
 SHEET_IMAGES = 4
-
-
-def read_matte(path: Path) -> np.ndarray:
-    """The matte as 8-bit grey (as cv2.imread(path, IMREAD_GRAYSCALE)); missing or unreadable is an error."""
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    matte = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data is not None and data.size else None
-    if matte is None:
-        raise PipelineError(f"{path}: cannot read this matte (missing, empty or not an image file); every image "
-                            f"needs its matte under matte/ with the same name")
-    return matte
 
 
 def load_gt(path: Path, cfg: BuildConfig) -> np.ndarray:
@@ -45,12 +35,8 @@ def load_gt(path: Path, cfg: BuildConfig) -> np.ndarray:
 
 
 def load_pair(cfg: BuildConfig, runner: Runner, image: Path, matte: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The engine's input and the ground truth; a matte whose size differs from its photo's is an error, since
-    both would be resized to the model size and silently scored against each other."""
-    bgr, matte_grey = decode_bgr(image), read_matte(matte)
-    if bgr.shape[:2] != matte_grey.shape:
-        raise PipelineError(f"{matte}: {matte_grey.shape[1]}x{matte_grey.shape[0]} does not match its image "
-                            f"{image.name} ({bgr.shape[1]}x{bgr.shape[0]}); a matte must be the same size as its photo")
+    """The engine's input and the ground truth."""
+    bgr, matte_grey = read_labelled(image, matte)
     return runner.prepare(cfg, bgr), metrics.gt_from_matte(matte_grey, cfg.height, cfg.width)
 
 

@@ -30,6 +30,7 @@ import onnx
 import yaml
 
 from ..accuracy import metrics
+from ..accuracy.agreement import Agreement, agreement
 from ..core.config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
                      HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
 from ..core.errors import PipelineError
@@ -39,29 +40,6 @@ from ..backends.runners import open_runner
 ORDER_IMAGES = 5  # calibration images of the channel-order and resize checks
 
 # --- comparisons (pure) -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How far one engine's 8-bit predictions are from another's on the same images (alpha 0..1)."""
-    images: int
-    mean_abs: float  # mean over images of the mean |a - b|
-    max_abs: float
-    flips: float  # share of pixels whose foreground label (>= 128) differs
-    per_image: tuple[float, ...]  # mean |a - b| of each image
-
-
-def agreement(preds: list[np.ndarray], refs: list[np.ndarray]) -> Agreement:
-    if len(preds) != len(refs) or not preds:
-        raise ValueError(f"need the same, non-zero number of predictions ({len(preds)}) and references ({len(refs)})")
-    per_image, worst, flipped, pixels = [], 0, 0, 0
-    for a, b in zip(preds, refs):
-        diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-        per_image.append(float(diff.mean()) / 255)
-        worst = max(worst, int(diff.max()))
-        flipped += int(np.sum((a >= metrics.MIOU_THRESHOLD) != (b >= metrics.MIOU_THRESHOLD)))
-        pixels += diff.size
-    return Agreement(len(preds), float(np.mean(per_image)), worst / 255, flipped / pixels, tuple(per_image))
 
 
 @dataclass(frozen=True)

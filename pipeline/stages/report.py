@@ -12,11 +12,12 @@ import numpy as np
 
 from ..model import flops as flops_count
 from ..accuracy import metrics
+from ..accuracy.agreement import Agreement, agreement
 from ..core.config import BuildConfig
 from ..data.dataset import matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import write_bytes, write_text
-from ..data.preprocess import decode_bgr
+from ..data.preprocess import decode, decode_bgr
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
 VENDOR_ROWS = (
@@ -104,7 +105,7 @@ def gate_failures(rows: list[dict]) -> str | None:
 
 # --- agreement with fp32 --------------------------------------------------------------------------------------
 
-def agreement(fp32: Evaluated, engine: Evaluated, images: list[str] | None = None) -> dict | None:
+def engine_agreement(fp32: Evaluated, engine: Evaluated, images: list[str] | None = None) -> Agreement | None:
     """How far an engine's predictions are from fp32's on the same images (not gated: metrics against the ground
     truth can stay put while the predictions move, e.g. with random weights), on every saved prediction or on those
     of IMAGES (image names). None if predictions are missing."""
@@ -113,16 +114,7 @@ def agreement(fp32: Evaluated, engine: Evaluated, images: list[str] | None = Non
              and (stems is None or Path(n).stem in stems)]
     if not names:
         return None
-    total = flipped = pixels = 0
-    worst = 0
-    for name in names:
-        a, b = _pred(fp32, name).astype(np.int16), _pred(engine, name).astype(np.int16)
-        diff = np.abs(a - b)
-        total += int(diff.sum())
-        worst = max(worst, int(diff.max()))
-        flipped += int(np.sum((a >= 128) != (b >= 128)))
-        pixels += diff.size
-    return {"images": len(names), "mad": total / 255 / pixels, "max": worst / 255, "flipped": flipped / pixels}
+    return agreement([_pred(engine, n) for n in names], [_pred(fp32, n) for n in names])
 
 
 # --- held-out figures -------------------------------------------------------------------------------------------
@@ -262,11 +254,11 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
                      f"{'pass' if r['ok'] else '**FAIL**'} |")
     failure = gate_failures(gate_rows)
     lines += ["", f"Gate: {'FAILED: ' + failure.split(': ', 1)[1] if failure else 'passed'}.", ""]
-    agreements = [(ev.label, agreement(fp32, ev)) for ev in engines]
+    agreements = [(ev.label, engine_agreement(fp32, ev)) for ev in engines]
     held_rows = bool(held and held.names)
     if held_rows:
         agreements = [pair for ev, whole in zip(engines, agreements)
-                      for pair in (whole, (f"{ev.label} ({held.label})", agreement(fp32, ev, held.names)))]
+                      for pair in (whole, (f"{ev.label} ({held.label})", engine_agreement(fp32, ev, held.names)))]
     if any(a for _, a in agreements):
         lines += ["## Agreement with fp32 (informational, not gated)", "",
                   "Mean and largest |engine - fp32| of the 8-bit predictions (as alpha), and the share of pixels "
@@ -275,8 +267,7 @@ def markdown(fp32: Evaluated, engines: list[Evaluated], counted: dict, onnx: Pat
                   "| Engine | Images | Mean abs diff | Max abs diff | Label flips |", "|:--|--:|--:|--:|--:|"]
         for label, a in agreements:
             if a:
-                lines.append(f"| {label} | {a['images']} | {a['mad']:.5f} | {a['max']:.4f} | "
-                             f"{100 * a['flipped']:.3f}% |")
+                lines.append(f"| {label} | {a.images} | {a.mean_abs:.5f} | {a.max_abs:.4f} | {100 * a.flips:.3f}% |")
         lines += [""]
     why_fp32 = ""
     if fp32.metrics["engine"]["backend"] == "onnx":  # its file is named after a config, often the fp16 one
@@ -315,7 +306,7 @@ def _tile(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _pred(ev: Evaluated, name: str) -> np.ndarray:
     path = ev.folder / "preds" / name
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    image = decode(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise PipelineError(f"{path}: missing saved prediction (re-run evaluate)")
     return image

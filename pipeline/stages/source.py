@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_path, sha256_bytes, sha256_file
-from ..core.names import name_problem
+from ..core.names import is_sha256, name_problem
 from ..core.provenance import REPO
 
 # The code whose change can change an artifact: every module of the package, the recipe and the pinned tools.
@@ -104,7 +104,7 @@ def source_entry(manifest: dict, where: str) -> tuple[str, str] | None:
     file, sha256 = (entry.get("file"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
     if not isinstance(file, str) or not SOURCE_FILE.fullmatch(file):
         raise PipelineError(f"{where}: source.file: {file!r} is not source/pipeline-<12 hex digits>.tar")
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+    if not is_sha256(sha256):
         raise PipelineError(f"{where}: source.sha256: {sha256!r} is not a sha256 (64 hex digits)")
     return file, sha256
 

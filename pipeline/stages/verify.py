@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..core.errors import PipelineError
 from ..core.fileio import remove_tree, sha256_bytes
-from ..core.names import check_path
+from ..core.names import check_path, is_sha256
 from ..core.provenance import REPO, installed_packages
 from .release import (MANIFEST, compare, copy_list, format_table, load_manifest, make_environment,
                       rebuild_variables, tampered)
@@ -110,7 +110,7 @@ def cached_venvs(cache: Path) -> frozenset[str]:
     """Keys of the complete venvs in CACHE (one without its stamp is an interrupted build, never listed)."""
     if not cache.is_dir():
         return frozenset()
-    return frozenset(p.name for p in cache.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name)
+    return frozenset(p.name for p in cache.iterdir() if is_sha256(p.name)
                      and (p / VENV_STAMP).is_file())
 
 

@@ -8,5 +8,6 @@ ONNX Runtime so that the effect of a quantization config can be seen without a c
 - qdq.py: the Q/DQ model, quantized where TVM quantizes;
 - fp16.py: the float16 model.
 - bias_correction.py: the float model with its Convs' biases corrected for int8's mean shift;
-- build.py: ties them together and writes the engine folder; runner.py runs the result.
+- build.py: ties them together (int8_model: a config's Q/DQ model, which tune scores too) and writes the engine
+  folder; runner.py runs the result.
 """

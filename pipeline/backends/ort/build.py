@@ -69,6 +69,16 @@ def tensor_thresholds(collected: stats.Collection, mode: str, calibrate_range: f
         return dict(zip(names, found))
 
 
+def int8_model(cfg: BuildConfig, model: onnx.ModelProto, chosen: dict[str, float], parts: str = "both") -> bytes:
+    """The serialized Q/DQ model of MODEL under CFG's quantize settings (its skip_conv_layers in its conv numbering,
+    per channel or not), given the threshold of each tensor it quantizes (CHOSEN, tensor_thresholds; others are
+    ignored). The one path to the int8 model: `make int8` builds it, tune scores each candidate with it. PARTS
+    (qdq.PARTS) quantizes only the weights or only the activations (analyze)."""
+    quantize = cfg.backend.quantize
+    skip = skipped_convs(model, quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
+    return qdq.write_qdq(model, chosen, set(skip), quantize.quantize_per_channel, parts)
+
+
 def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress) -> tuple[bytes, dict]:
     quantize = cfg.backend.quantize
     mode, numbering = quantize.calibrate_mode, cfg.pipeline.conv_numbering
@@ -78,7 +88,7 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     collected = stats.collect(model, tensors, calib / "tensors.npy", progress, histograms=mode != "max")
     collect_s = time.perf_counter() - start
     chosen = tensor_thresholds(collected, mode, quantize.calibrate_range)
-    data = qdq.write_qdq(model, chosen, set(skip), quantize.quantize_per_channel)
+    data = int8_model(cfg, model, chosen)
     per_tensor = {}
     for name, s in collected.tensors.items():
         row = {"threshold": chosen[name], "absmax": s.absmax}
@@ -110,10 +120,11 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     return data, summary
 
 
-def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, progress) -> dict:
+def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, progress,
+          correction: dict | None) -> dict:
     import onnxruntime
 
-    manifest = base_manifest(cfg, "ort", onnx_path, calib)
+    manifest = base_manifest(cfg, "ort", onnx_path, calib, correction)
     manifest["resolved_config"] = resolved_config(cfg)
     model = onnx.load(str(onnx_path))
     start = time.perf_counter()

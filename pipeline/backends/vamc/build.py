@@ -224,7 +224,7 @@ def _last_output_line(log: Path) -> str:
 
 # --- the backend --------------------------------------------------------------------------------------------
 
-def build(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress) -> dict:
+def build(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress, correction: dict | None) -> dict:
     del progress  # vamc calibrates inside its own process
     command = vamc_command()
     executable = vamc_executable()
@@ -248,7 +248,7 @@ def build(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress)
     try:
         out.mkdir()
         mark_stage(out, "build")
-        manifest = _build_in(cfg, onnx, calib, out, executable, command, doc, yaml_text, params)
+        manifest = _build_in(cfg, onnx, calib, out, executable, command, doc, yaml_text, params, correction)
     except BaseException as exc:
         log = out / "vamc.log"
         kept = None
@@ -268,7 +268,7 @@ def build(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, progress)
 
 
 def _build_in(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, executable: str, command: str,
-              doc: dict, yaml_text: str, params: dict) -> dict:
+              doc: dict, yaml_text: str, params: dict, correction: dict | None) -> dict:
     yaml_path = out / "vamc.yaml"
     write_text(yaml_path, yaml_text)
     write_text(out / "vdsp_params.json", json.dumps(params, indent=4) + "\n")
@@ -287,7 +287,7 @@ def _build_in(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, execu
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
 
-    manifest = base_manifest(cfg, "vamc", onnx, calib)
+    manifest = base_manifest(cfg, "vamc", onnx, calib, correction)
     manifest["engine"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
                           for name in ENGINE_FILES}
     manifest["engine_prefix"] = str(out / "mod")
