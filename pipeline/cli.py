@@ -328,15 +328,17 @@ def cmd_release(args) -> None:
 
 
 def cmd_verify(args) -> None:
+    from .core import layout
     from .core.provenance import REPO
     from .stages.verify import verify
     optional = {name: Path(getattr(args, name)) if getattr(args, name) else None
                 for name in ("scratch", "scratch_root", "ckpt", "data")}
-    venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / "artifacts" / "verify" / "venvs"
+    venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / layout.venv_cache(layout.ART)
     print(verify(Path(args.release), venv_cache=venv_cache, say=lambda line: print(line, flush=True), **optional))
 
 
 def cmd_hwcheck(args) -> None:
+    from .core.layout import hwcheck_report
     from .stages.hwcheck import Inputs, run
     check_out_dir(Path(args.out), "hwcheck")  # before any work; claim_dir checks again
     skip = None
@@ -356,7 +358,7 @@ def cmd_hwcheck(args) -> None:
     print(text, end="")
     failing = [v.check for v in verdicts if v.failing]
     if failing:
-        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {Path(args.out) / 'report.md'}")
+        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {hwcheck_report(args.out)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import pytest
 from conftest import FP16_CONFIG, INT8_CONFIG
 from pipeline.stages import release
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import LATEST
 from pipeline.core.fileio import sha256_file
 from pipeline.stages.source import code_digest, code_files
 from pipeline.stages.release import (
@@ -138,7 +139,9 @@ def test_bundle_contents_and_manifest(fake_build, tmp_path):
     assert manifest["inputs"]["limit"] is None and manifest["inputs"]["compiler"] is None
     # files and folders read-only, the bundle itself included
     assert not any(p.stat().st_mode & 0o222 for p in [bundle, *bundle.rglob("*")])
-    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [bundle.name]  # no temp folder left
+    # no temp folder left; beside the bundle, the root names it as the latest release (what `make demo` reads)
+    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [LATEST, bundle.name]
+    assert (tmp_path / "release" / LATEST).read_text() == bundle.name + "\n"
 
 
 def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
@@ -146,9 +149,11 @@ def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
     before = file_hashes(bundle)
     os.chmod(fake_build.engine_int8 / "model.onnx", 0o644)
     (fake_build.engine_int8 / "model.onnx").write_bytes(b"a rebuilt engine")  # outputs are not inputs
+    (tmp_path / "release" / LATEST).write_text("official_modnet-another\n")  # another release since
     again, written = assemble(fake_build, tmp_path / "release")
     assert (again, written) == (bundle, False)
     assert file_hashes(bundle) == before
+    assert (tmp_path / "release" / LATEST).read_text() == bundle.name + "\n"  # found, not written: the latest again
 
 
 def test_two_releases_of_the_same_inputs_ship_the_same_source_tar(fake_build, tmp_path):

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
+from pipeline.core.layout import LATEST
 from pipeline.stages.source import SOURCE_MTIME, code_files
 
 
@@ -33,8 +34,9 @@ def released(tmp_path_factory, demo_ckpt):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     # the list is outside the repository: no file to commit here, so no warning (MANIFEST.json still says not clean)
     assert "is not committed in this repository" not in done.stderr
-    bundles = list((root / "art" / "release").iterdir())
-    assert len(bundles) == 1
+    releases = root / "art" / "release"
+    bundles = [releases / (releases / LATEST).read_text().removesuffix("\n")]  # the one bundle, named by .latest
+    assert sorted(p.name for p in releases.iterdir()) == [LATEST, bundles[0].name]
     again = subprocess.run(["make", "--no-print-directory", *variables, "release"], cwd=REPO, capture_output=True,
                            text=True)
     assert again.returncode == 0 and f"release {bundles[0]} is already there (same inputs)" in again.stdout

@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from ..stages.calibrate import read_calibration_folder
+from ..core import layout
 from ..core.config import BuildConfig
 from ..stages.correct import build_correction
 from ..core.errors import PipelineError
@@ -85,7 +86,7 @@ def base_manifest(cfg: BuildConfig, backend: str, onnx: Path, calib: Path | None
     }
     if cfg.backend.dtype == "int8" and calib is not None:
         manifest["calibration"] = {"path": str(calib.resolve()),
-                                   "manifest_sha256": sha256_file(calib / "manifest.json")}
+                                   "manifest_sha256": sha256_file(layout.manifest(calib))}
     if correction is not None:  # only then: the manifests of builds without correction stay as they were
         manifest["bias_correction"] = correction
     return manifest

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import sha256_file
 
-VAMC_FILES = ("mod.so", "mod.json", "mod.params", "vdsp_params.json")
+VAMC_FILES = (*layout.VAMC_ENGINE, layout.VDSP_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def describe(engine: str | Path) -> EngineInfo:
     if engine.is_file() and engine.suffix == ".onnx":
         digest = sha256_file(engine)
         return EngineInfo(engine, "onnx", "fp32", engine.name, digest, None, {engine.name: digest})
-    manifest_path = engine / "manifest.json"
+    manifest_path = layout.manifest(engine)
     if not engine.is_dir() or not manifest_path.is_file():
         raise PipelineError(f"{engine}: not an engine (expected a simplified .onnx file, or an engine folder with "
                             f"manifest.json from `make fp16` / `make int8`)")
@@ -59,12 +60,12 @@ def describe(engine: str | Path) -> EngineInfo:
     if backend not in ("ort", "vamc") or dtype not in ("fp16", "int8"):
         raise PipelineError(f"{manifest_path}: expected \"backend\" ort or vamc and \"dtype\" fp16 or int8, got "
                             f"{backend!r} and {dtype!r}")
-    needed = ("model.onnx",) if backend == "ort" else VAMC_FILES
+    needed = (layout.ORT_MODEL,) if backend == "ort" else VAMC_FILES
     missing = [name for name in needed if not (engine / name).is_file()]
     if missing:
         raise PipelineError(f"{engine}: incomplete {backend} engine, missing {', '.join(missing)} (rebuild it)")
     model_files = {name: sha256_file(engine / name) for name in needed}
-    return EngineInfo(engine, backend, dtype, "manifest.json", sha256_file(manifest_path), manifest, model_files)
+    return EngineInfo(engine, backend, dtype, layout.MANIFEST, sha256_file(manifest_path), manifest, model_files)
 
 
 class Runner:

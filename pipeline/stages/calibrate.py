@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import layout
 from ..core.config import BuildConfig
 from ..data.dataset import format_image_list, image_dir, list_images, read_image_list
 from ..core.errors import PipelineError
@@ -187,14 +188,14 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
         }
         if not reused:  # before manifest.json, so Make sees the list older than the folder it produced
             write_text(list_path, format_list(cfg, entries, (str(root), candidates)))
-        write_json(tmp / "manifest.json", manifest)
+        write_json(layout.manifest(tmp), manifest)
     return manifest
 
 
 def read_calibration_manifest(calib: Path) -> dict:
     """CALIB's manifest.json, with the names of its images checked as data: plain file names, each once (which images
     an engine was calibrated on: the report leaves them out of its held-out figures)."""
-    path = calib / "manifest.json"
+    path = layout.manifest(calib)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         names = [entry["name"] for entry in manifest["images"]]
@@ -217,7 +218,7 @@ def read_calibration_folder(cfg: BuildConfig, calib: Path) -> dict:
     garbage or end in a low-level error, so every mismatch is one line naming the file and `make calib`.
     """
     redo = "rerun `make calib`"
-    path = calib / "manifest.json"
+    path = layout.manifest(calib)
     manifest = read_calibration_manifest(calib)
     try:
         count, tensors = manifest["count"], manifest["tensors"]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .calibrate import read_calibration_folder
+from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import sha256_bytes, sha256_file, write_bytes, write_json
@@ -49,7 +50,7 @@ def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress)
         "bias_correction": MODE,
         "config_name": cfg.name,
         "input_onnx": {"file": onnx.name, "sha256": sha256_file(onnx)},
-        "calibration": {"images": calibration["count"], "manifest_sha256": sha256_file(calib / "manifest.json"),
+        "calibration": {"images": calibration["count"], "manifest_sha256": sha256_file(layout.manifest(calib)),
                         "tensors_sha256": calibration["tensors"]["sha256"]},
         "output_onnx": {"file": out.name, "sha256": sha256_bytes(data)},
     })

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..accuracy import metrics
+from ..core import layout
 from ..core.config import BuildConfig
 from ..data.dataset import list_images, matte_path
 from ..core.errors import PipelineError
@@ -123,7 +124,7 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
                            "share_outside_inference": 1 - infer_seconds / total_seconds if total_seconds else None,
                            "workers": WORKERS},
             }
-            (tmp / "metrics.json").write_text(dumps_json(report), encoding="utf-8")
+            layout.metrics(tmp).write_text(dumps_json(report), encoding="utf-8")
             (tmp / "run.json").write_text(dumps_json(run), encoding="utf-8")
     finally:
         runner.close()

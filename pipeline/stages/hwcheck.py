@@ -31,6 +31,7 @@ import yaml
 
 from ..accuracy import metrics
 from ..accuracy.agreement import Agreement, agreement
+from ..core import layout
 from ..core.config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
                      HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
 from ..core.errors import PipelineError
@@ -275,7 +276,7 @@ def with_vsx(cfg: BuildConfig, **settings) -> BuildConfig:
 
 def calibration_photos(calib: Path) -> list[Path]:
     try:
-        names = [entry["name"] for entry in json.loads((calib / "manifest.json").read_text())["images"]]
+        names = [entry["name"] for entry in json.loads(layout.manifest(calib).read_text())["images"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"{calib / 'manifest.json'}: not a calibration manifest ({exc}); run `make calib`") \
             from None
@@ -428,7 +429,7 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
         raise PipelineError(f"--skip-conv-layers {bad[0]} is out of range: {inputs.onnx_int8} has "
                             f"{len(orders['vamc'])} Conv nodes (0..{len(orders['vamc']) - 1})")
     claim_dir(out, "hwcheck")
-    (out / "report.md").unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
+    layout.hwcheck_report(out).unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
 
     order, resize, rows = check_input(inputs, cfg16, few, progress)
     tables = {"Channel order and resize path (fp16 vamc engine vs ONNX Runtime fp32)": rows}
@@ -468,7 +469,7 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
 
     verdicts = [order, resize, numbering, prediction]
     skipped = [(i, orders["vamc"][i], orders["onnx"][i]) for i in skip]
-    report = out / "report.md"
+    report = layout.hwcheck_report(out)
     write_text(report, markdown(verdicts, tables, {"list": skip, "why": why, "rows": skipped}, scores))
     return verdicts, summary(verdicts, report)
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.dataset import matte_path
+from ..core import layout
 from ..core.errors import PipelineError
-from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file
+from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file, write_text
 from ..core.names import check_name, check_path
 from ..core.provenance import REPO, committed, environment, git_state, versions
 from .source import code_digest, source_name, write_source_tar
@@ -67,11 +68,6 @@ class ReleaseInputs:
     selection: Path | None = None  # a tuned config's selection list (tune's selection.txt): the report read it
 
 
-def eval_folders(backend: str) -> dict[str, str]:
-    """Label -> folder under the eval dir of this run's three evaluations (the Makefile's EVAL_* names)."""
-    return {"fp32": "fp32", "fp16": f"fp16-{backend}", "int8": f"int8-{backend}"}
-
-
 def _read_json(path: Path, what: str) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -87,8 +83,8 @@ def _read_json(path: Path, what: str) -> dict:
 def scored_names(inputs: ReleaseInputs) -> list[str]:
     """Names of the images every evaluation of this run scored (the same ones, or the release is refused)."""
     found = {}
-    for label, folder in eval_folders(inputs.backend).items():
-        path = inputs.eval_dir / folder / "metrics.json"
+    for label, folder in layout.eval_folders(inputs.backend).items():
+        path = layout.metrics(inputs.eval_dir / folder)
         metrics = _read_json(path, "metrics file")
         try:
             names = [check_name(row["name"], f"{path}: per_image") for row in metrics["per_image"]]
@@ -173,7 +169,7 @@ def _layout(inputs: ReleaseInputs) -> list[tuple[Path, str]]:
              (inputs.config_int8, f"configs/{inputs.config_int8.name}"),
              (inputs.calib_list, f"calib/{inputs.calib_list.name}")]
     for onnx in sorted({inputs.onnx_fp16, inputs.onnx_int8}):  # the exact model each engine was built from
-        files += [(onnx, f"onnx/{onnx.name}"), (Path(f"{onnx}.json"), f"onnx/{onnx.name}.json")]
+        files += [(onnx, f"onnx/{onnx.name}"), (layout.onnx_record(onnx), f"onnx/{onnx.name}.json")]
     files += [(path, f"report/{path.name}") for path in inputs.report]
     if inputs.selection is not None:
         files.append((inputs.selection, SELECTION))
@@ -189,7 +185,7 @@ def file_hashes(bundle: Path) -> dict[str, str]:
 
 
 def _calibration_images(calib_dir: Path) -> list[dict]:
-    path = calib_dir / "manifest.json"
+    path = layout.manifest(calib_dir)
     images = _read_json(path, "calibration manifest").get("images")
     if not isinstance(images, list) or not all(isinstance(i, dict) and {"name", "sha256"} <= set(i) for i in images):
         raise PipelineError(f"{path}: not a calibration manifest (no images list of name and sha256); run `make calib`")
@@ -214,8 +210,8 @@ def check_references(staged: Path, inputs: ReleaseInputs, sha: dict[str, str]) -
                "int8": f"engines/{inputs.engine_int8.parent.name}/{inputs.engine_int8.name}"}
     report = (staged / "report" / "report.md").read_text(encoding="utf-8", errors="replace") \
         if (staged / "report" / "report.md").is_file() else None
-    for label, folder in eval_folders(inputs.backend).items():
-        rel = f"report/eval/{folder}/metrics.json"
+    for label, folder in layout.eval_folders(inputs.backend).items():
+        rel = f"report/eval/{folder}/{layout.METRICS}"
         metrics = _read_json(staged / rel, "metrics file")
         try:
             engine, config = metrics["engine"], metrics["config"]["sha256"]
@@ -229,7 +225,7 @@ def check_references(staged: Path, inputs: ReleaseInputs, sha: dict[str, str]) -
             if engine.get("sha256") != sha[onnx["fp16"]]:
                 raise _mismatch(rel, "its model as", engine.get("sha256"), onnx["fp16"], sha[onnx["fp16"]])
         else:
-            manifest_rel = f"{engines[label]}/manifest.json"
+            manifest_rel = f"{engines[label]}/{layout.MANIFEST}"
             if metrics.get("manifest_sha256") != sha.get(manifest_rel, ""):
                 raise _mismatch(rel, "its engine manifest as", metrics.get("manifest_sha256"), manifest_rel,
                                 sha.get(manifest_rel, "(missing)"))
@@ -271,6 +267,7 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
     digest = inputs_digest(record)
     bundle = root / f"{inputs.name}-{digest[:SHORT_HASH]}"
     if bundle.exists():
+        record_latest(bundle)
         return bundle, False
     files = _layout(inputs)
     with atomic_dir(bundle, "release") as tmp:
@@ -278,8 +275,8 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
         for engine in (inputs.engine_fp16, inputs.engine_int8):
-            _copy_tree(engine, tmp / "engines" / engine.parent.name / engine.name)
-        for folder in eval_folders(inputs.backend).values():  # this run's only: not other backends', not leftovers
+            _copy_tree(engine, layout.engine(tmp, engine.parent.name, engine.name))
+        for folder in layout.eval_folders(inputs.backend).values():  # this run's only: not other backends', not leftovers
             _copy_tree(inputs.eval_dir / folder, tmp / "report" / "eval" / folder)
         source = source_name(record["code"])
         if write_source_tar(REPO, tmp / source) != record["code"]:
@@ -301,7 +298,14 @@ def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
         }
         (tmp / MANIFEST).write_text(dumps_json(manifest))
     _read_only(bundle)  # a shipped bundle is a record; folders only once it is in place, so the rename can happen
+    record_latest(bundle)
     return bundle, True
+
+
+def record_latest(bundle: Path) -> None:
+    """Name BUNDLE in its root's .latest, whether written now or found: what `make demo` reads, instead of picking
+    the path out of what the stage printed."""
+    write_text(layout.latest_release(bundle.parent), bundle.name + "\n")
 
 
 # What `verify` reads from a MANIFEST.json: a bundle missing any of these cannot be rebuilt.
@@ -393,9 +397,9 @@ def tampered(bundle: Path, manifest: dict) -> list[str]:
     return sorted(rel for rel in set(now) | set(manifest["files"]) if now.get(rel) != manifest["files"].get(rel))
 
 
-# The demo's checkpoint, as the Makefile's DEMO_CKPT names it: `make clean` removes it, `make demo-ckpt demo-data`
-# writes it (and the demo data) again byte for byte.
-DEMO_CKPT = Path("artifacts/demo/inputs/demo_checkpoint.ckpt")
+# The demo's checkpoint: `make clean` removes it, `make demo-ckpt demo-data` writes it (and the demo data) again
+# byte for byte.
+DEMO_CKPT = layout.demo_ckpt(layout.DEMO)
 
 
 def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | None, data: Path | None) -> list[str]:
@@ -436,7 +440,7 @@ def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | 
                  f"CONFIG_FP16={bundle / 'configs' / configs['fp16']}",
                  f"CONFIG_INT8={bundle / 'configs' / configs['int8']}",
                  f"CALIB_LIST={scratch_list(manifest, scratch)}", "REDRAW=", f"LIMIT={limit or ''}",
-                 f"RELEASE_ROOT={scratch / 'release'}"]
+                 f"RELEASE_ROOT={layout.release_root(scratch)}"]
     if backend == "vamc":
         variables += compiler_variables(inputs["compiler"], where)
     return variables
@@ -444,7 +448,7 @@ def rebuild_variables(manifest: dict, bundle: Path, scratch: Path, ckpt: Path | 
 
 def scratch_list(manifest: dict, scratch: Path) -> Path:
     """Where the rebuild reads its calibration list: a copy of the bundle's, inside SCRATCH."""
-    return scratch / "calib_list" / manifest["inputs"]["calibration_list"]["file"]
+    return layout.calib_list(scratch, manifest["inputs"]["calibration_list"]["file"])
 
 
 def copy_list(manifest: dict, bundle: Path, scratch: Path) -> None:
@@ -458,7 +462,7 @@ def copy_list(manifest: dict, bundle: Path, scratch: Path) -> None:
     if "selection_list" in manifest["inputs"]:
         config = Path(check_name(manifest["inputs"]["configs"]["int8"]["file"], f"{where}: inputs.configs.int8.file"))
         tuned_from = config.stem.removesuffix(TUNED_SUFFIX)  # as the Makefile's patsubst %_tuned,%
-        dest = scratch / "tune" / tuned_from / "selection.txt"
+        dest = layout.selection(scratch, tuned_from)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle / SELECTION, dest)
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..model import flops as flops_count
 from ..accuracy import metrics
 from ..accuracy.agreement import Agreement, agreement
+from ..core import layout
 from ..core.config import BuildConfig
 from ..data.dataset import matte_path
 from ..core.errors import PipelineError
@@ -62,7 +63,7 @@ class Scope:
 
 
 def load_metrics(folder: str | Path) -> dict:
-    path = Path(folder) / "metrics.json"
+    path = layout.metrics(folder)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -131,7 +132,7 @@ def scored_names(ev: Evaluated) -> list[str]:
 def subset_figures(ev: Evaluated, names: list[str]) -> dict:
     """EV's dataset figures on NAMES only, recomputed from its per-image records exactly as `evaluate` computed them
     on every image (means over images; mIoU from the summed confusion counts)."""
-    path = ev.folder / "metrics.json"
+    path = layout.metrics(ev.folder)
     by_name = dict(zip(scored_names(ev), ev.metrics["per_image"]))
     missing = [n for n in names if n not in by_name]
     if missing:

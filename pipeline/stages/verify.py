@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..core import layout
 from ..core.errors import PipelineError
 from ..core.fileio import remove_tree, sha256_bytes
 from ..core.names import check_path, is_sha256
@@ -179,7 +180,7 @@ def _source_setup(manifest: dict, files: list[tuple[str, bytes]], scratch: Path,
     # the rebuild runs in the scratch folder but must judge DATA as a rebuild in this checkout would. DEMO_DATA, not
     # DEMO: with DEMO here, the demo checkpoint CKPT names would become a target of the rebuild, retrained (minutes)
     # in this checkout's artifacts/ whenever the bundle's config is newer than it.
-    demo_data = REPO / "artifacts" / "demo" / "inputs" / "PPM-100"
+    demo_data = REPO / layout.demo_data(layout.DEMO)
     return workdir, [f"VENV={check_path(str(choice.path), 'the venv folder')}",
                      f"DEMO_DATA={check_path(str(demo_data), 'the demo data folder')}"]
 
@@ -234,9 +235,10 @@ def verify(bundle: Path, scratch: Path | None, scratch_root: Path | None, ckpt: 
     kept = f"; the rebuild is kept in {scratch}"
     if done.returncode != 0:
         raise PipelineError(f"the rebuild failed (make exit {done.returncode}); its output is above{kept}")
-    rebuilt = art / "release" / bundle.name
+    # Looked for by name, not through the root's .latest: the code of an older bundle writes none.
+    rebuilt = layout.release_root(art) / bundle.name
     if not rebuilt.is_dir():
-        found = sorted(p.name for p in (art / "release").iterdir())
+        found = sorted(p.name for p in layout.release_root(art).iterdir() if p.is_dir())
         raise PipelineError(f"the rebuild produced {found}, not {bundle.name}: its inputs digest differs{kept}")
     rows = compare(bundle, rebuilt)
     if not has_source:

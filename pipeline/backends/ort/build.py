@@ -11,9 +11,11 @@ from pathlib import Path
 
 import onnx
 
+from ...core import layout
 from ...core.config import BuildConfig
 from ...core.errors import PipelineError
 from ...core.fileio import atomic_dir, sha256_file, write_bytes, write_json
+from ...stages.calibrate import TENSORS
 from .. import base_manifest
 from . import qdq, stats, thresholds
 from .fp16 import convert_fp16
@@ -85,7 +87,7 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     skip = skipped_convs(model, quantize.skip_conv_layers, numbering, cfg.source)
     tensors = qdq.quantized_tensors(model, set(skip))
     start = time.perf_counter()
-    collected = stats.collect(model, tensors, calib / "tensors.npy", progress, histograms=mode != "max")
+    collected = stats.collect(model, tensors, calib / TENSORS, progress, histograms=mode != "max")
     collect_s = time.perf_counter() - start
     chosen = tensor_thresholds(collected, mode, quantize.calibrate_range)
     data = int8_model(cfg, model, chosen)
@@ -136,8 +138,8 @@ def build(cfg: BuildConfig, onnx_path: Path, calib: Path | None, out: Path, prog
     manifest["build_time_s"] = round(time.perf_counter() - start, 3)
     manifest["onnxruntime"] = onnxruntime.__version__
     with atomic_dir(out, "build") as tmp:
-        write_bytes(tmp / "model.onnx", data)
-        manifest["model"] = {"file": "model.onnx", "sha256": sha256_file(tmp / "model.onnx"),
+        write_bytes(tmp / layout.ORT_MODEL, data)
+        manifest["model"] = {"file": layout.ORT_MODEL, "sha256": sha256_file(tmp / layout.ORT_MODEL),
                              "input": "float32", "output": "float32"}
-        write_json(tmp / "manifest.json", manifest)
+        write_json(layout.manifest(tmp), manifest)
     return manifest

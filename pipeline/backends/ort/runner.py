@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core import layout
 from ...core.config import BuildConfig
 from ...core.errors import PipelineError
 from ...data.preprocess import apply_ops
@@ -15,7 +16,7 @@ class OnnxRunner(Runner):
     def __init__(self, info: EngineInfo):
         from ...core import runtime
         self.info = info
-        model = info.path if info.backend == "onnx" else info.path / "model.onnx"
+        model = info.path if info.backend == "onnx" else info.path / layout.ORT_MODEL
         try:
             self.session = runtime.session(model)
         except Exception as exc:  # ORT raises its own exception types for a bad file

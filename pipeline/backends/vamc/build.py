@@ -27,12 +27,12 @@ from pathlib import Path
 
 import yaml
 
+from ...core import layout
 from ...core.config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize
 from ...core.errors import PipelineError
 from ...core.fileio import check_out_dir, mark_stage, sha256_file, write_json, write_text
 from .. import base_manifest
 
-ENGINE_FILES = ("mod.so", "mod.json", "mod.params")
 COMMANDS = ("compile", "build")  # `vamc compile` since 2025; older releases know only `vamc build`
 VERSION_TIMEOUT_S = 20
 
@@ -74,7 +74,7 @@ def vamc_version(executable: str) -> str | None:
 def calibration_images(cfg: BuildConfig, calib: Path) -> tuple[Path, int]:
     """DIR/images, checked to hold exactly the images DIR/manifest.json lists (vamc samples whatever is there)."""
     images = (calib / "images").resolve()
-    manifest_path = calib / "manifest.json"
+    manifest_path = layout.manifest(calib)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         count = int(manifest["count"])
@@ -271,7 +271,7 @@ def _build_in(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, execu
               doc: dict, yaml_text: str, params: dict, correction: dict | None) -> dict:
     yaml_path = out / "vamc.yaml"
     write_text(yaml_path, yaml_text)
-    write_text(out / "vdsp_params.json", json.dumps(params, indent=4) + "\n")
+    write_text(out / layout.VDSP_PARAMS, json.dumps(params, indent=4) + "\n")
     version = vamc_version(executable)
     work = out / "work"
     work.mkdir()
@@ -280,16 +280,16 @@ def _build_in(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, execu
     if code != 0:
         raise PipelineError(f"`vamc {command}` failed with exit status {code} "
                             f"(last output: {_last_output_line(out / 'vamc.log')})")
-    missing = [name for name in ENGINE_FILES if not (out / name).is_file() or (out / name).stat().st_size == 0]
+    missing = [name for name in layout.VAMC_ENGINE if not (out / name).is_file() or (out / name).stat().st_size == 0]
     if missing:
         raise PipelineError(f"`vamc {command}` exited 0 but left {', '.join(missing)} missing or empty in {out} "
-                            f"(expected {', '.join(ENGINE_FILES)})")
+                            f"(expected {', '.join(layout.VAMC_ENGINE)})")
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
 
     manifest = base_manifest(cfg, "vamc", onnx, calib, correction)
     manifest["engine"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                          for name in ENGINE_FILES}
+                          for name in layout.VAMC_ENGINE}
     manifest["engine_prefix"] = str(out / "mod")
     manifest["vamc"] = {
         "executable": executable,
@@ -299,9 +299,9 @@ def _build_in(cfg: BuildConfig, onnx: Path, calib: Path | None, out: Path, execu
         "yaml_sha256": sha256_file(yaml_path),
         "yaml": doc,
     }
-    manifest["vdsp_params"] = {"path": "vdsp_params.json", "sha256": sha256_file(out / "vdsp_params.json")}
+    manifest["vdsp_params"] = {"path": layout.VDSP_PARAMS, "sha256": sha256_file(out / layout.VDSP_PARAMS)}
     if cfg.backend.dtype == "int8":
         manifest["calibration"]["images_path"] = doc["dataset"]["path"]
         manifest["calibration"]["count"] = doc["dataset"]["sampler"]["get_data_num"]
-    write_json(out / "manifest.json", manifest)
+    write_json(layout.manifest(out), manifest)
     return manifest

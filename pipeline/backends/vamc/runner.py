@@ -6,6 +6,7 @@ import json
 import cv2
 import numpy as np
 
+from ...core import layout
 from ...core.config import BuildConfig, Resize
 from ...core.errors import PipelineError
 from ...data.preprocess import INTERPOLATION
@@ -16,10 +17,10 @@ def vdsp_size(info: EngineInfo) -> tuple[int, int]:
     """The input height and width a vamc engine's vdsp_params.json declares, once the file is the one its manifest
     records (a hand edit, or a file copied from another engine, would feed the card something else) and holds them
     as whole numbers of pixels."""
-    path = info.path / "vdsp_params.json"
+    path = info.path / layout.VDSP_PARAMS
     recorded = (info.manifest or {}).get("vdsp_params")
     recorded = recorded.get("sha256") if isinstance(recorded, dict) else None
-    if recorded != info.model_files["vdsp_params.json"]:
+    if recorded != info.model_files[layout.VDSP_PARAMS]:
         raise PipelineError(f"{path}: content differs from the sha256 its manifest.json records "
                             f"({recorded or 'none'}); rebuild the engine (make fp16 int8 BACKEND=vamc)")
     try:
@@ -68,7 +69,7 @@ class VaststreamxRunner(Runner):
             raise PipelineError(f"vaststreamx: cannot open VACC device {device_id}")
         self.model = vsx.Model(str(info.path / "mod"), 1)
         self.model_op = vsx.ModelOperator(self.model)
-        self.preproc_ops = vsx.Operator.load_ops_from_json_file(str(info.path / "vdsp_params.json"))
+        self.preproc_ops = vsx.Operator.load_ops_from_json_file(str(info.path / layout.VDSP_PARAMS))
         if not self.preproc_ops:
             raise PipelineError(f"{info.path / 'vdsp_params.json'}: vaststreamx loaded no preprocessing op from it")
         self.graph = vsx.Graph(vsx.GraphOutputType.GRAPH_OUTPUT_TYPE_NCHW_HOST)
