@@ -64,10 +64,10 @@ def test_cli_trains_with_steps_and_refuses_negative_steps(tmp_path, small_config
     assert "--steps" in capsys.readouterr().err and not (tmp_path / "x.ckpt").exists()
 
 
-def test_training_images_are_not_the_evaluated_demo_images():
+def test_training_images_are_not_the_evaluated_demo_images(cfg):
     """The demo set is stream 0 of demo_data's generator; training draws stream TRAIN_STREAM: other pixels."""
-    assert demo_training.TRAIN_STREAM != 0
-    scale = 0.05
+    from pipeline.data.preprocess import apply_ops
+    scale, hw = 0.05, (64, 32)
     evaluated = [make_pair(0, i, scale) for i in range(12)]
     trained = [make_pair(0, i, scale, stream=demo_training.TRAIN_STREAM) for i in range(12)]
     assert not {name for name, _, _ in evaluated} & {name for name, _, _ in trained}
@@ -75,6 +75,10 @@ def test_training_images_are_not_the_evaluated_demo_images():
         for _, other, _ in evaluated:
             if image.shape == other.shape:
                 assert np.abs(image.astype(int) - other.astype(int)).mean() > 10
+    # what the training feeds the model is none of the evaluated photos through the same preprocessing
+    x, _ = demo_training.training_set(cfg, seed=0, count=12, hw=hw, scale=scale)
+    shown = [apply_ops(demo_training.at_size(cfg, hw), photo)[0] for _, photo, _ in evaluated]
+    assert min(np.abs(a - b).mean() for a in x for b in shown) > 10 / 127.5
     # stream 0 is still what demo-data wrote before streams existed: the name it drew for (seed 0, image 3)
     assert make_pair(0, 3, scale)[0] == "86181029240_5d2144e2b7_o.jpg"
 
