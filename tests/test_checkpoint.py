@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -154,14 +152,15 @@ def test_missing_checkpoint_says_where_and_how(tmp_path):
     assert "make demo" in message
 
 
-def test_cli_export_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path):
+def test_cli_export_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path, capsys):
+    from pipeline.cli import main
     path = _save(tmp_path, _edited(CASES["missing key"][0]))
     out = tmp_path / "out.onnx"
-    done = subprocess.run([sys.executable, "-m", "pipeline", "export", "--config",
-                           str(REPO / "build_configs/official_modnet_fp16.yaml"), "--ckpt", str(path), "--out",
-                           str(out)], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
-    assert "not the official MODNet layout: 1 missing" in done.stderr
+    code = main(["export", "--config", str(REPO / "build_configs/official_modnet_fp16.yaml"), "--ckpt", str(path),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "not the official MODNet layout: 1 missing" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
 
 

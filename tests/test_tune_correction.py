@@ -197,6 +197,7 @@ def make_int8_onnx(config: Path, tmp_path: Path) -> str:
     return line.split("--onnx ")[1].split()[0].strip("'")
 
 
+@pytest.mark.slow
 def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it(tmp_path):
     text = INT8_CONFIG.read_text()
     raw = yaml.safe_load(text)

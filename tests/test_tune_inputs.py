@@ -237,6 +237,7 @@ def test_promote_of_a_demo_tuned_config_goes_under_artifacts_demo_only(folders, 
     assert (folders / to).read_bytes() == tuned.read_bytes()
 
 
+@pytest.mark.slow
 def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     import subprocess
     makefile = (REPO / "Makefile").read_bytes()
@@ -247,6 +248,7 @@ def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     assert (REPO / "Makefile").read_bytes() == makefile and not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow
 def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     import subprocess
     done = subprocess.run(["make", "-n", "--no-print-directory", "demo-tune"], cwd=REPO, capture_output=True,
@@ -261,6 +263,7 @@ def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     assert not any("build_configs/official_modnet_int8_tuned.yaml" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_make_tune_passes_tune_extra_as_a_checked_path(tmp_path):
     import subprocess
 
