@@ -38,6 +38,7 @@ def test_demo_checkpoint_matches_the_official_file_layout(demo_ckpt):
                        state["module.lr_branch.backbone.model.features.5.conv.0.weight"])
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_prefixed_and_plain_state_dicts_load_the_same_weights(demo_ckpt, tmp_path):
     plain = tmp_path / "plain.ckpt"
     torch.save({k[len("module."):]: v for k, v in torch.load(demo_ckpt, weights_only=True).items()}, plain)

@@ -39,6 +39,7 @@ def cfg(small_config):
     return load_config(small_config)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path, demo_ckpt):
     first, losses = _train(cfg, seed=0, steps=8)
     again, losses_again = _train(cfg, seed=0, steps=8)
@@ -92,6 +93,7 @@ def test_training_set_goes_through_the_config_preprocessing(cfg):
     np.testing.assert_allclose(y[1, 0], cv2.resize(matte, (32, 64), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_measured_batchnorm_statistics_are_the_batch_averages():
     torch.manual_seed(0)
     model = MODNet()

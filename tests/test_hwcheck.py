@@ -105,6 +105,7 @@ def hwcheck_args(inputs, out) -> list[str]:
             "--calib", str(inputs.calib), "--data", str(inputs.data), "--out", str(out)]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_card_like_neither_reference_gets_no_numbering_verdict(checked, tmp_path, monkeypatch, capsys):
     """Issue 17's stand-in card: its int8 engines run the fp32 model. Before, `numbering CHANGE` (to onnx) and a bare
     INFO prediction; now the prediction fails with its limit and the numbering is not judged."""

@@ -188,6 +188,7 @@ def test_a_revert_that_makes_the_deviation_worse_ranks_the_rest_again():
 
 # --- the stages on the small model ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_cache(inputs, small_sim_onnx,
                                                                                     tmp_path, monkeypatch):
     # A target nothing meets (a millionth of an MSE or MAD increase, of an mIoU drop: int8 is never that close to
@@ -260,6 +261,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
     import json
     from pipeline.accuracy import metrics
@@ -318,6 +320,7 @@ def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(input
     assert sum(line.startswith(("#   this config (", "#   the input config (")) for line in header) == 4
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
     wb = workbench(inputs / "small_int8.yaml", small_sim_onnx, inputs)
     result = analyze(wb, tmp_path / "analysis")
@@ -398,6 +401,7 @@ def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exist
     assert [args[args.index("--list") + 1] for args in calib] == ["calib/official_modnet_int8.txt"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibration_images(inputs, small_sim_onnx,
                                                                                           tmp_path, capsys):
     import json
@@ -522,6 +526,7 @@ def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_p
     assert result.figures["confirmation"]["chosen"]["deviation"] < 0.05
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_rerun_that_confirms_on_the_previous_runs_selection_images_says_so(inputs, small_sim_onnx, tmp_path, capsys):
     cfg_path = tune_config(tmp_path, max_builds=1)
     out = tmp_path / "tune"

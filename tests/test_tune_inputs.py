@@ -487,6 +487,7 @@ def test_integer_ticks_for_a_count_of_convs():
     assert plot._ticks(-1.6, 33.6, integer=True) == [0, 10, 20, 30]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache_is_set_aside(
         inputs, small_sim_onnx, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out\ninjected: 1"
@@ -550,6 +551,7 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
         f"and figures were chosen for another model; tune again on this one (make tune)"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_analyze_carries_the_banner(inputs, small_sim_onnx, tmp_path, capsys, monkeypatch, demo_ckpt):
     from pipeline.tuning import analyze
     monkeypatch.setattr(analyze, "FLOAT_LAYERS", 1)
@@ -590,6 +592,7 @@ def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
     return root, ["tune", "BACKEND=ort"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_make_tune_leaves_build_configs_untouched_unless_confirmed_and_force_promotes_anyway(tmp_path):
     from test_make_usage import make
     root, args = up_to_date_tune(tmp_path, "not confirmed")
