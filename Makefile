@@ -54,7 +54,7 @@ CONFIG_FILES := $(notdir $(wildcard build_configs/*.yaml))
 ifneq ($(words $(value BACKEND)) $(filter $(BACKENDS),$(value BACKEND)),1 $(value BACKEND))
 $(error BACKEND=$(value BACKEND) is not a backend: use one of $(BACKENDS))
 endif
-ifneq ($(filter-out help venv test clean clean-all,$(or $(MAKECMDGOALS),help)),)
+ifneq ($(filter-out help venv test test-fast clean clean-all,$(or $(MAKECMDGOALS),help)),)
 no_config = $(1)=$(value $(1)): no such config file (the configs in build_configs/: $(CONFIG_FILES))
 $(foreach v,CONFIG CONFIG_FP16 CONFIG_INT8,$(if $(wildcard $(value $(v))),,$(error $(call no_config,$(v)))))
 endif
@@ -360,8 +360,10 @@ demo-tune: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## tune the demo's int8 config on
 	$(MAKE) --no-print-directory $(DEMO_VARS) TUNED_CONFIG='$(DEMO_TUNED)' tune
 	@printf '%s\n' "build and report it: make $(DEMO_VARS) CONFIG_INT8=$(DEMO_TUNED) int8 eval"
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q tests
+test-fast: $(STAMP) ## run the unit tier only: no Make, no subprocess pipeline (the inner loop; about a minute)
+	$(PY) -m pytest -q -m 'not slow' tests
 
 # Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
 # bundles are what "never overwritten" promises to keep, so only clean-all removes them (and hwcheck/: only a
@@ -400,4 +402,4 @@ help: ## list targets and variables
 
 FORCE:
 .PHONY: venv onnx simplify sim calib correct fp16 int8 layers analyze tune eval hwcheck release verify demo demo-ckpt \
-	demo-data demo-stages demo-tune test clean clean-all help FORCE
+	demo-data demo-stages demo-tune test test-fast clean clean-all help FORCE

@@ -142,6 +142,7 @@ def test_int8_placement_follows_tvm(int8_engine, small_sim_onnx):
         len(qdq.quantized_tensors(original, skipped))
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_int8_manifest_records_every_quantized_tensor(int8_engine, small_sim_onnx, calib_dir):
     manifest = json.loads((int8_engine / "manifest.json").read_text())
     cal = manifest["calibration"]
@@ -165,6 +166,7 @@ def test_int8_manifest_records_every_quantized_tensor(int8_engine, small_sim_onn
     assert any(row["clipped_share"] > 0 for row in cal["tensors"].values())  # KL clips
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_int8_rebuilds_identically_and_numbering_switches_the_skipped_conv(tmp_path, int8_engine, small_sim_onnx,
                                                                             calib_dir):
     again = tmp_path / "again"

@@ -323,6 +323,7 @@ def test_vdsp_params_follow_the_config(tmp_path):
         vdsp_params(load_config(write_config(tmp_path / "bgr.yaml", raw)))
 
 
+@pytest.mark.slow
 def test_make_exports_vamc_variables():
     text = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "VAMC" in text and "VAMC_COMMAND" in text

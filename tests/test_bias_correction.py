@@ -421,6 +421,7 @@ def test_vamc_is_given_the_corrected_onnx_and_nothing_else_changes(tmp_path, sta
     assert manifest["bias_correction"]["onnx_sha256"] == sha256_file(onnx_path)
 
 
+@pytest.mark.slow  # runs Make (make -n: a Make start with deps.py each)
 @pytest.mark.parametrize("written, corrected", [("empirical", True), ('"empirical"  # on', True), ("false", False),
                                                 ("yes", False)])
 def test_make_builds_releases_and_hwchecks_the_corrected_onnx_of_an_empirical_config(tmp_path, written, corrected):

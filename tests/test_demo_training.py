@@ -39,6 +39,7 @@ def cfg(small_config):
     return load_config(small_config)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path, demo_ckpt):
     first, losses = _train(cfg, seed=0, steps=8)
     again, losses_again = _train(cfg, seed=0, steps=8)
@@ -64,10 +65,10 @@ def test_cli_trains_with_steps_and_refuses_negative_steps(tmp_path, small_config
     assert "--steps" in capsys.readouterr().err and not (tmp_path / "x.ckpt").exists()
 
 
-def test_training_images_are_not_the_evaluated_demo_images():
+def test_training_images_are_not_the_evaluated_demo_images(cfg):
     """The demo set is stream 0 of demo_data's generator; training draws stream TRAIN_STREAM: other pixels."""
-    assert demo_training.TRAIN_STREAM != 0
-    scale = 0.05
+    from pipeline.data.preprocess import apply_ops
+    scale, hw = 0.05, (64, 32)
     evaluated = [make_pair(0, i, scale) for i in range(12)]
     trained = [make_pair(0, i, scale, stream=demo_training.TRAIN_STREAM) for i in range(12)]
     assert not {name for name, _, _ in evaluated} & {name for name, _, _ in trained}
@@ -75,6 +76,10 @@ def test_training_images_are_not_the_evaluated_demo_images():
         for _, other, _ in evaluated:
             if image.shape == other.shape:
                 assert np.abs(image.astype(int) - other.astype(int)).mean() > 10
+    # what the training feeds the model is none of the evaluated photos through the same preprocessing
+    x, _ = demo_training.training_set(cfg, seed=0, count=12, hw=hw, scale=scale)
+    shown = [apply_ops(demo_training.at_size(cfg, hw), photo)[0] for _, photo, _ in evaluated]
+    assert min(np.abs(a - b).mean() for a in x for b in shown) > 10 / 127.5
     # stream 0 is still what demo-data wrote before streams existed: the name it drew for (seed 0, image 3)
     assert make_pair(0, 3, scale)[0] == "86181029240_5d2144e2b7_o.jpg"
 
@@ -88,6 +93,7 @@ def test_training_set_goes_through_the_config_preprocessing(cfg):
     np.testing.assert_allclose(y[1, 0], cv2.resize(matte, (32, 64), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_measured_batchnorm_statistics_are_the_batch_averages():
     torch.manual_seed(0)
     model = MODNet()

@@ -65,6 +65,7 @@ def test_a_backend_package_is_followed_through_its_modules(fake_repo):
         "pipeline/backends/vamc/build.py"])
 
 
+@pytest.mark.slow
 def test_the_real_stages_as_make_reads_them():
     done = subprocess.run([sys.executable, "-I", "pipeline/core/deps.py", "export", "build:ort", "evaluate"], cwd=REPO,
                           capture_output=True, text=True)
@@ -79,6 +80,7 @@ def test_the_real_stages_as_make_reads_them():
     assert all((REPO / f).is_file() for files in found.values() for f in files)
 
 
+@pytest.mark.slow
 def test_an_unknown_stage_is_one_line():
     done = subprocess.run([sys.executable, "-I", "pipeline/core/deps.py", "nonsense"], cwd=REPO, capture_output=True,
                           text=True)

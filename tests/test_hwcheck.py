@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import shlex
 from types import SimpleNamespace
 
 import cv2
@@ -106,6 +105,7 @@ def hwcheck_args(inputs, out) -> list[str]:
             "--calib", str(inputs.calib), "--data", str(inputs.data), "--out", str(out)]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_card_like_neither_reference_gets_no_numbering_verdict(checked, tmp_path, monkeypatch, capsys):
     """Issue 17's stand-in card: its int8 engines run the fp32 model. Before, `numbering CHANGE` (to onnx) and a bare
     INFO prediction; now the prediction fails with its limit and the numbering is not judged."""
@@ -421,19 +421,24 @@ def test_vamc_engines_only(checked, tmp_path):
         hwcheck._open_vamc(checked.out / "engines" / "reference" / "ort")
 
 
+@pytest.mark.slow
 def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
+    """What `make hwcheck` runs (the stages stood in for by recording_py.py's, each recorded)."""
     import subprocess
 
+    import recording_py
     from conftest import REPO
     shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "  hwcheck " in shown and "  HWCHECK_SKIP " in shown
     art = tmp_path / "art"
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "hwcheck", f"ART={art}", "HWCHECK_SKIP=54"],
-                         cwd=REPO, capture_output=True, text=True)
-    commands = dry.stdout.replace("\\\n", " ")
-    assert "BACKEND=vamc fp16 int8" in commands
-    line = shlex.split(next(line for line in commands.splitlines() if "-m pipeline hwcheck" in line))
-    args = dict(zip(line[4::2], line[5::2]))
+    standins, calls = recording_py.install(tmp_path / "standins")
+    ran = recording_py.run_make({**standins, "ART": art, "HWCHECK_SKIP": 54}, calls, "hwcheck")
+    built = [(c["args"][c["args"].index("--config") + 1], c["args"][c["args"].index("--backend") + 1])
+             for c in ran if c["stage"] == "build"]
+    assert built == [("build_configs/official_modnet_fp16.yaml", "vamc"), ("build_configs/official_modnet_int8.yaml",
+                                                                             "vamc")]
+    assert ran[-1]["stage"] == "hwcheck" and [c["stage"] for c in ran].count("hwcheck") == 1  # after the builds
+    args = dict(zip(ran[-1]["args"][::2], ran[-1]["args"][1::2]))
     assert args == {
         "--config-fp16": "build_configs/official_modnet_fp16.yaml",
         "--config-int8": "build_configs/official_modnet_int8.yaml",
@@ -443,6 +448,9 @@ def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
         "--engine-int8": f"{art}/engines/official_modnet_int8/vamc",
         "--calib": f"{art}/calib/official_modnet_int8", "--data": "datasets/PPM-100", "--out": f"{art}/hwcheck",
         "--skip-conv-layers": "54"}
+    # the engines it checks are the ones just built there
+    assert [c["args"][c["args"].index("--out") + 1] for c in ran if c["stage"] == "build"] == \
+        [args["--engine-fp16"], args["--engine-int8"]]
 
 
 @pytest.mark.parametrize("value, message", [("5x", "expected indices like 54"), ("-1", "expected indices >= 0"),

@@ -66,6 +66,7 @@ def pooled_cases() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow  # the KL search on every case, many seconds
 @pytest.mark.parametrize("case", sorted(pooled_cases()))
 def test_kl_is_tvms_minimize_kl(case):
     x = pooled_cases()[case]

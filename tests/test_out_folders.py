@@ -238,6 +238,7 @@ def test_stages_writing_into_a_folder_refuse_one_of_foreign_files(tmp_path, caps
     assert tree_bytes(victim) == before
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stage_leaves_no_scratch_folder_and_exits_143(tmp_path):
     # a CI timeout or `kill` sends SIGTERM: the stage's context managers must still remove its .part folder
     import signal

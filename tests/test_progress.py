@@ -5,6 +5,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from pipeline.cli import log_progress
 
@@ -29,6 +31,7 @@ def test_unknown_total_and_given_total():
     assert stream.getvalue() == "evaluate: 1/40 (10 s)\n"
 
 
+@pytest.mark.slow
 def test_the_cli_helper_logs_when_stderr_is_a_pipe():
     code = ("import time, pipeline.cli as c\n"
             "c.LOG_PROGRESS_EVERY = 0.0\n"

@@ -153,6 +153,7 @@ def test_the_corrected_candidate_is_chosen_when_significantly_closer_and_within_
 
 # --- the build, and what tuned.yaml carries ------------------------------------------------------------------------
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                         tmp_path, monkeypatch):
     from pipeline.backends import build_engine
@@ -215,6 +216,7 @@ def make_int8_onnx(config: Path, tmp_path: Path) -> str:
     return line.split("--onnx ")[1].split()[0].strip("'")
 
 
+@pytest.mark.slow
 def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it(tmp_path):
     text = INT8_CONFIG.read_text()
     raw = yaml.safe_load(text)
@@ -252,6 +254,7 @@ def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it
     assert make_int8_onnx(tmp_path / "bare_tuned.yaml", tmp_path).endswith("/onnx/bare_tuned.corrected.onnx")
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                      tmp_path):
     from pipeline.backends import build_engine

@@ -237,6 +237,7 @@ def test_promote_of_a_demo_tuned_config_goes_under_artifacts_demo_only(folders, 
     assert (folders / to).read_bytes() == tuned.read_bytes()
 
 
+@pytest.mark.slow
 def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     import subprocess
     makefile = (REPO / "Makefile").read_bytes()
@@ -247,6 +248,7 @@ def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     assert (REPO / "Makefile").read_bytes() == makefile and not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow
 def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     import subprocess
     done = subprocess.run(["make", "-n", "--no-print-directory", "demo-tune"], cwd=REPO, capture_output=True,
@@ -261,6 +263,7 @@ def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     assert not any("build_configs/official_modnet_int8_tuned.yaml" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_make_tune_passes_tune_extra_as_a_checked_path(tmp_path):
     import subprocess
 
@@ -509,6 +512,7 @@ def test_integer_ticks_for_a_count_of_convs():
     assert plot._ticks(-1.6, 33.6, integer=True) == [0, 10, 20, 30]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache_is_set_aside(
         inputs, small_sim_onnx, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out\ninjected: 1"
@@ -572,6 +576,7 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
         f"and figures were chosen for another model; tune again on this one (make tune)"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_analyze_carries_the_banner(inputs, small_sim_onnx, tmp_path, capsys, monkeypatch, demo_ckpt):
     from pipeline.tuning import analyze
     monkeypatch.setattr(analyze, "FLOAT_LAYERS", 1)
@@ -612,6 +617,7 @@ def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
     return root, ["tune", "BACKEND=ort"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_make_tune_leaves_build_configs_untouched_unless_confirmed_and_force_promotes_anyway(tmp_path):
     from test_make_usage import make
     root, args = up_to_date_tune(tmp_path, "not confirmed")

@@ -118,6 +118,7 @@ def rejection_rate(sample, level: float, datasets: int, rng) -> float:
                           for _ in range(datasets)]))
 
 
+@pytest.mark.slow  # thousands of simulated tests, many seconds
 def test_the_p_values_hold_their_level_on_normal_and_skewed_differences():
     # 25 images, true mean 0: the rate of "significantly better" is the test's size. The percentile bootstrap
     # this replaced measured 1.6x, 3.8x and 2.2x on these three (bench/statistics.py prints both)
