@@ -8,63 +8,14 @@ import argparse
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
 from .core.errors import PipelineError
 from .core.fileio import check_out_dir
+from .core.progress import progress, showing
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
-
-LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log, not a terminal
-
-
-def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
-    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds.
-    With ITERABLE None, a bar to advance by hand (`update`, `set_postfix_str`)."""
-    if not sys.stderr.isatty():
-        bar = LogBar(desc, total, sys.stderr, LOG_PROGRESS_EVERY)
-        return bar if iterable is None else bar.wrap(iterable)
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False)
-
-
-class LogBar:
-    """What a log gets instead of a bar: `DESC: n/N (T s)[, POSTFIX]` once EVERY seconds have passed since the last
-    line. A bar's carriage returns would make a log unreadable, and silence looks like a hang."""
-
-    def __init__(self, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-        self.desc, self.total, self.stream, self.every, self.clock = desc, total, stream, every, clock
-        self.done, self.postfix = 0, ""
-        self.start = self.last = clock()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = self.clock()
-        if now - self.last >= self.every:
-            total = self.total if self.total is not None else "?"
-            extra = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: {self.done}/{total} ({now - self.start:.0f} s){extra}", file=self.stream, flush=True)
-            self.last = now
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.postfix = text
-
-    def close(self) -> None:
-        pass
-
-    def wrap(self, iterable):
-        if self.total is None and hasattr(iterable, "__len__"):
-            self.total = len(iterable)
-        for item in iterable:
-            yield item
-            self.update()
-
-
-def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-    """ITERABLE's items, with LogBar's lines on STREAM."""
-    return LogBar(desc, total, stream, every, clock).wrap(iterable)
 
 
 def _config(path: str):
@@ -86,15 +37,6 @@ def cmd_simplify(args) -> None:
           f"{p['max_abs']:.3g} (tolerance {p['tolerance']:g})")
 
 
-def _losses_bar(losses, total: int):
-    bar = progress(losses, "training", total, unit="step")
-    show = getattr(bar, "set_postfix", None)  # a terminal's bar shows the loss; a log's n/N lines do not
-    for loss in bar:
-        if show:
-            show(loss=f"{loss:.4f}", refresh=False)
-        yield loss
-
-
 def _check_seed(seed: int) -> None:
     if seed < 0:  # NumPy's generators take no negative seed
         raise PipelineError(f"--seed must be 0 or more, got {seed}")
@@ -113,7 +55,8 @@ def cmd_demo_ckpt(args) -> None:
         raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
     if out.exists() and not is_demo_checkpoint(out):  # an earlier demo checkpoint is replaced; nothing else
         raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
-    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config), progress=_losses_bar)
+    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config),
+                          progress=showing(lambda loss: f"loss={loss:.4f}"))
     how = f"trained {steps} steps on generated portraits" if steps else "random weights"
     print(f"wrote {args.out} (seed {args.seed}, {how}: not the official model)")
 
@@ -121,8 +64,7 @@ def cmd_demo_ckpt(args) -> None:
 def cmd_demo_data(args) -> None:
     from .demo.data import write_demo_data
     _check_seed(args.seed)
-    names = write_demo_data(args.out, args.count, args.seed, args.scale,
-                            progress=lambda it: progress(it, "demo images", args.count))
+    names = write_demo_data(args.out, args.count, args.seed, args.scale, progress=progress)
     print(f"wrote {len(names)} generated portraits and mattes to {args.out}")
 
 
@@ -131,7 +73,7 @@ def cmd_calib(args) -> None:
     cfg = _config(args.config)
     list_path = Path(args.list) if args.list else default_list_path(cfg)
     manifest = make_calibration_set(cfg, args.data, args.out, list_path, redraw=args.redraw,
-                                    progress=lambda it, total=None: progress(it, "calibration set", total))
+                                    progress=progress)
     how = "reused" if manifest["list"]["reused"] else "drew"
     print(f"wrote {args.out}: {manifest['count']} images ({how} {list_path})")
 
@@ -140,8 +82,7 @@ def cmd_build(args) -> None:
     from .backends import build_engine, tuned_config_warnings
     cfg = _config(args.config)
     calib = Path(args.calib) if args.calib else None
-    build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out),
-                 progress=lambda it, total=None: progress(it, "calibration", total))
+    build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out), progress)
     print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
     for warning in tuned_config_warnings(cfg, Path(args.onnx)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -150,7 +91,7 @@ def cmd_build(args) -> None:
 def cmd_correct(args) -> None:
     from .stages.correct import correct_onnx
     record, seconds, rss = correct_onnx(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.out),
-                                        progress=lambda it, total=None: progress(it, "bias correction", total))
+                                        progress)
     last = record["rounds"][-1]
     print(f"wrote {args.out} and {args.out}.json: {len(record['convs'])} Convs corrected, "
           f"{record['rounds_run']} round(s) ({record['passes_per_round']} int8 passes each), last threshold move "
@@ -230,8 +171,7 @@ def cmd_promote(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .stages.evaluate import evaluate
-    report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit,
-                      progress=lambda it, total=None: progress(it, f"evaluate {Path(args.engine).name}", total))
+    report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit, progress=progress)
     t = report["timing"]
     print(f"wrote {args.out}/metrics.json: {report['images']} images, MSE {report['mse']:.5f}, MAD "
           f"{report['mad']:.5f}, SAD {report['sad']:.3f}, Grad {report['grad']:.3f}, Conn {report['conn']:.3f}, "

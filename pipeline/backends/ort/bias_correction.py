@@ -35,6 +35,7 @@ from .build import tensor_thresholds
 from .numbering import conv_order, node_name
 
 MAX_ROUNDS = 3
+PROGRESS = "bias correction"  # the label of its passes on a progress bar, whichever stage runs them
 THRESHOLD_MOVE = 0.01  # largest relative threshold move between two calibrations that counts as settled
 
 
@@ -134,7 +135,7 @@ def channel_means(model: onnx.ModelProto, tensors: list[str], calib_tensors, pro
         for t in tensors:
             sums[t] += values[t].sum(axis=(0, 2, 3), dtype=np.float64)
 
-    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, add)
+    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, PROGRESS, add)
     return {t: sums[t] / (images * shapes[t][2] * shapes[t][3]) for t in tensors}
 
 
@@ -262,7 +263,7 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
             readers = {t: open(kept[t], "rb") for t in step.reads}
             writers = {t: open(files[t], "wb") for t in step.keeps}
             try:
-                for image in progress(range(count), total=count):
+                for image in progress(range(count), PROGRESS, count):
                     feeds = {}
                     for t, handle in readers.items():
                         handle.seek((offset if t == input_name else 0) + image * size[t])
@@ -290,7 +291,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, cali
               ) -> dict[str, float]:
     """The thresholds `build --backend ort` would give MODEL: the same statistics and mode."""
     quantize = cfg.backend.quantize
-    collected = stats.collect(model, tensors, calib_tensors, progress, histograms=quantize.calibrate_mode != "max")
+    collected = stats.collect(model, tensors, calib_tensors, progress, PROGRESS,
+                              histograms=quantize.calibrate_mode != "max")
     return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
 
 
@@ -322,7 +324,7 @@ def fp32_deviation(original: onnx.ModelProto, corrected: onnx.ModelProto, calib_
         total[0] += float(diff.mean())
         largest[0] = max(largest[0], float(diff.max()))
 
-    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, compare)
+    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, PROGRESS, compare)
     return {"images": images, "mean_abs_alpha_diff": total[0] / images, "max_abs_alpha_diff": largest[0]}
 
 
