@@ -43,18 +43,13 @@ def _check_seed(seed: int) -> None:
 
 
 def cmd_demo_ckpt(args) -> None:
-    from .model.checkpoint import is_demo_checkpoint
-    from .demo.checkpoint import write_demo_checkpoint
+    from .demo.checkpoint import check_out, write_demo_checkpoint
     from .demo.training import STEPS
     steps = STEPS if args.steps is None else args.steps
     if steps < 0:
         raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
     _check_seed(args.seed)
-    out = Path(args.out)
-    if out.is_dir():
-        raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
-    if out.exists() and not is_demo_checkpoint(out):  # an earlier demo checkpoint is replaced; nothing else
-        raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
+    check_out(Path(args.out))
     write_demo_checkpoint(args.out, args.seed, steps, _config(args.config),
                           progress=showing(lambda loss: f"loss={loss:.4f}"))
     how = f"trained {steps} steps on generated portraits" if steps else "random weights"
@@ -100,20 +95,8 @@ def cmd_correct(args) -> None:
 
 
 def cmd_layers(args) -> None:
-    from .backends.ort.build import skipped_convs
-    from .backends.ort.numbering import conv_table, format_conv_table
-    from .core.runtime import read_onnx
-    cfg = _config(args.config)
-    if not Path(args.onnx).is_file():
-        raise PipelineError(f"{args.onnx}: no such ONNX file (run `make simplify` first)")
-    model = read_onnx(args.onnx, "--onnx must be the simplified ONNX (`make simplify` writes it)")
-    numbering = cfg.pipeline.conv_numbering
-    skip = cfg.backend.quantize.skip_conv_layers if cfg.backend.quantize else ()
-    skipped = skipped_convs(model, skip, numbering, cfg.source)
-    rows = conv_table(model)
-    print(format_conv_table(rows, set(skipped)))
-    print(f"{len(rows)} Convs. skip_conv_layers {list(skip)} counts in {numbering} order "
-          f"(pipeline.conv_numbering in {cfg.source}): " + (", ".join(skipped) or "nothing") + " stays float.")
+    from .stages.layers import layers
+    print(layers(_config(args.config), args.onnx))
 
 
 def _workbench(args, cache: Path | None = None):
@@ -179,47 +162,21 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluated(args):
-    from .stages.report import Evaluated, load_metrics
-    fp32 = Evaluated("fp32", Path(args.fp32), load_metrics(args.fp32), None)
-    engines = [Evaluated(label, Path(folder), load_metrics(folder), _config(cfg))
-               for label, folder, cfg in (args.engine or [])]
-    return fp32, engines
-
-
-def _scope(args, engines):
-    """Which images of DATA the engines were calibrated or tuned on: the calibration folders' manifests and tune's
-    selection lists, checked as data (a selection image of DATA must be the file that was tuned on)."""
-    from .stages.calibrate import read_calibration_manifest
-    from .data.dataset import check_listed_images, read_image_list
-    from .stages.report import Scope
-    from .tuning.tuned_yaml import is_tuned
-    calibration = None
-    for folder in args.calib or ():
-        names = {entry["name"] for entry in read_calibration_manifest(Path(folder))["images"]}
-        calibration = (calibration or frozenset()) | names
-    selection: frozenset[str] = frozenset()
-    for file in args.exclude_selection or ():
-        path = Path(file)
-        _, entries = read_image_list(path, "tune's selection list")
-        if not entries:
-            raise PipelineError(f"{path}: tune's selection list names no images; tune again (make tune)")
-        check_listed_images(args.data, entries, path, "restore it, or tune again on this data (make tune)")
-        selection |= {name for name, _ in entries}
-    unknown = () if args.exclude_selection else tuple(
-        ev.cfg.source.name for ev in engines if ev.cfg is not None and is_tuned(ev.cfg.source))
-    return Scope(calibration, selection, unknown)
+    from .stages.report import evaluated
+    return evaluated(args.fp32, args.engine or [])
 
 
 def cmd_report(args) -> None:
     from .model.checkpoint import is_demo_checkpoint
-    from .stages.report import described, gate_failures, write_report
+    from .stages.report import described, gate_failures, scope, write_report
     fp32, engines = _evaluated(args)
-    scope = _scope(args, engines)
+    held = scope([Path(f) for f in args.calib or ()], [Path(f) for f in args.exclude_selection or ()],
+                 Path(args.data), engines)
     out = Path(args.out)
     before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
     rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
                         out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)),
-                        scope=scope)
+                        scope=held)
     now = described(out.read_text(encoding="utf-8"))
     if before and before != now:
         print(f"replaced {out}: was {before}, now {now}")
@@ -244,12 +201,8 @@ def _engine_args(p) -> None:
 
 
 def cmd_release(args) -> None:
-    import os
-
-    from .core.provenance import meant_to_be_committed
-    from .stages.release import ReleaseInputs, assemble, load_manifest
-    fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
-    name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
+    from .stages.release import ReleaseInputs, assemble, release_name, uncommitted_list_warning
+    name = release_name(_config(args.config_fp16).name, _config(args.config_int8).name)
     inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
                            config_fp16=Path(args.config_fp16), config_int8=Path(args.config_int8),
                            calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
@@ -260,20 +213,16 @@ def cmd_release(args) -> None:
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
-    if written and load_manifest(bundle)["repository"].get("calibration_list_committed") is False \
-            and meant_to_be_committed(Path(args.calib_list)):  # the demo's and verify's lists never are
-        print(f"warning: {args.calib_list} is not committed in this repository, so MANIFEST.json says "
-              f"repository.clean: false; commit it to make the release reproducible from the repository alone",
-              file=sys.stderr)
+    warning = uncommitted_list_warning(bundle, args.calib_list) if written else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_verify(args) -> None:
-    from .core.provenance import REPO
     from .stages.verify import verify
     optional = {name: Path(getattr(args, name)) if getattr(args, name) else None
-                for name in ("scratch", "scratch_root", "ckpt", "data")}
-    venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / "artifacts" / "verify" / "venvs"
-    print(verify(Path(args.release), venv_cache=venv_cache, say=lambda line: print(line, flush=True), **optional))
+                for name in ("scratch", "scratch_root", "ckpt", "data", "venv_cache")}
+    print(verify(Path(args.release), say=lambda line: print(line, flush=True), **optional))
 
 
 def cmd_hwcheck(args) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, strip_prefix
+from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, is_demo_checkpoint, strip_prefix
+from ..core.errors import PipelineError
 from ..core.config import BuildConfig
 from .training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
 from ..core.fileio import write_bytes
@@ -65,6 +66,14 @@ def trained_state_dict(cfg: BuildConfig, seed: int, steps: int, progress: Progre
             pass
         measure_batchnorm(model, x)
     return {DATAPARALLEL_PREFIX + k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def check_out(out: Path) -> None:
+    """OUT may be written: a new file, or an earlier demo checkpoint (replaced); nothing else."""
+    if out.is_dir():
+        raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
+    if out.exists() and not is_demo_checkpoint(out):
+        raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
 
 
 def write_demo_checkpoint(out: str | Path, seed: int, steps: int = 0, cfg: BuildConfig | None = None,

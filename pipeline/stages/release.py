@@ -26,7 +26,7 @@ from ..data.dataset import matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file
 from ..core.names import check_name, check_path
-from ..core.provenance import REPO, committed, environment, git_state, versions
+from ..core.provenance import REPO, committed, environment, git_state, meant_to_be_committed, versions
 from .source import code_digest, source_name, write_source_tar
 from ..tuning.tuned_yaml import TUNED_SUFFIX
 
@@ -65,6 +65,11 @@ class ReleaseInputs:
     eval_dir: Path
     limit: int | None = None
     selection: Path | None = None  # a tuned config's selection list (tune's selection.txt): the report read it
+
+
+def release_name(fp16: str, int8: str) -> str:
+    """A bundle's name before its hash: what the two config names have in common, or "modnet"."""
+    return os.path.commonprefix([fp16, int8]).rstrip("_-.") or "modnet"
 
 
 def eval_folders(backend: str) -> dict[str, str]:
@@ -263,6 +268,15 @@ def repository_record(calib_list: Path) -> dict:
     if listed is False:
         state["clean"] = False
     return state
+
+
+def uncommitted_list_warning(bundle: Path, calib_list: str | Path) -> str | None:
+    """What to say when BUNDLE's calibration list is one to commit but is not (the demo's and verify's never are)."""
+    if load_manifest(bundle)["repository"].get("calibration_list_committed") is False \
+            and meant_to_be_committed(Path(calib_list)):
+        return (f"{calib_list} is not committed in this repository, so MANIFEST.json says repository.clean: false; "
+                f"commit it to make the release reproducible from the repository alone")
+    return None
 
 
 def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:
