@@ -68,8 +68,14 @@ class ReleaseInputs:
 
 
 def release_name(fp16: str, int8: str) -> str:
-    """A bundle's name before its hash: what the two config names have in common, or "modnet"."""
-    return os.path.commonprefix([fp16, int8]).rstrip("_-.") or "modnet"
+    """A bundle's name before its hash: the leading `_`-separated words the two config names share, whole words
+    only (modnet_fp16 and modnet_fine_int8 give modnet, not modnet_f); "modnet" when they share none."""
+    shared = []
+    for a, b in zip(fp16.split("_"), int8.split("_")):
+        if a != b:
+            break
+        shared.append(a)
+    return "_".join(shared).rstrip("_-.") or "modnet"
 
 
 def eval_folders(backend: str) -> dict[str, str]:
