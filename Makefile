@@ -93,9 +93,14 @@ define remember_output
 endef
 
 # The code each stage runs, derived from its imports by pipeline/core/deps.py (plain python3: no .venv needed yet).
+# Its errors are kept (2>&1) for the one line below: an empty CODE_DEPS would silently rebuild nothing on code edits.
 comma := ,
 CODE_DEPS := $(shell $(PYTHON) -I pipeline/core/deps.py export simplify calib build:$(BACKEND) correct evaluate report \
-	demo-data demo-ckpt tune)
+	demo-data demo-ckpt tune 2>&1)
+ifneq ($(.SHELLSTATUS),0)
+$(error `$(PYTHON) -I pipeline/core/deps.py` failed (exit $(.SHELLSTATUS)), so no stage would know its code: \
+	$(CODE_DEPS))
+endif
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
 SIMPLIFY_CODE := $(call code,simplify)
