@@ -23,8 +23,16 @@ ART ?= artifacts## root of every output (`make demo` uses artifacts/demo)
 PYTHON ?= python3## interpreter that creates .venv
 PIP_ARGS ?= ## extra pip arguments for creating .venv, e.g. the CPU-only torch index (README, "Installing")
 
+# The checks of the variables below stay in Make rather than in one Python call. A Python check would get the values
+# only on a $(shell ...) command line (Make 4.3 passes $(shell) no exported variable): expanded, and through the
+# shell, the very thing an unchecked value must not reach; and PYTHON, which it would run on, is one of them. They
+# run when the Makefile is read, before any recipe (`make clean`'s `rm` included); each says why it is needed there.
+# pipeline/core/names.py holds the same path rule for the values Python hands to a Make (verify's rebuild
+# variables, read from a bundle's manifest).
+
 # Path variables are data that reach recipes: refuse, in one line, any character the shell or Make would
-# interpret (checked on the raw text, so `$(shell ...)` is never expanded). Single quotes in recipes do the rest.
+# interpret. In Make because it reads the raw text ($(value)), so a `$(shell ...)` in a value is never expanded, and
+# PYTHON is one of them: the interpreter a Python check would run on. Single quotes in recipes do the rest.
 define newline
 
 
@@ -36,10 +44,13 @@ PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROO
 	TUNE_EXTRA PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
+# LIMIT and DEMO_COUNT become --limit and --count: in Make so that a typo stops `make eval LIMIT=1O` before the
+# export, simplify and builds that run first (argparse would see it only at evaluate, or at demo-data).
 digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,\
 	$(subst 7,,$(subst 8,,$(subst 9,,$(value $1)))))))))))),,yes)
 $(foreach v,LIMIT DEMO_COUNT,$(if $(and $(value $v),$(if $(call digits_only,$v),,x)),\
 	$(error $v=$(value $v) is not a whole number)))
+# REDRAW, FORCE and OVERWRITE are Make's own switches ($(if $(REDRAW),--redraw)): no Python sees their values.
 $(foreach v,REDRAW FORCE OVERWRITE,$(if $(filter-out 1,$(value $v)),$(error $v=$(value $v): set $v=1 or leave it empty)))
 
 # A relative VAMC (tools/vamc) names a file here: resolve it once, so vamc run from its work folder finds it.
@@ -50,15 +61,19 @@ export VAMC VAMC_COMMAND
 # not Make's "No rule to make target". Goals that use none of them (help, clean, test...) skip the checks.
 BACKENDS := vamc ort
 CONFIG_FILES := $(notdir $(wildcard build_configs/*.yaml))
-# BACKEND names files and folders of every goal, so it is checked whatever the goal, on its raw text.
+# BACKEND names files and folders of every goal, so it is checked whatever the goal, on its raw text, and before
+# CODE_DEPS hands it to pipeline/core/deps.py in a shell command.
 ifneq ($(words $(value BACKEND)) $(filter $(BACKENDS),$(value BACKEND)),1 $(value BACKEND))
 $(error BACKEND=$(value BACKEND) is not a backend: use one of $(BACKENDS))
 endif
+# The configs name the per-config rules, instantiated when the Makefile is read: a missing one must be refused
+# before, or Make says "No rule to make target".
 ifneq ($(filter-out help venv test test-fast clean clean-all,$(or $(MAKECMDGOALS),help)),)
 no_config = $(1)=$(value $(1)): no such config file (the configs in build_configs/: $(CONFIG_FILES))
 $(foreach v,CONFIG CONFIG_FP16 CONFIG_INT8,$(if $(wildcard $(value $(v))),,$(error $(call no_config,$(v)))))
 endif
 # ART is written by every stage and emptied by `make clean`: a folder of its own, never the checkout or above it.
+# In Make because `make clean` removes it in a recipe of its own, with no Python stage before it to refuse it.
 ART_ABS := $(abspath $(ART))
 ifeq ($(strip $(ART)),)
 $(error ART is empty: set it to the folder for the outputs, e.g. ART=artifacts)
@@ -103,9 +118,14 @@ define remember_output
 endef
 
 # The code each stage runs, derived from its imports by pipeline/core/deps.py (plain python3: no .venv needed yet).
+# Its errors are kept (2>&1) for the one line below: an empty CODE_DEPS would silently rebuild nothing on code edits.
 comma := ,
 CODE_DEPS := $(shell $(PYTHON) -I pipeline/core/deps.py export simplify calib build:$(BACKEND) correct evaluate report \
-	demo-data demo-ckpt tune)
+	demo-data demo-ckpt tune 2>&1)
+ifneq ($(.SHELLSTATUS),0)
+$(error `$(PYTHON) -I pipeline/core/deps.py` failed (exit $(.SHELLSTATUS)), so no stage would know its code: \
+	$(CODE_DEPS))
+endif
 code = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(CODE_DEPS))))
 EXPORT_CODE := $(call code,export)
 SIMPLIFY_CODE := $(call code,simplify)

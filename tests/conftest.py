@@ -41,6 +41,29 @@ def small_config_dict(path: Path = FP16_CONFIG, hw: tuple[int, int] = SMALL_HW) 
     return raw
 
 
+class StubProgress:
+    """The stages' progress protocol (pipeline/core/progress.py) without output, for every test that passes one:
+    `loops` records each loop's (desc, total); called without items it is its own bar to advance by hand, whose
+    advances add up in `done` (the last postfix in `postfix`)."""
+
+    def __init__(self):
+        self.loops: list[tuple[str, int | None]] = []
+        self.done, self.postfix = 0, ""
+
+    def __call__(self, items, desc: str, total: int | None, unit: str = "img"):
+        self.loops.append((desc, total))
+        return self if items is None else items
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="session")
 def demo_ckpt(tmp_path_factory) -> Path:
     from pipeline.demo.checkpoint import write_demo_checkpoint

@@ -19,7 +19,7 @@ import onnx
 import pytest
 import yaml
 
-from conftest import FP16_CONFIG, INT8_CONFIG, REPO, config_dict, write_config
+from conftest import FP16_CONFIG, INT8_CONFIG, REPO, StubProgress, config_dict, write_config
 from pipeline.backends import build_engine
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
@@ -82,7 +82,7 @@ def calib(tmp_path) -> Path:
 
 def run_build(config: Path, onnx: Path, out: Path, calib: Path | None = None) -> dict:
     os.environ["STANDIN_VAMC_SOURCE"] = str(config)
-    return build_engine("vamc", load_config(config), onnx, calib, out, progress=None)
+    return build_engine("vamc", load_config(config), onnx, calib, out, progress=StubProgress())
 
 
 @pytest.fixture(autouse=True)

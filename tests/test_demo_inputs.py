@@ -73,7 +73,7 @@ def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypa
         time.sleep(0.05)
         return f"{index}.jpg", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
 
-    def failing_progress(pairs):
+    def failing_progress(pairs, desc, total, unit="img"):  # a write fails once the first portrait is written
         for item in pairs:
             yield item
             raise OSError("disk full")

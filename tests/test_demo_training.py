@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import StubProgress
 from pipeline.demo import training as demo_training
 from pipeline.model.checkpoint import load_modnet, read_state_dict
 from pipeline.cli import main
@@ -22,15 +23,16 @@ TINY = dict(samples=8, hw=(64, 32), scale=0.05)  # a few seconds of training ins
 
 def _train(cfg, seed: int, steps: int) -> tuple[bytes, list[float]]:
     losses: list[float] = []
+    shown = StubProgress()
 
-    def record(it, total):
-        assert total == steps
-        for loss in it:
+    def record(items, desc, total, unit="img"):  # what the CLI's bar is given: the losses, one per step
+        for loss in shown(items, desc, total, unit):
             losses.append(loss)
             yield loss
 
     buffer = io.BytesIO()
     torch.save(trained_state_dict(cfg, seed, steps, record, **TINY), buffer)
+    assert shown.loops == [("training", steps)]
     return buffer.getvalue(), losses
 
 

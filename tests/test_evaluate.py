@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import FP16_CONFIG, INT8_CONFIG, small_config_dict, write_config
+from conftest import FP16_CONFIG, INT8_CONFIG, StubProgress, small_config_dict, write_config
 from pipeline.accuracy import metrics
 from pipeline.cli import main
 from pipeline.core.config import load_config
@@ -42,9 +42,8 @@ def engines(tmp_path_factory, small_config, small_sim_onnx, data) -> dict[str, P
     raw["backend"]["quantize"]["calibrate_mode"] = "max"
     int8 = load_config(write_config(root / "small_int8.yaml", raw))
     make_calibration_set(int8, data, root / "calib", root / "list.txt")
-    quiet = lambda items, total=None: items  # noqa: E731 - no progress bar in tests
-    build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", quiet)
-    build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", quiet)
+    build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", StubProgress())
+    build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", StubProgress())
     return {"fp16": root / "fp16", "int8": root / "int8", "calib": root / "calib"}
 
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, put_standin_on_path, small_config_dict, write_config
+from conftest import INT8_CONFIG, StubProgress, put_standin_on_path, small_config_dict, write_config
 from fake_vaststreamx import Card, install
 from pipeline.stages import hwcheck
 from pipeline.backends import build_engine
@@ -26,10 +26,6 @@ from pipeline.accuracy.agreement import Agreement, agreement
 from pipeline.stages.hwcheck import numbering_verdict, order_verdict, prediction_verdict, resize_verdict
 from pipeline.backends.vamc.runner import VaststreamxRunner
 from pipeline.backends.runners import describe
-
-
-def quiet(iterable, desc=None, total=None):
-    return iterable
 
 
 def agree(mean: float, per_image=None) -> Agreement:
@@ -56,9 +52,9 @@ def checked(tmp_path_factory, small_config, small_sim_onnx):
     with pytest.MonkeyPatch.context() as mp:
         put_standin_on_path(tmp, mp)
         mp.setenv("STANDIN_VAMC_SOURCE", str(small_config))
-        build_engine("vamc", load_config(small_config), small_sim_onnx, None, engines["fp16"], quiet)
+        build_engine("vamc", load_config(small_config), small_sim_onnx, None, engines["fp16"], StubProgress())
         mp.setenv("STANDIN_VAMC_SOURCE", str(config8))
-        build_engine("vamc", cfg8, small_sim_onnx, calib, engines["int8"], quiet)
+        build_engine("vamc", cfg8, small_sim_onnx, calib, engines["int8"], StubProgress())
         mp.setenv("STANDIN_VAMC_SOURCE", str(out / "configs" / "numbering_vamc.yaml"))
         # this card counts skip_conv_layers in vamc's numbering, and its int8 is close to our reference int8
         card = Card(models={out / "engines" / "numbering" / "vamc":
@@ -227,7 +223,7 @@ def test_numbering_configs_differ_only_in_conv_numbering(checked):
 
 def test_swapped_order_says_which_setting_to_change(checked, monkeypatch):
     install(monkeypatch, dataclasses.replace(checked.card, converts=False))  # the card leaves the planes as given
-    order, resize, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], quiet)
+    order, resize, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], StubProgress())
     assert (order.status, order.value, order.failing) == ("change", "rgb", True)
     assert order.action.startswith("set `pipeline.vsx.input_order: rgb` in ")
     assert resize.status == "ok"  # measured with the order that works
@@ -235,7 +231,7 @@ def test_swapped_order_says_which_setting_to_change(checked, monkeypatch):
 
 def test_neither_order_agrees_fails(checked, monkeypatch):
     install(monkeypatch, dataclasses.replace(checked.card, normalises=False))
-    order, _, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], quiet)
+    order, _, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], StubProgress())
     assert (order.status, order.failing) == ("fail", True) and "neither order agrees" in order.finding
 
 
@@ -245,7 +241,7 @@ def _numbering(checked, monkeypatch, model: str, noise: float = 0.0):
                                noise={engine: noise})
     install(monkeypatch, card)
     refs = {n: checked.out / "engines" / f"numbering_{n}" / "ort" for n in ("vamc", "onnx")}
-    verdict, _ = hwcheck.check_numbering(engine, refs, checked.cfg8, checked.images, quiet)
+    verdict, _ = hwcheck.check_numbering(engine, refs, checked.cfg8, checked.images, StubProgress())
     return verdict
 
 

@@ -5,6 +5,7 @@ The clean tests run on a scratch copy of the Makefile and the project files it r
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -58,6 +59,18 @@ def test_a_bad_variable_is_one_line_naming_it_and_the_valid_values(variable, val
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
     assert "No rule to make target" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "art").exists()
+
+
+def test_a_failing_deps_script_stops_make_in_one_line_instead_of_leaving_the_code_prerequisites_empty(tmp_path):
+    python = tmp_path / "python3"  # what pipeline/core/deps.py runs on; it fails as a broken deps.py would
+    python.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'SyntaxError: bad' >&2\nexit 3\n")
+    python.chmod(0o755)
+    done = make("help", f"PYTHON={python}")
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    failed = rf"`{re.escape(str(python))} -I pipeline/core/deps\.py` failed \(exit 3\)"
+    assert re.fullmatch(rf"Makefile:\d+: \*\*\* {failed}, so no stage would know its code: Traceback \(most recent "
+                        r"call last\): SyntaxError: bad\.  Stop\.", done.stderr.strip()), done.stderr
 
 
 def test_venv_install_takes_extra_pip_arguments_and_shows_progress(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from pipeline.cli import log_progress
+from pipeline.core.progress import log_progress
 
 
 def test_a_line_each_time_the_interval_has_passed():
@@ -33,7 +33,7 @@ def test_unknown_total_and_given_total():
 
 @pytest.mark.slow
 def test_the_cli_helper_logs_when_stderr_is_a_pipe():
-    code = ("import time, pipeline.cli as c\n"
+    code = ("import pipeline.core.progress as c\n"
             "c.LOG_PROGRESS_EVERY = 0.0\n"
             "for _ in c.progress(range(3), 'stage', 3): pass\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -41,3 +41,19 @@ def test_the_cli_helper_logs_when_stderr_is_a_pipe():
     lines = done.stderr.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["stage: 1/3", "stage: 2/3", "stage: 3/3"]
     assert "\r" not in done.stderr
+
+
+def test_the_stages_name_their_loops_as_the_log_showed_them(tmp_path, capsys, monkeypatch):
+    from conftest import INT8_CONFIG, small_config_dict, write_config
+    from pipeline import cli
+    from pipeline.core import progress
+    monkeypatch.setattr(progress, "LOG_PROGRESS_EVERY", 0.0)  # a line per item
+    assert cli.main(["demo-data", "--out", str(tmp_path / "data"), "--count", "3", "--scale", "0.05"]) == 0
+    raw = small_config_dict(INT8_CONFIG)
+    raw["dataset"]["sampler"]["get_data_num"] = 2
+    config = write_config(tmp_path / "small_int8.yaml", raw)
+    assert cli.main(["calib", "--config", str(config), "--data", str(tmp_path / "data"), "--out",
+                     str(tmp_path / "calib"), "--list", str(tmp_path / "list.txt")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["demo images: 1/3", "demo images: 2/3", "demo images: 3/3",
+                                                      "calibration set: 1/2", "calibration set: 2/2"]

@@ -366,6 +366,38 @@ def test_only_a_list_meant_to_be_committed_gets_the_commit_warning(monkeypatch, 
                    f"false; commit it to make the release reproducible from the repository alone\n" if warned else "")
 
 
+@pytest.mark.parametrize("fp16, int8, name", [
+    ("official_modnet_fp16", "official_modnet_int8", "official_modnet"),  # the shipped configs: as before
+    ("official_modnet_fp16", "official_modnet_int8_tuned", "official_modnet"),  # with tune's config
+    ("modnet_fp16", "modnet_fine_int8", "modnet"),  # whole words: not the characters' modnet_f
+    ("studio_v2_fp16", "studio_v1_int8", "studio"),
+    ("same_name", "same_name", "same_name"),
+    ("fp16", "int8", "modnet"),  # no word shared
+    ("portrait_fp16", "people_int8", "modnet"),  # nor a whole first word (the characters share p)
+])
+def test_a_release_is_named_by_the_leading_words_its_config_names_share(fp16, int8, name):
+    assert release.release_name(fp16, int8) == name
+
+
+def test_the_release_command_names_the_bundle_by_whole_words(monkeypatch, tmp_path, capsys):
+    from conftest import config_dict, write_config
+    from pipeline.cli import main
+    configs = {}
+    for key, path, name in (("--config-fp16", FP16_CONFIG, "modnet_fp16"), ("--config-int8", INT8_CONFIG,
+                                                                            "modnet_fine_int8")):
+        raw = config_dict(path)
+        raw["name"] = name
+        configs[key] = str(write_config(tmp_path / f"{name}.yaml", raw))
+    named = []
+    monkeypatch.setattr(release, "assemble", lambda inputs, root: named.append(inputs.name) or (root / "b", False))
+    args = ["release", *[a for item in configs.items() for a in item], "--report", "r.md"]
+    args += [a for flag in ("--ckpt", "--data", "--backend", "--calib-list", "--calib", "--onnx-fp16", "--onnx-int8",
+                            "--engine-fp16", "--engine-int8", "--eval-dir", "--out-root") for a in (flag, "x")]
+    assert main(args) == 0
+    assert named == ["modnet"]
+    assert capsys.readouterr().out == "release x/b is already there (same inputs); nothing written\n"
+
+
 def test_a_tuned_configs_selection_list_is_bundled_named_and_put_back_for_the_rebuild(fake_build, tmp_path):
     """The report leaves a tuned config's selection images out of its held-out rows: the list is an input of the
     bundle (its name, a file of its own), and verify puts it where the rebuild's `make eval` reads NAME_tuned's."""

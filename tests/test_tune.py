@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from conftest import INT8_CONFIG, SMALL_HW, small_config_dict, write_config
+from conftest import INT8_CONFIG, SMALL_HW, StubProgress, small_config_dict, write_config
 from pipeline.backends import build_engine
 from pipeline.backends.ort.numbering import conv_order
 from pipeline.core.config import load_config
@@ -26,21 +26,6 @@ from pipeline.tuning.workbench import Workbench
 
 CALIB, IMAGES = 4, 16
 SET = (IMAGES - CALIB) // 2  # selection and confirmation images each: 6, enough to bound a mean at 95%
-
-
-def no_progress(iterable, desc=None, total=None):
-    return iterable
-
-
-class Bar:
-    def __init__(self):
-        self.count = 0
-
-    def update(self, n):
-        self.count += n
-
-    def set_postfix_str(self, text, refresh=True):
-        self.text = text
 
 
 def tune_config(tmp_path: Path, **tune) -> Path:
@@ -62,7 +47,7 @@ def inputs(tmp_path_factory):
 
 
 def workbench(cfg_path: Path, sim: Path, inputs: Path, cache: Path | None = None) -> Workbench:
-    return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", no_progress, cache)
+    return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", StubProgress(), cache)
 
 
 def test_split_skips_the_calibration_subset_by_its_rule_and_halves_the_rest(inputs, tmp_path):
@@ -197,10 +182,10 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     cfg_path = tune_config(tmp_path, max_builds=9, **limits)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    bar = Bar()
+    bar = StubProgress()
     result = tune(wb, out, "python -m pipeline tune ...", bar)
     outcome = result.outcome
-    assert len(outcome.steps) == bar.count == 9 and outcome.out_of_budget
+    assert len(outcome.steps) == bar.done == 9 and outcome.out_of_budget
     # + the confirmation of the input and of the chosen one (once scored on the confirmation images, SET each)
     assert wb.built == 9 + 1 + (result.chosen is not outcome.steps[0])
     assert wb.passes == SET * (2 + 9 + 1 + (result.chosen is not outcome.steps[0]))  # fp32 on both sets, candidates
@@ -231,7 +216,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     # the tuned config builds, with the backend, exactly the model that was scored; its skip list counts in
     # vamc's order (the skipped Convs keep float weights)
     engine = tmp_path / "engine"
-    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, no_progress)
+    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, StubProgress())
     assert (engine / "model.onnx").read_bytes() == wb.quantizer.build(best)
     model = onnx.load(str(engine / "model.onnx"))
     floats = {i.name for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
@@ -245,7 +230,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
         raise AssertionError("a model was run")
     monkeypatch.setattr(scoring, "predict", no_model)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    again = tune(rerun, out, "python -m pipeline tune ...", Bar())
+    again = tune(rerun, out, "python -m pipeline tune ...", StubProgress())
     assert rerun.built == 0 and [s.candidate for s in again.outcome.steps] == [s.candidate for s in outcome.steps]
     assert (out / "tuned.yaml").read_text() == text
     monkeypatch.undo()
@@ -254,7 +239,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     # every calibration, so the search stops after them (and every calibration corrected, when the setting asks)
     looser = tune_config(tmp_path, max_builds=12, max_mse_increase=1.0, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
-    met = tune(raised, out, "python -m pipeline tune ...", Bar())
+    met = tune(raised, out, "python -m pipeline tune ...", StubProgress())
     assert all(s.result["cached"] for s in met.outcome.steps)
     assert [s.candidate for s in met.outcome.steps] == calibrations(raised.cfg)
     assert met.verdict in ("confirmed", "not confirmed", "input kept")
@@ -305,7 +290,7 @@ def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(input
     cfg_path = tune_config(tmp_path, max_builds=3)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune(wb, out, "python -m pipeline tune ...", StubProgress())
     selection = (out / "selection.txt").read_text()
     confirmation = (out / "confirmation.txt").read_text()
     assert selection == "".join(f"{d}  {n}\n" for n, d in wb.selection_entries)
@@ -448,9 +433,9 @@ def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibrat
     extra = tmp_path / "other" / "image"  # photos only: the mattes stay out of reach
     cfg_path = tune_config(tmp_path, max_builds=2)
     out = tmp_path / "tune"
-    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", no_progress,
+    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", StubProgress(),
                    out / "candidates.json", extra=extra)
-    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune(wb, out, "python -m pipeline tune ...", StubProgress())
     saved = json.loads((out / "candidates.json").read_text())
     assert [e["name"] for e in saved["context"]["extra"]] == sorted(p.name for p in extra.iterdir())
     first = saved["cache"][0]["figures"]
@@ -548,9 +533,9 @@ def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_p
         assert np.abs(alpha - runtime.run(plain, x)).max() < 1e-4  # the rescale preserves the function
         cv2.imwrite(str(data / "matte" / src.name), metrics.pred_from_alpha(alpha), [cv2.IMWRITE_JPEG_QUALITY, 100])
     make_calibration_set(cfg, data, tmp_path / "calib", tmp_path / "list.txt")
-    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, no_progress,
+    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, StubProgress(),
                    tmp_path / "tune" / "candidates.json")
-    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", Bar())
+    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", StubProgress())
     calibration = [s for s in result.outcome.steps if s.phase == "calibration"]
     assert len(calibration) == 7 and min(s.result["violation"] for s in calibration) > 10  # none comes near
     assert min(s.result["deviation"] for s in calibration) > 0.3  # mean |alpha - fp32 alpha| above 0.3 for all

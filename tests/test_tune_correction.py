@@ -12,13 +12,13 @@ import onnx
 import pytest
 import yaml
 
-from conftest import INT8_CONFIG, REPO
+from conftest import INT8_CONFIG, REPO, StubProgress
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.tuning import search as search_mod, statistics, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, check_saved, content_digest
 from pipeline.tuning.scoring import FIDELITY, LABELLED
-from test_tune import CALIBS, Bar, fake_evaluate, inputs, no_progress, prerank, tune_config, workbench  # noqa: F401
+from test_tune import CALIBS, fake_evaluate, inputs, prerank, tune_config, workbench  # noqa: F401
 
 
 def test_an_uncorrected_candidate_is_keyed_and_saved_as_before_and_a_corrected_one_round_trips():
@@ -119,12 +119,12 @@ def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, s
     raw["pipeline"]["bias_correction"] = "empirical"
     raw["pipeline"]["tune"] = {"bias_correction": False}
     (tmp_path / "corrected.yaml").write_text(yaml.safe_dump(raw))
-    tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), StubProgress())
     assert seen["incumbent"] == Candidate("kl_divergence", None, (), corrected=True) and seen["correction"] is False
     assert not any(c.corrected for c in seen["calibrations"])
-    tune_mod.run_search(workbench(tune_config(tmp_path, bias_correction=True), small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tune_config(tmp_path, bias_correction=True), small_sim_onnx, inputs), StubProgress())
     assert seen["incumbent"] == Candidate("kl_divergence", None, ()) and seen["correction"] is True
-    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), StubProgress())
     assert seen["correction"] is False  # the default: off
 
 
@@ -169,18 +169,18 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     cfg_path.write_text(yaml.safe_dump(raw))
     monkeypatch.setattr(tune_mod, "calibrations", lambda cfg: [Candidate("max", None)])
     out = tmp_path / "tune"
-    descs = []
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    wb.quantizer.progress = lambda it, desc, total=None: descs.append(desc) or it
+    wb.quantizer.progress = recorded = StubProgress()
 
     def take_the_correction(steps, p_values, level=statistics.LEVEL):  # the choice is tested above
         decision = search_mod.decide(steps, p_values, level)
         return replace(decision, chosen=next(s for s in steps if s.phase == "correction"), verdict="chosen")
     monkeypatch.setattr(tune_mod, "decide", take_the_correction)
-    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", StubProgress())
     chosen = result.chosen.candidate
     assert [s.phase for s in result.outcome.steps] == ["calibration", "correction"]
     assert chosen == Candidate("max", None, (), corrected=True)
+    descs = {desc for desc, _ in recorded.loops}
     assert "bias correction" in descs and "statistics" in descs
 
     # tuned.yaml says so
@@ -196,15 +196,15 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     # the model scored is the corrected ONNX `make int8` makes for the tuned config (python -m pipeline correct),
     # quantized with thresholds from its own statistics by write_qdq, and the engine built from that ONNX
     corrected_onnx = tmp_path / "small.corrected.onnx"
-    correct_onnx(tuned, small_sim_onnx, inputs / "calib", corrected_onnx, no_progress)
+    correct_onnx(tuned, small_sim_onnx, inputs / "calib", corrected_onnx, StubProgress())
     assert wb.quantizer.corrected("max", None)[0].SerializeToString() == corrected_onnx.read_bytes()
     model = onnx.load(str(corrected_onnx))
     collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
-                              no_progress)
+                              StubProgress(), "statistics")
     direct = qdq.write_qdq(model, tensor_thresholds(collected, "max", None), set(), True)
     assert wb.quantizer.build(chosen) == direct
     assert wb.quantizer.build(replace(chosen, corrected=False)) != direct
-    build_engine("ort", tuned, corrected_onnx, inputs / "calib", tmp_path / "engine", no_progress)
+    build_engine("ort", tuned, corrected_onnx, inputs / "calib", tmp_path / "engine", StubProgress())
     assert (tmp_path / "engine" / "model.onnx").read_bytes() == direct
 
 
@@ -267,8 +267,8 @@ def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_build
     cfg_path.write_text(yaml.safe_dump(raw))
     wb = workbench(cfg_path, small_sim_onnx, inputs)
     cfg = load_config(cfg_path)
-    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", no_progress)
-    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", no_progress)
+    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", StubProgress())
+    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", StubProgress())
     incumbent = Candidate("max", None, (1,), corrected=True)
     assert wb.quantizer.build(incumbent) == (tmp_path / "engine" / "model.onnx").read_bytes()
     assert wb.quantizer.corrected("max", None, (1,))[0].SerializeToString() == (tmp_path / "c.onnx").read_bytes()

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import yaml
 
-from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
+from conftest import INT8_CONFIG, REPO, StubProgress, small_config_dict, write_config
 from pipeline import cli
 from pipeline.backends import tuned_config_warnings
 from pipeline.core.config import load_config
@@ -362,7 +362,7 @@ def test_a_skip_index_past_the_last_conv_is_refused(inputs, small_sim_onnx, tmp_
 def test_the_cache_context_holds_the_tensors_sha256(inputs, small_sim_onnx):
     from pipeline.tuning.workbench import Workbench
     wb = Workbench(load_config(inputs / "small_int8.yaml"), small_sim_onnx, inputs / "calib", inputs / "data",
-                   lambda it, *a, **k: it)
+                   StubProgress())
     digest = hashlib.sha256((inputs / "calib" / "tensors.npy").read_bytes()).hexdigest()
     assert wb.cache.context["calibration_tensors_sha256"] == digest
 

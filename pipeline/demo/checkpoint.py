@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, strip_prefix
+from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, is_demo_checkpoint, strip_prefix
+from ..core.errors import PipelineError
 from ..core.config import BuildConfig
 from .training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
 from ..core.fileio import write_bytes
+from ..core.progress import Progress, quiet
 from ..model.modnet import MODNet
 
 
@@ -51,23 +53,31 @@ def demo_state_dict(seed: int) -> dict[str, torch.Tensor]:
     return {DATAPARALLEL_PREFIX + k: v for k, v in values.items()}
 
 
-def trained_state_dict(cfg: BuildConfig, seed: int, steps: int, progress=None, samples: int = SAMPLES,
+def trained_state_dict(cfg: BuildConfig, seed: int, steps: int, progress: Progress = quiet, samples: int = SAMPLES,
                        hw: tuple[int, int] = TRAIN_HW, scale: float = PHOTO_SCALE) -> dict[str, torch.Tensor]:
     """demo_state_dict(SEED) trained for STEPS on SAMPLES generated portraits, in the same layout; deterministic.
-    PROGRESS(losses, total) wraps the iterator of step losses (the CLI draws its bar from it)."""
+    PROGRESS is given the iterator of step losses (the CLI's bar shows them)."""
     with deterministic_torch():
         model = MODNet()
         model.load_state_dict(strip_prefix(demo_state_dict(seed)))
         x, y = training_set(cfg, seed, samples, hw, scale)
         losses = train(model, x, y, steps, seed)
-        for _ in (progress(losses, steps) if progress else losses):
+        for _ in progress(losses, "training", steps, unit="step"):
             pass
         measure_batchnorm(model, x)
     return {DATAPARALLEL_PREFIX + k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def check_out(out: Path) -> None:
+    """OUT may be written: a new file, or an earlier demo checkpoint (replaced); nothing else."""
+    if out.is_dir():
+        raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
+    if out.exists() and not is_demo_checkpoint(out):
+        raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
+
+
 def write_demo_checkpoint(out: str | Path, seed: int, steps: int = 0, cfg: BuildConfig | None = None,
-                          progress=None) -> None:
+                          progress: Progress = quiet) -> None:
     """Random weights when STEPS is 0, else trained for STEPS (CFG gives the input preprocessing)."""
     if steps and cfg is None:
         raise ValueError("training the demo checkpoint needs the build config of its input preprocessing")

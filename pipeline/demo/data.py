@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir
+from ..core.progress import Progress, quiet
 
 # (width, height) of the photos: landscape and portrait, 1080p and larger
 PHOTO_SIZES = ((1920, 1080), (1080, 1920), (2048, 1365), (1365, 2048), (2560, 1440), (1440, 2560))
@@ -127,7 +128,8 @@ def in_order(job: Callable[[int], T], count: int) -> Iterator[T]:
         pool.shutdown(cancel_futures=True)  # closed early (an error, Ctrl-C): the queued jobs never start
 
 
-def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, progress=None) -> list[str]:
+def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0,
+                    progress: Progress = quiet) -> list[str]:
     if count < 1:
         raise PipelineError(f"--count must be at least 1, got {count}")
     if not 0 < scale <= 1:  # also refuses NaN, which no comparison holds for
@@ -144,7 +146,7 @@ def write_demo_data(out: str | Path, count: int, seed: int, scale: float = 1.0, 
     with atomic_dir(out, "demo-data") as tmp, contextlib.closing(in_order(encoded, count)) as pairs:
         (tmp / "image").mkdir()
         (tmp / "matte").mkdir()
-        for name, image, matte in (progress(pairs) if progress else pairs):
+        for name, image, matte in progress(pairs, "demo images", count):
             (tmp / "image" / name).write_bytes(image)
             (tmp / "matte" / name).write_bytes(matte)
             names.append(name)

@@ -42,6 +42,7 @@ from ..data.dataset import format_image_list, image_dir, list_images, read_image
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
 from ..core.names import check_name
+from ..core.progress import Progress, quiet
 from ..data.preprocess import load_input
 
 RULE = ("rank every candidate file name NAME by the hex sha256 of \"{seed}:{NAME}\" (ties by name) and take the "
@@ -147,7 +148,7 @@ def _place(src: Path, dest: Path) -> str:
 
 
 def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, list_path: str | Path | None = None,
-                         redraw: bool = False, progress=None) -> dict:
+                         redraw: bool = False, progress: Progress = quiet) -> dict:
     """Draw (or reuse) the subset, write DIR atomically, write the list on a new draw; returns the manifest."""
     root, out = Path(data), check_out_dir(out, "calib")
     list_path = Path(list_path) if list_path is not None else default_list_path(cfg)
@@ -161,13 +162,12 @@ def make_calibration_set(cfg: BuildConfig, data: str | Path, out: str | Path, li
     with atomic_dir(out, "calib") as tmp:
         (tmp / "images").mkdir()
         placed = set()
-        items = progress(entries, total=len(entries)) if progress else entries
         # Written image by image with plain writes: a memory map's dirty pages would count in RSS and grow with N.
         with open(tmp / TENSORS, "wb") as handle:
             np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                                                           "fortran_order": False,
                                                           "shape": (len(entries), 3, height, width)})
-            for name, _ in items:
+            for name, _ in progress(entries, "calibration set", len(entries)):
                 src = folder / name
                 load_input(cfg, src).tofile(handle)  # an undecodable file is an error naming it
                 placed.add(_place(src, tmp / "images" / name))

@@ -24,6 +24,7 @@ from ..core.config import BuildConfig
 from ..data.dataset import list_images, matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
+from ..core.progress import Progress, quiet
 from ..data.preprocess import read_labelled, read_matte
 from ..backends.runners import Runner, open_runner
 
@@ -56,11 +57,10 @@ def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[P
 
 
 def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | Path, limit: int | None = None,
-             sheet: int = SHEET_IMAGES, progress=None, runner: Runner | None = None) -> dict:
+             sheet: int = SHEET_IMAGES, progress: Progress = quiet, runner: Runner | None = None) -> dict:
     check_out_dir(out, "evaluate")
     todo = pairs(cfg, data, limit)
     runner = runner or open_runner(engine)
-    progress = progress or (lambda iterable, total=None: iterable)
     acc = metrics.Accumulator()
     infer_seconds = 0.0
     started = time.perf_counter()
@@ -81,7 +81,7 @@ def evaluate(cfg: BuildConfig, engine: str | Path, data: str | Path, out: str | 
             scored: list[tuple[str, Future]] = []
             saved: list[tuple[str, Future]] = []
             top_up()
-            for index, (image, _) in enumerate(progress(todo, total=len(todo))):
+            for index, (image, _) in enumerate(progress(todo, f"evaluate {Path(engine).name}", len(todo))):
                 prepared, gt = ahead.popleft().result()
                 top_up()
                 t0 = time.perf_counter()

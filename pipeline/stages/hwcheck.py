@@ -443,14 +443,11 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     variants = {n: variant_config(inputs.config_int8, out / "configs" / f"numbering_{n}.yaml", skip, n)
                 for n in ("vamc", "onnx")}
     engines = out / "engines"
-
-    def calibrating(iterable, total=None):
-        return progress(iterable, "calibration", total)
     build_engine("vamc", variants["vamc"], inputs.onnx_int8, inputs.calib, engines / "numbering" / "vamc",
-                 calibrating)
+                 progress)
     for n, variant in variants.items():
-        build_engine("ort", variant, inputs.onnx_int8, inputs.calib, engines / f"numbering_{n}" / "ort", calibrating)
-    build_engine("ort", cfg8, inputs.onnx_int8, inputs.calib, engines / "reference" / "ort", calibrating)
+        build_engine("ort", variant, inputs.onnx_int8, inputs.calib, engines / f"numbering_{n}" / "ort", progress)
+    build_engine("ort", cfg8, inputs.onnx_int8, inputs.calib, engines / "reference" / "ort", progress)
     card8 = with_vsx(cfg8, **vsx)
     # the prediction first: the numbering check reads the card through our int8, so it is judged only if that holds
     vamc8 = _run(lambda: _open_vamc(inputs.engine_int8), card8, images, progress, "int8 vamc")

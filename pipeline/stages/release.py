@@ -27,7 +27,7 @@ from ..core import layout
 from ..core.errors import PipelineError
 from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file, write_text
 from ..core.names import check_name, check_path
-from ..core.provenance import REPO, committed, environment, git_state, versions
+from ..core.provenance import REPO, committed, environment, git_state, meant_to_be_committed, versions
 from .source import code_digest, source_name, write_source_tar
 from ..tuning.tuned_yaml import TUNED_SUFFIX
 
@@ -66,6 +66,17 @@ class ReleaseInputs:
     eval_dir: Path
     limit: int | None = None
     selection: Path | None = None  # a tuned config's selection list (tune's selection.txt): the report read it
+
+
+def release_name(fp16: str, int8: str) -> str:
+    """A bundle's name before its hash: the leading `_`-separated words the two config names share, whole words
+    only (modnet_fp16 and modnet_fine_int8 give modnet, not modnet_f); "modnet" when they share none."""
+    shared = []
+    for a, b in zip(fp16.split("_"), int8.split("_")):
+        if a != b:
+            break
+        shared.append(a)
+    return "_".join(shared).rstrip("_-.") or "modnet"
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -259,6 +270,15 @@ def repository_record(calib_list: Path) -> dict:
     if listed is False:
         state["clean"] = False
     return state
+
+
+def uncommitted_list_warning(bundle: Path, calib_list: str | Path) -> str | None:
+    """What to say when BUNDLE's calibration list is one to commit but is not (the demo's and verify's never are)."""
+    if load_manifest(bundle)["repository"].get("calibration_list_committed") is False \
+            and meant_to_be_committed(Path(calib_list)):
+        return (f"{calib_list} is not committed in this repository, so MANIFEST.json says repository.clean: false; "
+                f"commit it to make the release reproducible from the repository alone")
+    return None
 
 
 def assemble(inputs: ReleaseInputs, root: Path) -> tuple[Path, bool]:

@@ -72,6 +72,36 @@ def load_metrics(folder: str | Path) -> dict:
         raise PipelineError(f"{path}: unreadable metrics ({type(exc).__name__})") from None
 
 
+def evaluated(fp32: str | Path, engines: list[tuple[str, str | Path, str | Path]]
+              ) -> tuple[Evaluated, list[Evaluated]]:
+    """The fp32 metrics folder and each engine's (label, metrics folder, build config), read."""
+    from ..core.config import load_config
+    return (Evaluated("fp32", Path(fp32), load_metrics(fp32), None),
+            [Evaluated(label, Path(folder), load_metrics(folder), load_config(cfg)) for label, folder, cfg in engines])
+
+
+def scope(calib: list[Path], selections: list[Path], data: Path, engines: list[Evaluated]) -> Scope:
+    """Which images of DATA the engines were calibrated or tuned on: the calibration folders' manifests and tune's
+    selection lists, checked as data (a selection image of DATA must be the file that was tuned on)."""
+    from ..data.dataset import check_listed_images, read_image_list
+    from ..tuning.tuned_yaml import is_tuned
+    from .calibrate import read_calibration_manifest
+    calibration = None
+    for folder in calib:
+        names = {entry["name"] for entry in read_calibration_manifest(folder)["images"]}
+        calibration = (calibration or frozenset()) | names
+    selection: frozenset[str] = frozenset()
+    for path in selections:
+        _, entries = read_image_list(path, "tune's selection list")
+        if not entries:
+            raise PipelineError(f"{path}: tune's selection list names no images; tune again (make tune)")
+        check_listed_images(data, entries, path, "restore it, or tune again on this data (make tune)")
+        selection |= {name for name, _ in entries}
+    unknown = () if selections else tuple(
+        ev.cfg.source.name for ev in engines if ev.cfg is not None and is_tuned(ev.cfg.source))
+    return Scope(calibration, selection, unknown)
+
+
 # --- the gate ----------------------------------------------------------------------------------------------------
 
 def gate_checks(fp32: Evaluated, engine: Evaluated) -> list[dict]:

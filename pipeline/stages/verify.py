@@ -30,6 +30,8 @@ from .release import (MANIFEST, compare, copy_list, format_table, load_manifest,
 from .source import code_digest, read_source, source_entry, unpack
 
 VENV_STAMP = ".installed"  # the Makefile's STAMP: a venv whose requirements are installed
+# Where venvs made for releases whose environment differs from this one are kept, unless --venv-cache says
+VENV_CACHE = REPO / layout.venv_cache(layout.ART)
 ENVIRONMENT_KEYS = (("python", "Python"), ("implementation", "implementation"), ("system", "system"),
                     ("machine", "machine"), ("processor", "processor"), ("cpu", "CPU"))
 
@@ -192,8 +194,11 @@ def _old_style(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
 
 
 def verify(bundle: Path, scratch: Path | None, scratch_root: Path | None, ckpt: Path | None, data: Path | None,
-           venv_cache: Path, say: Callable[[str], None]) -> str:
-    """Rebuild BUNDLE and compare; returns the closing line, or raises PipelineError naming what differs."""
+           venv_cache: Path | None, say: Callable[[str], None]) -> str:
+    """Rebuild BUNDLE and compare; returns the closing line, or raises PipelineError naming what differs. None
+    for SCRATCH: a new folder under SCRATCH_ROOT (None: the system's); CKPT, DATA: where the manifest says; VENV_CACHE:
+    VENV_CACHE."""
+    venv_cache = VENV_CACHE if venv_cache is None else venv_cache
     manifest = load_manifest(bundle)
     changed = tampered(bundle, manifest)
     where = str(bundle / MANIFEST)

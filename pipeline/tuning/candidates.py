@@ -68,7 +68,7 @@ def calibrations(cfg: BuildConfig) -> list[Candidate]:
 
 class Quantizer:
     """Writes the Q/DQ model of any candidate; the statistics are collected on first need, once per model (the
-    simplified one, and each bias-corrected one). PROGRESS(iterable, desc, total=None), the workbench's."""
+    simplified one, and each bias-corrected one). PROGRESS (core.progress), the workbench's."""
 
     def __init__(self, cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress):
         self.cfg, self.model, self.calib, self.progress = cfg, model, calib, progress
@@ -76,16 +76,13 @@ class Quantizer:
         self._thresholds: dict[tuple, dict[str, float]] = {}
         self._corrected: dict[tuple, tuple[onnx.ModelProto, stats.Collection]] = {}
 
-    def _progress(self, desc: str):
-        return lambda it, total=None: self.progress(it, desc, total)
-
     @cached_property
     def collection(self) -> stats.Collection:
         return self._collect(self.model)
 
     def _collect(self, model: onnx.ModelProto) -> stats.Collection:
         tensors = qdq.quantized_tensors(model, set())
-        return stats.collect(model, tensors, self.calib / TENSORS, self._progress("statistics"))
+        return stats.collect(model, tensors, self.calib / TENSORS, self.progress, "statistics")
 
     def corrected(self, mode: str, calibrate_range: float | None, skip: tuple[int, ...] = ()
                   ) -> tuple[onnx.ModelProto, stats.Collection]:
@@ -96,7 +93,7 @@ class Quantizer:
 
         if (mode, calibrate_range, skip) not in self._corrected:
             cfg = self.config(Candidate(mode, calibrate_range, skip))
-            data, _ = correct(cfg, self.model, self.calib / TENSORS, self._progress("bias correction"),
+            data, _ = correct(cfg, self.model, self.calib / TENSORS, self.progress,
                               sorted(self.skipped(skip)))
             model = onnx.load_from_string(data)
             self._corrected[mode, calibrate_range, skip] = model, self._collect(model)

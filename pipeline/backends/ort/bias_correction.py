@@ -39,6 +39,7 @@ from .build import tensor_thresholds
 from .numbering import conv_order, node_name
 
 MAX_ROUNDS = 3
+PROGRESS = "bias correction"  # the label of its passes on a progress bar, whichever stage runs them
 THRESHOLD_MOVE = 0.01  # largest relative threshold move between two calibrations that counts as settled
 
 
@@ -138,7 +139,7 @@ def channel_means(model: onnx.ModelProto, tensors: list[str], calib_tensors, pro
         for t in tensors:
             sums[t] += values[t].sum(axis=(0, 2, 3), dtype=np.float64)
 
-    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, add)
+    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, PROGRESS, add)
     return {t: sums[t] / (images * shapes[t][2] * shapes[t][3]) for t in tensors}
 
 
@@ -266,7 +267,7 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
             readers = {t: open(kept[t], "rb") for t in step.reads}
             writers = {t: open(files[t], "wb") for t in step.keeps}
             try:
-                for image in progress(range(count), total=count):
+                for image in progress(range(count), PROGRESS, count):
                     feeds = {}
                     for t, handle in readers.items():
                         handle.seek((offset if t == input_name else 0) + image * size[t])
@@ -294,8 +295,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, cali
               observe=None) -> dict[str, float]:
     """The thresholds `build --backend ort` would give MODEL: the same statistics and mode (OBSERVE: stats.collect's)."""
     quantize = cfg.backend.quantize
-    collected = stats.collect(model, tensors, calib_tensors, progress, histograms=quantize.calibrate_mode != "max",
-                              observe=observe)
+    collected = stats.collect(model, tensors, calib_tensors, progress, PROGRESS,
+                              histograms=quantize.calibrate_mode != "max", observe=observe)
     return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
 
 

@@ -87,7 +87,7 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     skip = skipped_convs(model, quantize.skip_conv_layers, numbering, cfg.source)
     tensors = qdq.quantized_tensors(model, set(skip))
     start = time.perf_counter()
-    collected = stats.collect(model, tensors, calib / TENSORS, progress, histograms=mode != "max")
+    collected = stats.collect(model, tensors, calib / TENSORS, progress, "calibration", histograms=mode != "max")
     collect_s = time.perf_counter() - start
     chosen = tensor_thresholds(collected, mode, quantize.calibrate_range)
     data = int8_model(cfg, model, chosen)
