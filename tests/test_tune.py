@@ -265,7 +265,7 @@ def test_the_config_tune_writes_for_a_candidate_builds_the_very_model_it_scored(
         tuned = tmp_path / f"tuned_{i}.yaml"
         tuned.write_text(tuned_yaml.tuned_text(cfg_path.read_text(), block, ["a test"]))
         build_engine("ort", load_config(tuned), small_sim_onnx, inputs / "calib", tmp_path / f"engine_{i}",
-                     no_progress)
+                     StubProgress())
         scored[candidate] = wb.quantizer.build(candidate)
         assert (tmp_path / f"engine_{i}" / "model.onnx").read_bytes() == scored[candidate], candidate
     assert len(set(scored.values())) == len(candidates)  # each setting is its own model: none was ignored

@@ -310,7 +310,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     monkeypatch.setattr(tune_mod, "decide", take)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", StubProgress())
     steps = result.outcome.steps
     base = min(steps[:len(every)], key=lambda s: (not s.met, s.result["deviation"])).candidate
     winner = result.chosen.candidate
@@ -332,7 +332,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     # what was scored for it: the Q/DQ of its own corrected model, at thresholds collected on that model
     model = shifted_model(wb.model, 0.01 * (1 + every.index(replace(winner, corrected=False))))
     collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
-                              no_progress)
+                              StubProgress(), "statistics")
     direct = qdq.write_qdq(model, tensor_thresholds(collected, "percentile", winner.range), set(), True)
     assert wb.quantizer.build(winner) == direct != wb.quantizer.build(replace(winner, corrected=False))
     assert len(corrections) == len(every)
@@ -345,7 +345,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     monkeypatch.setattr(bias_correction, "correct", nothing)
     monkeypatch.setattr(scoring, "predict", nothing)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    again = tune_mod.tune(rerun, out, "python -m pipeline tune ...", Bar())
+    again = tune_mod.tune(rerun, out, "python -m pipeline tune ...", StubProgress())
     assert rerun.built == 0 and [(s.phase, s.candidate) for s in again.outcome.steps] == \
         [(s.phase, s.candidate) for s in steps]
     assert (out / "tuned.yaml").read_text() == text
