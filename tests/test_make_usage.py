@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,10 @@ def test_a_bad_variable_is_one_line_naming_it_and_the_valid_values(variable, val
 
 
 def test_a_failing_deps_script_stops_make_in_one_line_instead_of_leaving_the_code_prerequisites_empty(tmp_path):
-    python = tmp_path / "python3"  # what pipeline/core/deps.py runs on; it fails as a broken deps.py would
-    python.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'SyntaxError: bad' >&2\nexit 3\n")
+    python = tmp_path / "python3"  # what pipeline/core/deps.py runs on; it fails as a broken deps.py would (and
+    # runs core/layout.py, which Make reads first, as python3 does)
+    python.write_text(f"#!/bin/sh\ncase \"$*\" in *deps.py*) ;; *) exec {sys.executable} \"$@\";; esac\n"
+                      "echo 'Traceback (most recent call last):' >&2\necho 'SyntaxError: bad' >&2\nexit 3\n")
     python.chmod(0o755)
     done = make("help", f"PYTHON={python}")
     assert done.returncode == 2 and done.stdout == ""
