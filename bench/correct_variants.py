@@ -37,6 +37,7 @@ from pipeline.backends.ort.build import skipped_convs  # noqa: E402
 from pipeline.core import runtime  # noqa: E402
 from pipeline.stages.calibrate import TENSORS  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.progress import quiet  # noqa: E402
 from pipeline.core.fileio import write_bytes, write_json  # noqa: E402
 from pipeline.core.runtime import read_onnx  # noqa: E402
 from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
@@ -44,8 +45,6 @@ from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
 
 def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
     """MODEL with every quantized Conv's bias corrected by its own mean error (conv bank), and a record."""
-    def quiet(it, total=None):
-        return it
     q = cfg.backend.quantize
     skip = set(skipped_convs(model, q.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source))
     current, convs, added = with_biases(model, skip)
@@ -75,7 +74,7 @@ def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
             sums[o] = sums.get(o, 0.0) + value.sum(axis=(0, 2, 3), dtype=np.float64)
             positions[o] = value.shape[2] * value.shape[3]
 
-    images = stats._stream(runtime.session(data), input_name, shapes, calib_tensors, input_shape, quiet, add)
+    images = stats._stream(runtime.session(data), input_name, shapes, calib_tensors, input_shape, quiet, "bias correction", add)
     biases = biases_of(current, convs)
     original = dict(biases)
     for conv in convs:

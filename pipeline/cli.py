@@ -74,7 +74,7 @@ def cmd_calib(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .backends import build_engine, tuned_config_warnings
+    from .backends.engine import build_engine, tuned_config_warnings
     cfg = _config(args.config)
     calib = Path(args.calib) if args.calib else None
     build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out), progress)
@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: demo_training.STEPS; 0: random weights, as the tests use)")
+                   help="training steps (default: STEPS in pipeline/demo/training.py; 0: random weights, as the "
+                        "tests use)")
     p.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG),
                    help="build config whose preprocessing the training inputs go through (default: %(default)s)")
     p.set_defaults(func=cmd_demo_ckpt)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, StubProgress, small_config_dict, write_config
 from pipeline.core import runtime
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort import fp16, qdq, stats, thresholds
 from pipeline.backends.ort.numbering import conv_order
 from pipeline.core.config import load_config

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import FP16_CONFIG, INT8_CONFIG, REPO, StubProgress, config_dict, write_config
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 

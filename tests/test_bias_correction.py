@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, StubProgress, config_dict, small_config_dict, write_config
 from pipeline import cli
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort import bias_correction as bc
 from pipeline.backends.ort import qdq
 from pipeline.core.config import load_config
@@ -359,7 +359,7 @@ def corrected(tmp_path_factory, calib) -> tuple[Path, Path]:
 
 
 def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, calib, corrected, monkeypatch):
-    import pipeline.backends
+    import pipeline.backends.engine
     import pipeline.stages.correct
     config, onnx_path = corrected
     hashed = []
@@ -367,7 +367,7 @@ def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, ca
     def counting(path):
         hashed.append(Path(path))
         return sha256_file(path)
-    for module in (pipeline.backends, pipeline.stages.correct):
+    for module in (pipeline.backends.engine, pipeline.stages.correct):
         monkeypatch.setattr(module, "sha256_file", counting)
     manifest = build_engine("ort", load_config(config), onnx_path, calib, tmp_path / "engine", StubProgress())
     monkeypatch.undo()

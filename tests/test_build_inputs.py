@@ -1,5 +1,5 @@
 """`build` refuses a truncated or corrupt ONNX and a damaged calibration folder before any backend runs: one line
-naming the file, exit 2, no engine folder left (backend-neutral: the check is in pipeline.backends.check_inputs)."""
+naming the file, exit 2, no engine folder left (backend-neutral: the check is in pipeline.backends.engine.check_inputs)."""
 from __future__ import annotations
 
 import json

@@ -34,7 +34,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, small_config, small_sim_onnx, data) -> dict[str, Path]:
     """Real fp16 and int8 engines of the reference backend (max calibration on 2 images: quick, still int8)."""
-    from pipeline.backends import build_engine
+    from pipeline.backends.engine import build_engine
     from pipeline.stages.calibrate import make_calibration_set
     root = tmp_path_factory.mktemp("engines")
     raw = small_config_dict(INT8_CONFIG)

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import INT8_CONFIG, StubProgress, put_standin_on_path, small_config_dict, write_config
 from fake_vaststreamx import Card, install
 from pipeline.stages import hwcheck
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError

@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from conftest import REPO
-from pipeline.core.progress import log_progress
+from pipeline.core.progress import LogBar
 
 
 def test_a_line_each_time_the_interval_has_passed():
     ticks = iter([100.0, 101.0, 104.9, 105.0, 106.0, 111.0, 111.5])  # start, then one reading per item
     stream = io.StringIO()
-    items = list(log_progress(range(6), "calibration", None, stream, every=5.0, clock=lambda: next(ticks)))
+    items = list(LogBar("calibration", None, stream, 5.0, lambda: next(ticks)).wrap(range(6)))
     assert items == list(range(6))
     # 5.0 s after the start at the 3rd item, then 6.0 s after that at the 5th; the others are under 5 s apart
     assert stream.getvalue().splitlines() == ["calibration: 3/6 (5 s)", "calibration: 5/6 (11 s)"]
@@ -23,11 +23,11 @@ def test_a_line_each_time_the_interval_has_passed():
 def test_unknown_total_and_given_total():
     ticks = iter([0.0, 10.0, 20.0])
     stream = io.StringIO()
-    list(log_progress(iter("ab"), "demo images", None, stream, every=5.0, clock=lambda: next(ticks)))
+    list(LogBar("demo images", None, stream, 5.0, lambda: next(ticks)).wrap(iter("ab")))
     assert stream.getvalue().splitlines() == ["demo images: 1/? (10 s)", "demo images: 2/? (20 s)"]
     ticks = iter([0.0, 10.0])
     stream = io.StringIO()
-    list(log_progress(iter("a"), "evaluate", 40, stream, every=5.0, clock=lambda: next(ticks)))
+    list(LogBar("evaluate", 40, stream, 5.0, lambda: next(ticks)).wrap(iter("a")))
     assert stream.getvalue() == "evaluate: 1/40 (10 s)\n"
 
 

@@ -13,7 +13,7 @@ import yaml
 from onnx import numpy_helper
 
 from conftest import INT8_CONFIG, SMALL_HW, StubProgress, small_config_dict, write_config
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort.numbering import conv_order
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError

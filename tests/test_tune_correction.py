@@ -156,7 +156,7 @@ def test_the_corrected_candidate_is_chosen_when_significantly_closer_and_within_
 @pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                         tmp_path, monkeypatch):
-    from pipeline.backends import build_engine
+    from pipeline.backends.engine import build_engine
     from pipeline.backends.ort import qdq, stats
     from pipeline.backends.ort.build import tensor_thresholds
     from pipeline.stages.correct import correct_onnx
@@ -257,7 +257,7 @@ def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it
 @pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                      tmp_path):
-    from pipeline.backends import build_engine
+    from pipeline.backends.engine import build_engine
     from pipeline.stages.correct import correct_onnx
     # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
     raw = yaml.safe_load(tune_config(tmp_path).read_text())

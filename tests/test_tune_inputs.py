@@ -15,7 +15,7 @@ import yaml
 
 from conftest import INT8_CONFIG, REPO, StubProgress, small_config_dict, write_config
 from pipeline import cli
-from pipeline.backends import tuned_config_warnings
+from pipeline.backends.engine import tuned_config_warnings
 from pipeline.core.config import load_config
 from pipeline.tuning import plot, promote, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, content_digest

@@ -49,7 +49,8 @@ def showing(note) -> Progress:
 
 
 def quiet(items, desc: str, total: int | None, unit: str = "img"):
-    """ITEMS, nothing shown: the default of the stages whose loops a library caller may not want to see."""
+    """ITEMS, nothing shown: the default of the stages whose loops a library caller may not want to see (loops
+    only: a stage that advances a bar by hand is given `progress`)."""
     return items
 
 
@@ -83,8 +84,3 @@ class LogBar:
         for item in iterable:
             yield item
             self.update()
-
-
-def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-    """ITERABLE's items, with LogBar's lines on STREAM."""
-    return LogBar(desc, total, stream, every, clock).wrap(iterable)

@@ -414,7 +414,7 @@ def choose_skip_list(model: onnx.ModelProto, cfg8: BuildConfig, images: list[Pat
 def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     """Every check; writes OUT/report.md (and the reference engines and configs under OUT). Returns the
     verdicts and the one-screen summary."""
-    from ..backends import build_engine
+    from ..backends.engine import build_engine
     from ..backends.ort.numbering import conv_order
     from ..data.dataset import matte_path
     from .evaluate import load_gt

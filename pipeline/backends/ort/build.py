@@ -16,7 +16,7 @@ from ...core.config import BuildConfig
 from ...core.errors import PipelineError
 from ...core.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from ...stages.calibrate import TENSORS
-from .. import base_manifest
+from ..engine import base_manifest
 from . import qdq, stats, thresholds
 from .fp16 import convert_fp16
 from .numbering import conv_order

@@ -31,7 +31,7 @@ from ...core import layout
 from ...core.config import BuildConfig, CvtColor, DecodeImage, Normalize, Resize
 from ...core.errors import PipelineError
 from ...core.fileio import check_out_dir, mark_stage, sha256_file, write_json, write_text
-from .. import base_manifest
+from ..engine import base_manifest
 
 COMMANDS = ("compile", "build")  # `vamc compile` since 2025; older releases know only `vamc build`
 VERSION_TIMEOUT_S = 20
