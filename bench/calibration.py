@@ -31,7 +31,7 @@ PY = sys.executable
 # Runs `python -m pipeline ARGS` and, at exit, writes the process's own peak RSS (VmHWM) to a file. wait4's
 # ru_maxrss would also count this benchmark's memory at the moment it spawned the child.
 CHILD = ("import atexit, runpy, sys\n"
-         "from pipeline.backends.ort import peak_rss_mb\n"
+         "from pipeline.backends.ort.build import peak_rss_mb\n"
          "report = sys.argv.pop(1)\n"
          "atexit.register(lambda: open(report, 'w').write(str(peak_rss_mb())))\n"
          "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n")
@@ -71,7 +71,7 @@ def main() -> None:
     if not (data / "image").is_dir() or len(list((data / "image").iterdir())) < max(args.counts):
         run(["demo-data", "--out", str(data), "--count", str(max(args.counts)), "--seed", "7", "--scale", "0.3"])
 
-    from pipeline import runtime
+    from pipeline.core import runtime
     session = runtime.session(onnx)
     targets = {"kl_divergence": 2.5, "percentile": 2.5, "mse": 2.5, "max": 1.5}
     for n in args.counts:

@@ -28,12 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.calibrate import read_calibration_folder  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.correct import MODE, correct_onnx, record_path  # noqa: E402
-from pipeline.dataset import image_dir  # noqa: E402
-from pipeline.fileio import sha256_file  # noqa: E402
-from pipeline.runtime import read_onnx  # noqa: E402
+from pipeline.stages.calibrate import read_calibration_folder  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.progress import quiet  # noqa: E402
+from pipeline.stages.correct import MODE, correct_onnx, record_path  # noqa: E402
+from pipeline.data.dataset import image_dir  # noqa: E402
+from pipeline.core.fileio import sha256_file  # noqa: E402
+from pipeline.core.runtime import read_onnx  # noqa: E402
 from pipeline.tuning import scoring, statistics  # noqa: E402
 from pipeline.tuning.candidates import Candidate, Quantizer  # noqa: E402
 
@@ -77,7 +78,7 @@ def corrected(cfg, config: Path, onnx: Path, calib: Path, work: Path) -> tuple[P
         if fits:
             return out, None, record
     print(f"correct {config} -> {out}", flush=True)
-    record, seconds, rss = correct_onnx(cfg, onnx, calib, out, lambda it, total=None: it)
+    record, seconds, rss = correct_onnx(cfg, onnx, calib, out, quiet)
     print(f"correct took {seconds:.0f} s, peak RSS {rss:.0f} MB, {record['rounds_run']} round(s)", flush=True)
     return out, seconds, record
 
@@ -131,7 +132,7 @@ def measure(entries: list[dict], args) -> tuple[list[dict], list[dict], dict]:
         # one statistics collection per ONNX (tune's Quantizer); the configs of one ONNX differ only in calibration
         key = (source, cfg.backend.quantize.quantize_per_channel, cfg.pipeline.conv_numbering)
         if key not in quantizers:
-            quantizers[key] = Quantizer(cfg, read_onnx(source, "rebuild it"), args.calib, lambda it, total=None: it)
+            quantizers[key] = Quantizer(cfg, read_onnx(source, "rebuild it"), args.calib, quiet)
         model = quantizers[key].build(candidate_of(cfg))
         int8 = row(f"int8 {entry['label']}", scoring.predict(model, images.inputs), fp32_preds, images, fp32_gt, cfg)
         rows.append(int8)

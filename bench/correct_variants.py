@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,28 +30,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from correct_accuracy import common_arguments, label_of, measure, report  # noqa: E402
 
-from pipeline import runtime  # noqa: E402
-from pipeline.backends.ort import qdq, skipped_convs, stats  # noqa: E402
+from pipeline.backends.ort import qdq, stats  # noqa: E402
 from pipeline.backends.ort.bias_correction import (  # noqa: E402
-    THRESHOLD_MOVE, biases_of, calibrate, channel_means, fp32_deviation, largest_move, set_biases, with_biases)
-from pipeline.calibrate import TENSORS  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.fileio import write_bytes, write_json  # noqa: E402
-from pipeline.runtime import read_onnx  # noqa: E402
+    THRESHOLD_MOVE, Deviation, biases_of, calibrate, channel_means, largest_move, set_biases, with_biases)
+from pipeline.backends.ort.build import skipped_convs  # noqa: E402
+from pipeline.core import runtime  # noqa: E402
+from pipeline.stages.calibrate import TENSORS  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.progress import quiet  # noqa: E402
+from pipeline.core.fileio import write_bytes, write_json  # noqa: E402
+from pipeline.core.runtime import read_onnx  # noqa: E402
 from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
 
 
 def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
     """MODEL with every quantized Conv's bias corrected by its own mean error (conv bank), and a record."""
-    def quiet(it, total=None):
-        return it
     q = cfg.backend.quantize
     skip = set(skipped_convs(model, q.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source))
     current, convs, added = with_biases(model, skip)
     outputs = [c.output for c in convs]
     fp32_means = channel_means(current, outputs, calib_tensors, quiet)
     tensors = qdq.quantized_tensors(current, skip)
-    thresholds = calibrate(current, tensors, cfg, calib_tensors, quiet)
+    output = model.graph.output[0].name
+    scratch = tempfile.TemporaryDirectory(prefix="correct-variants-")
+    original_output = Path(scratch.name) / "fp32-output.bin"  # what correct's record compares with, as it does
+    with open(original_output, "wb") as handle:
+        thresholds = calibrate(current, tensors, cfg, calib_tensors, quiet,
+                               observe=lambda values: values[output].tofile(handle))
     # every Conv of the bank quantized (the skipped ones are simply not read); inputs from the fp32 network
     bank = runtime.session(qdq.write_qdq(conv_bank(current), {BANK_INPUT + t: v for t, v in thresholds.items()},
                                          set(), q.quantize_per_channel))
@@ -68,14 +74,17 @@ def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
             sums[o] = sums.get(o, 0.0) + value.sum(axis=(0, 2, 3), dtype=np.float64)
             positions[o] = value.shape[2] * value.shape[3]
 
-    images = stats._stream(runtime.session(data), input_name, shapes, calib_tensors, input_shape, quiet, add)
+    images = stats._stream(runtime.session(data), input_name, shapes, calib_tensors, input_shape, quiet, "bias correction", add)
     biases = biases_of(current, convs)
     original = dict(biases)
     for conv in convs:
         error = sums[conv.output] / (images * positions[conv.output]) - fp32_means[conv.output]
         biases[conv.bias] = (biases[conv.bias].astype(np.float64) - error).astype(np.float32)
     set_biases(current, biases)
-    move, tensor = largest_move(thresholds, calibrate(current, tensors, cfg, calib_tensors, quiet))
+    with open(original_output, "rb") as handle:
+        deviation = Deviation(handle, output)
+        move, tensor = largest_move(thresholds, calibrate(current, tensors, cfg, calib_tensors, quiet, observe=deviation))
+    scratch.cleanup()
     rows = [{"onnx_node": c.name, "bias_added": c.name in added,
              "correction_l2": float(np.linalg.norm(biases[c.bias].astype(np.float64) - original[c.bias])),
              "bias_l2": float(np.linalg.norm(original[c.bias].astype(np.float64)))} for c in convs]
@@ -83,7 +92,7 @@ def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
                         "one correction; a measurement, not what `correct` writes",
               "rounds_run": 1, "settled": move <= THRESHOLD_MOVE,
               "rounds": [{"round": 1, "largest_threshold_move": move, "tensor": tensor}],
-              "convs": rows, "fp32_deviation": fp32_deviation(model, current, calib_tensors, quiet)}
+              "convs": rows, "fp32_deviation": deviation.record()}
     return current.SerializeToString(), record
 
 

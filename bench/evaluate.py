@@ -17,8 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.evaluate import WORKERS, evaluate  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.stages.evaluate import WORKERS, evaluate  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"
         if not args.data:
-            from pipeline.demo_data import write_demo_data
+            from pipeline.demo.data import write_demo_data
             t0 = time.perf_counter()
             write_demo_data(data, args.count, seed=0, scale=args.scale)
             print(f"generated {args.count} images at scale {args.scale} in {time.perf_counter() - t0:.1f} s "

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.config import Tune  # noqa: E402
+from pipeline.core.config import Tune  # noqa: E402
 from pipeline.tuning import scoring, statistics  # noqa: E402
 
 N = 25

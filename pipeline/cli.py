@@ -8,91 +8,33 @@ import argparse
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
-from .errors import PipelineError
-from .fileio import check_out_dir
+from .core.errors import PipelineError
+from .core.fileio import check_out_dir
+from .core.progress import progress, showing
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "build_configs" / "official_modnet_fp16.yaml"
 
-LOG_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is a log, not a terminal
-
-
-def progress(iterable, desc: str, total: int | None = None, unit: str = "img"):
-    """A progress bar on stderr when it is a terminal; in a log (CI, `make ... > log`), a line every few seconds.
-    With ITERABLE None, a bar to advance by hand (`update`, `set_postfix_str`)."""
-    if not sys.stderr.isatty():
-        bar = LogBar(desc, total, sys.stderr, LOG_PROGRESS_EVERY)
-        return bar if iterable is None else bar.wrap(iterable)
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False)
-
-
-class LogBar:
-    """What a log gets instead of a bar: `DESC: n/N (T s)[, POSTFIX]` once EVERY seconds have passed since the last
-    line. A bar's carriage returns would make a log unreadable, and silence looks like a hang."""
-
-    def __init__(self, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-        self.desc, self.total, self.stream, self.every, self.clock = desc, total, stream, every, clock
-        self.done, self.postfix = 0, ""
-        self.start = self.last = clock()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = self.clock()
-        if now - self.last >= self.every:
-            total = self.total if self.total is not None else "?"
-            extra = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: {self.done}/{total} ({now - self.start:.0f} s){extra}", file=self.stream, flush=True)
-            self.last = now
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.postfix = text
-
-    def close(self) -> None:
-        pass
-
-    def wrap(self, iterable):
-        if self.total is None and hasattr(iterable, "__len__"):
-            self.total = len(iterable)
-        for item in iterable:
-            yield item
-            self.update()
-
-
-def log_progress(iterable, desc: str, total: int | None, stream, every: float, clock=time.monotonic):
-    """ITERABLE's items, with LogBar's lines on STREAM."""
-    return LogBar(desc, total, stream, every, clock).wrap(iterable)
-
 
 def _config(path: str):
-    from .config import load_config
+    from .core.config import load_config
     return load_config(path)
 
 
 def cmd_export(args) -> None:
-    from .export import export_onnx
+    from .model.export import export_onnx
     export_onnx(_config(args.config), args.ckpt, args.out)
     print(f"wrote {args.out}")
 
 
 def cmd_simplify(args) -> None:
-    from .simplify import simplify_onnx
+    from .stages.simplify import simplify_onnx
     report = simplify_onnx(_config(args.config), args.onnx, args.out)
     p = report["parity"]
     print(f"wrote {args.out}: {report['nodes_before']} -> {report['nodes_after']} nodes, parity max abs "
           f"{p['max_abs']:.3g} (tolerance {p['tolerance']:g})")
-
-
-def _losses_bar(losses, total: int):
-    bar = progress(losses, "training", total, unit="step")
-    show = getattr(bar, "set_postfix", None)  # a terminal's bar shows the loss; a log's n/N lines do not
-    for loss in bar:
-        if show:
-            show(loss=f"{loss:.4f}", refresh=False)
-        yield loss
 
 
 def _check_seed(seed: int) -> None:
@@ -101,56 +43,50 @@ def _check_seed(seed: int) -> None:
 
 
 def cmd_demo_ckpt(args) -> None:
-    from .checkpoint import is_demo_checkpoint
-    from .demo_checkpoint import write_demo_checkpoint
-    from .demo_training import STEPS
+    from .demo.checkpoint import check_out, write_demo_checkpoint
+    from .demo.training import STEPS
     steps = STEPS if args.steps is None else args.steps
     if steps < 0:
         raise PipelineError(f"--steps must be 0 (random weights) or more, got {steps}")
     _check_seed(args.seed)
-    out = Path(args.out)
-    if out.is_dir():
-        raise PipelineError(f"{out}: is a folder; --out names the checkpoint file to write")
-    if out.exists() and not is_demo_checkpoint(out):  # an earlier demo checkpoint is replaced; nothing else
-        raise PipelineError(f"{out}: exists and is not a demo checkpoint; name a new file, or delete it yourself")
-    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config), progress=_losses_bar)
+    check_out(Path(args.out))
+    write_demo_checkpoint(args.out, args.seed, steps, _config(args.config),
+                          progress=showing(lambda loss: f"loss={loss:.4f}"))
     how = f"trained {steps} steps on generated portraits" if steps else "random weights"
     print(f"wrote {args.out} (seed {args.seed}, {how}: not the official model)")
 
 
 def cmd_demo_data(args) -> None:
-    from .demo_data import write_demo_data
+    from .demo.data import write_demo_data
     _check_seed(args.seed)
-    names = write_demo_data(args.out, args.count, args.seed, args.scale,
-                            progress=lambda it: progress(it, "demo images", args.count))
+    names = write_demo_data(args.out, args.count, args.seed, args.scale, progress=progress)
     print(f"wrote {len(names)} generated portraits and mattes to {args.out}")
 
 
 def cmd_calib(args) -> None:
-    from .calibrate import default_list_path, make_calibration_set
+    from .stages.calibrate import default_list_path, make_calibration_set
     cfg = _config(args.config)
     list_path = Path(args.list) if args.list else default_list_path(cfg)
     manifest = make_calibration_set(cfg, args.data, args.out, list_path, redraw=args.redraw,
-                                    progress=lambda it, total=None: progress(it, "calibration set", total))
+                                    progress=progress)
     how = "reused" if manifest["list"]["reused"] else "drew"
     print(f"wrote {args.out}: {manifest['count']} images ({how} {list_path})")
 
 
 def cmd_build(args) -> None:
-    from .backends import build_engine, tuned_config_warnings
+    from .backends.engine import build_engine, tuned_config_warnings
     cfg = _config(args.config)
     calib = Path(args.calib) if args.calib else None
-    build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out),
-                 progress=lambda it, total=None: progress(it, "calibration", total))
+    build_engine(args.backend, cfg, Path(args.onnx), calib, Path(args.out), progress)
     print(f"wrote {cfg.backend.dtype} engine ({args.backend}) to {args.out}")
     for warning in tuned_config_warnings(cfg, Path(args.onnx)):
         print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_correct(args) -> None:
-    from .correct import correct_onnx
+    from .stages.correct import correct_onnx
     record, seconds, rss = correct_onnx(_config(args.config), Path(args.onnx), Path(args.calib), Path(args.out),
-                                        progress=lambda it, total=None: progress(it, "bias correction", total))
+                                        progress)
     last = record["rounds"][-1]
     print(f"wrote {args.out} and {args.out}.json: {len(record['convs'])} Convs corrected, "
           f"{record['rounds_run']} round(s) ({record['passes_per_round']} int8 passes each), last threshold move "
@@ -159,24 +95,12 @@ def cmd_correct(args) -> None:
 
 
 def cmd_layers(args) -> None:
-    from .backends.ort import skipped_convs
-    from .backends.ort.numbering import conv_table, format_conv_table
-    from .runtime import read_onnx
-    cfg = _config(args.config)
-    if not Path(args.onnx).is_file():
-        raise PipelineError(f"{args.onnx}: no such ONNX file (run `make simplify` first)")
-    model = read_onnx(args.onnx, "--onnx must be the simplified ONNX (`make simplify` writes it)")
-    numbering = cfg.pipeline.conv_numbering
-    skip = cfg.backend.quantize.skip_conv_layers if cfg.backend.quantize else ()
-    skipped = skipped_convs(model, skip, numbering, cfg.source)
-    rows = conv_table(model)
-    print(format_conv_table(rows, set(skipped)))
-    print(f"{len(rows)} Convs. skip_conv_layers {list(skip)} counts in {numbering} order "
-          f"(pipeline.conv_numbering in {cfg.source}): " + (", ".join(skipped) or "nothing") + " stays float.")
+    from .stages.layers import layers
+    print(layers(_config(args.config), args.onnx))
 
 
 def _workbench(args, cache: Path | None = None):
-    from .checkpoint import is_demo_checkpoint
+    from .model.checkpoint import is_demo_checkpoint
     from .tuning.workbench import Workbench
     demo = (args.demo, bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)))
     extra = getattr(args, "extra_images", None)
@@ -229,9 +153,8 @@ def cmd_promote(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate
-    report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit,
-                      progress=lambda it, total=None: progress(it, f"evaluate {Path(args.engine).name}", total))
+    from .stages.evaluate import evaluate
+    report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit, progress=progress)
     t = report["timing"]
     print(f"wrote {args.out}/metrics.json: {report['images']} images, MSE {report['mse']:.5f}, MAD "
           f"{report['mad']:.5f}, SAD {report['sad']:.3f}, Grad {report['grad']:.3f}, Conn {report['conn']:.3f}, "
@@ -239,47 +162,21 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluated(args):
-    from .report import Evaluated, load_metrics
-    fp32 = Evaluated("fp32", Path(args.fp32), load_metrics(args.fp32), None)
-    engines = [Evaluated(label, Path(folder), load_metrics(folder), _config(cfg))
-               for label, folder, cfg in (args.engine or [])]
-    return fp32, engines
-
-
-def _scope(args, engines):
-    """Which images of DATA the engines were calibrated or tuned on: the calibration folders' manifests and tune's
-    selection lists, checked as data (a selection image of DATA must be the file that was tuned on)."""
-    from .calibrate import read_calibration_manifest
-    from .dataset import check_listed_images, read_image_list
-    from .report import Scope
-    from .tuning.tuned_yaml import is_tuned
-    calibration = None
-    for folder in args.calib or ():
-        names = {entry["name"] for entry in read_calibration_manifest(Path(folder))["images"]}
-        calibration = (calibration or frozenset()) | names
-    selection: frozenset[str] = frozenset()
-    for file in args.exclude_selection or ():
-        path = Path(file)
-        _, entries = read_image_list(path, "tune's selection list")
-        if not entries:
-            raise PipelineError(f"{path}: tune's selection list names no images; tune again (make tune)")
-        check_listed_images(args.data, entries, path, "restore it, or tune again on this data (make tune)")
-        selection |= {name for name, _ in entries}
-    unknown = () if args.exclude_selection else tuple(
-        ev.cfg.source.name for ev in engines if ev.cfg is not None and is_tuned(ev.cfg.source))
-    return Scope(calibration, selection, unknown)
+    from .stages.report import evaluated
+    return evaluated(args.fp32, args.engine or [])
 
 
 def cmd_report(args) -> None:
-    from .checkpoint import is_demo_checkpoint
-    from .report import described, gate_failures, write_report
+    from .model.checkpoint import is_demo_checkpoint
+    from .stages.report import described, gate_failures, scope, write_report
     fp32, engines = _evaluated(args)
-    scope = _scope(args, engines)
+    held = scope([Path(f) for f in args.calib or ()], [Path(f) for f in args.exclude_selection or ()],
+                 Path(args.data), engines)
     out = Path(args.out)
     before = described(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else None
     rows = write_report(fp32, engines, _config(args.config), Path(args.onnx), Path(args.data), args.demo,
                         out, Path(args.png), demo_ckpt=bool(args.ckpt) and is_demo_checkpoint(Path(args.ckpt)),
-                        scope=scope)
+                        scope=held)
     now = described(out.read_text(encoding="utf-8"))
     if before and before != now:
         print(f"replaced {out}: was {before}, now {now}")
@@ -288,7 +185,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_gate(args) -> None:
-    from .report import gate, gate_failures
+    from .stages.report import gate, gate_failures
     fp32, engines = _evaluated(args)
     failure = gate_failures(gate(fp32, engines))
     if failure:
@@ -304,12 +201,8 @@ def _engine_args(p) -> None:
 
 
 def cmd_release(args) -> None:
-    import os
-
-    from .provenance import meant_to_be_committed
-    from .release import ReleaseInputs, assemble, load_manifest
-    fp16, int8 = _config(args.config_fp16), _config(args.config_int8)
-    name = os.path.commonprefix([fp16.name, int8.name]).rstrip("_-.") or "modnet"
+    from .stages.release import ReleaseInputs, assemble, release_name, uncommitted_list_warning
+    name = release_name(_config(args.config_fp16).name, _config(args.config_int8).name)
     inputs = ReleaseInputs(name=name, ckpt=Path(args.ckpt), data=Path(args.data), backend=args.backend,
                            config_fp16=Path(args.config_fp16), config_int8=Path(args.config_int8),
                            calib_list=Path(args.calib_list), calib_dir=Path(args.calib), onnx_fp16=Path(args.onnx_fp16),
@@ -320,24 +213,21 @@ def cmd_release(args) -> None:
     bundle, written = assemble(inputs, Path(args.out_root))
     print(f"wrote release {bundle}" if written else
           f"release {bundle} is already there (same inputs); nothing written")
-    if written and load_manifest(bundle)["repository"].get("calibration_list_committed") is False \
-            and meant_to_be_committed(Path(args.calib_list)):  # the demo's and verify's lists never are
-        print(f"warning: {args.calib_list} is not committed in this repository, so MANIFEST.json says "
-              f"repository.clean: false; commit it to make the release reproducible from the repository alone",
-              file=sys.stderr)
+    warning = uncommitted_list_warning(bundle, args.calib_list) if written else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_verify(args) -> None:
-    from .provenance import REPO
-    from .verify import verify
+    from .stages.verify import verify
     optional = {name: Path(getattr(args, name)) if getattr(args, name) else None
-                for name in ("scratch", "scratch_root", "ckpt", "data")}
-    venv_cache = Path(args.venv_cache) if args.venv_cache else REPO / "artifacts" / "verify" / "venvs"
-    print(verify(Path(args.release), venv_cache=venv_cache, say=lambda line: print(line, flush=True), **optional))
+                for name in ("scratch", "scratch_root", "ckpt", "data", "venv_cache")}
+    print(verify(Path(args.release), say=lambda line: print(line, flush=True), **optional))
 
 
 def cmd_hwcheck(args) -> None:
-    from .hwcheck import Inputs, run
+    from .core.layout import hwcheck_report
+    from .stages.hwcheck import Inputs, run
     check_out_dir(Path(args.out), "hwcheck")  # before any work; claim_dir checks again
     skip = None
     if args.skip_conv_layers is not None:
@@ -356,7 +246,7 @@ def cmd_hwcheck(args) -> None:
     print(text, end="")
     failing = [v.check for v in verdicts if v.failing]
     if failing:
-        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {Path(args.out) / 'report.md'}")
+        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {hwcheck_report(args.out)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: demo_training.STEPS; 0: random weights, as the tests use)")
+                   help="training steps (default: STEPS in pipeline/demo/training.py; 0: random weights, as the "
+                        "tests use)")
     p.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG),
                    help="build config whose preprocessing the training inputs go through (default: %(default)s)")
     p.set_defaults(func=cmd_demo_ckpt)

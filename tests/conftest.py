@@ -41,9 +41,32 @@ def small_config_dict(path: Path = FP16_CONFIG, hw: tuple[int, int] = SMALL_HW) 
     return raw
 
 
+class StubProgress:
+    """The stages' progress protocol (pipeline/core/progress.py) without output, for every test that passes one:
+    `loops` records each loop's (desc, total); called without items it is its own bar to advance by hand, whose
+    advances add up in `done` (the last postfix in `postfix`)."""
+
+    def __init__(self):
+        self.loops: list[tuple[str, int | None]] = []
+        self.done, self.postfix = 0, ""
+
+    def __call__(self, items, desc: str, total: int | None, unit: str = "img"):
+        self.loops.append((desc, total))
+        return self if items is None else items
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="session")
 def demo_ckpt(tmp_path_factory) -> Path:
-    from pipeline.demo_checkpoint import write_demo_checkpoint
+    from pipeline.demo.checkpoint import write_demo_checkpoint
     path = tmp_path_factory.mktemp("ckpt") / "modnet_photographic_portrait_matting.ckpt"
     write_demo_checkpoint(path, seed=0)
     return path
@@ -58,8 +81,8 @@ def small_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
     """The demo checkpoint exported at the small shape."""
-    from pipeline.config import load_config
-    from pipeline.export import export_onnx
+    from pipeline.core.config import load_config
+    from pipeline.model.export import export_onnx
     out = tmp_path_factory.mktemp("onnx") / "small.onnx"
     export_onnx(load_config(small_config), demo_ckpt, out)
     return out
@@ -67,8 +90,8 @@ def small_onnx(tmp_path_factory, demo_ckpt, small_config) -> Path:
 
 @pytest.fixture(scope="session")
 def small_sim_onnx(tmp_path_factory, small_onnx, small_config) -> Path:
-    from pipeline.config import load_config
-    from pipeline.simplify import simplify_onnx
+    from pipeline.core.config import load_config
+    from pipeline.stages.simplify import simplify_onnx
     out = tmp_path_factory.mktemp("sim") / "small.sim.onnx"
     simplify_onnx(load_config(small_config), small_onnx, out)
     return out

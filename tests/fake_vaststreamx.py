@@ -39,7 +39,7 @@ def install(monkeypatch, card: Card) -> types.ModuleType:
 
 
 def make_module(card: Card) -> types.ModuleType:
-    from pipeline import runtime
+    from pipeline.core import runtime
     vsx = types.ModuleType("vaststreamx")
     vsx.__doc__ = "FAKE vaststreamx (tests/fake_vaststreamx.py)"
     vsx.calls = calls = []

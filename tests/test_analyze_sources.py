@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SMALL_HW
-from pipeline import metrics, runtime
+from pipeline.accuracy import metrics
+from pipeline.core import runtime
 from pipeline.backends.ort import qdq
 from pipeline.cli import main
 from pipeline.tuning import analyze as analyze_mod, statistics
@@ -227,6 +228,7 @@ def test_reading_says_neither_when_the_paired_difference_is_not_significant():
                             "for the activations.")
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_analyze_on_modnet_both_row_is_the_config_s_int8_and_the_cli_prints_the_reading(inputs, small_sim_onnx,
                                                                                          tmp_path, capsys):
     out = tmp_path / "analysis"

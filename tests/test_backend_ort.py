@@ -9,20 +9,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline import runtime
-from pipeline.backends import build_engine
+from conftest import INT8_CONFIG, StubProgress, small_config_dict, write_config
+from pipeline.core import runtime
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort import fp16, qdq, stats, thresholds
 from pipeline.backends.ort.numbering import conv_order
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 SKIP = [0, 54]  # 54: f_branch.conv_lr4x in vamc's numbering, hr_branch.tohr_enc2x in ONNX order
 FP16_MAX_ABS = 0.02  # measured 0.011 on a generated image with the demo checkpoint
-
-
-def no_progress(iterable, total=None):
-    return iterable
 
 
 def int8_config(tmp_path: Path, numbering: str = "vamc", **quantize):
@@ -36,8 +32,8 @@ def int8_config(tmp_path: Path, numbering: str = "vamc", **quantize):
 
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory) -> Path:
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("ortcalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(int8_config(tmp), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")
@@ -47,7 +43,7 @@ def calib_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def int8_engine(tmp_path_factory, small_sim_onnx, calib_dir) -> Path:
     out = tmp_path_factory.mktemp("int8") / "engine"
-    build_engine("ort", int8_config(out.parent), small_sim_onnx, calib_dir, out, no_progress)
+    build_engine("ort", int8_config(out.parent), small_sim_onnx, calib_dir, out, StubProgress())
     return out
 
 
@@ -61,7 +57,7 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def test_fp16_engine_runs_close_to_fp32(tmp_path, small_sim_onnx, small_config, calib_dir):
     out = tmp_path / "fp16"
-    manifest = build_engine("ort", load_config(small_config), small_sim_onnx, None, out, no_progress)
+    manifest = build_engine("ort", load_config(small_config), small_sim_onnx, None, out, StubProgress())
     assert sorted(p.name for p in out.iterdir()) == [".pipeline-stage", "manifest.json", "model.onnx"]
     assert (out / ".pipeline-stage").read_text() == "build\n"
     assert manifest["backend"] == "ort" and manifest["dtype"] == "fp16"
@@ -142,6 +138,7 @@ def test_int8_placement_follows_tvm(int8_engine, small_sim_onnx):
         len(qdq.quantized_tensors(original, skipped))
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_int8_manifest_records_every_quantized_tensor(int8_engine, small_sim_onnx, calib_dir):
     manifest = json.loads((int8_engine / "manifest.json").read_text())
     cal = manifest["calibration"]
@@ -152,7 +149,7 @@ def test_int8_manifest_records_every_quantized_tensor(int8_engine, small_sim_onn
     skipped = set(cal["skipped_conv_layers"].values())
     assert sorted(cal["tensors"]) == sorted(qdq.quantized_tensors(original, skipped))
     # the thresholds are those of an independent collection; the model's scales are threshold / 128
-    collected = stats.collect(original, list(cal["tensors"]), calib_dir / "tensors.npy", no_progress)
+    collected = stats.collect(original, list(cal["tensors"]), calib_dir / "tensors.npy", StubProgress(), "calibration")
     model = onnx.load(str(int8_engine / "model.onnx"))
     inits = initializers(model)
     for name, row in cal["tensors"].items():
@@ -165,13 +162,14 @@ def test_int8_manifest_records_every_quantized_tensor(int8_engine, small_sim_onn
     assert any(row["clipped_share"] > 0 for row in cal["tensors"].values())  # KL clips
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_int8_rebuilds_identically_and_numbering_switches_the_skipped_conv(tmp_path, int8_engine, small_sim_onnx,
                                                                             calib_dir):
     again = tmp_path / "again"
-    build_engine("ort", int8_config(tmp_path), small_sim_onnx, calib_dir, again, no_progress)
+    build_engine("ort", int8_config(tmp_path), small_sim_onnx, calib_dir, again, StubProgress())
     assert (again / "model.onnx").read_bytes() == (int8_engine / "model.onnx").read_bytes()
     manifest = build_engine("ort", int8_config(tmp_path, numbering="onnx", calibrate_mode="max"), small_sim_onnx,
-                            calib_dir, tmp_path / "onnx", no_progress)
+                            calib_dir, tmp_path / "onnx", StubProgress())
     assert manifest["calibration"]["skipped_conv_layers"]["54"] == "/hr_branch/tohr_enc2x/layers/layers.0/Conv"
     model = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
     convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
@@ -183,14 +181,14 @@ def test_int8_rebuilds_identically_and_numbering_switches_the_skipped_conv(tmp_p
 
 def test_per_tensor_weights_mse_mode_and_bad_index(tmp_path, small_sim_onnx, calib_dir):
     cfg = int8_config(tmp_path, quantize_per_channel=False, calibrate_mode="mse")
-    manifest = build_engine("ort", cfg, small_sim_onnx, calib_dir, tmp_path / "pt", no_progress)
+    manifest = build_engine("ort", cfg, small_sim_onnx, calib_dir, tmp_path / "pt", StubProgress())
     assert manifest["calibration"]["calibrate_mode"] == "mse"
     model = onnx.load(str(tmp_path / "pt" / "model.onnx"))
     conv = [n for n in model.graph.node if n.op_type == "Conv"][1]
     assert initializers(model)[producers(model)[conv.input[1]].input[1]].size == 1  # one scale per tensor
     with pytest.raises(PipelineError, match="skip_conv_layers index 999 is out of range"):
         build_engine("ort", int8_config(tmp_path, skip_conv_layers=[999]), small_sim_onnx, calib_dir,
-                     tmp_path / "bad", no_progress)
+                     tmp_path / "bad", StubProgress())
     assert not (tmp_path / "bad").exists()
 
 

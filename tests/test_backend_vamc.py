@@ -19,10 +19,10 @@ import onnx
 import pytest
 import yaml
 
-from conftest import FP16_CONFIG, INT8_CONFIG, REPO, config_dict, write_config
-from pipeline.backends import build_engine
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from conftest import FP16_CONFIG, INT8_CONFIG, REPO, StubProgress, config_dict, write_config
+from pipeline.backends.engine import build_engine
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 
 ENGINE_LISTING = [".pipeline-stage", "manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
@@ -82,7 +82,7 @@ def calib(tmp_path) -> Path:
 
 def run_build(config: Path, onnx: Path, out: Path, calib: Path | None = None) -> dict:
     os.environ["STANDIN_VAMC_SOURCE"] = str(config)
-    return build_engine("vamc", load_config(config), onnx, calib, out, progress=None)
+    return build_engine("vamc", load_config(config), onnx, calib, out, progress=StubProgress())
 
 
 @pytest.fixture(autouse=True)
@@ -307,7 +307,7 @@ def test_calibration_folder_must_match_its_manifest(tmp_path, standin, onnx_file
 
 
 def test_vdsp_params_follow_the_config(tmp_path):
-    from pipeline.backends.vamc import vdsp_params
+    from pipeline.backends.vamc.build import vdsp_params
     raw = config_dict(FP16_CONFIG)
     raw["dataset"]["process_ops"][2] = {"type": "Normalize", "div255": True, "mean": [0.485, 0.456, 0.406],
                                         "std": [0.229, 0.224, 0.225]}
@@ -323,6 +323,7 @@ def test_vdsp_params_follow_the_config(tmp_path):
         vdsp_params(load_config(write_config(tmp_path / "bgr.yaml", raw)))
 
 
+@pytest.mark.slow
 def test_make_exports_vamc_variables():
     text = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "VAMC" in text and "VAMC_COMMAND" in text

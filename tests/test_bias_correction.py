@@ -10,22 +10,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, config_dict, small_config_dict, write_config
+from conftest import INT8_CONFIG, StubProgress, config_dict, small_config_dict, write_config
 from pipeline import cli
-from pipeline.backends import build_engine
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort import bias_correction as bc
 from pipeline.backends.ort import qdq
-from pipeline.config import load_config
-from pipeline.correct import correct_onnx
-from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
+from pipeline.core.config import load_config
+from pipeline.stages.correct import correct_onnx
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileio import sha256_file
 
 HW = (32, 32)
 CHANNELS = 3
-
-
-def no_progress(iterable, total=None):
-    return iterable
 
 
 def config_file(path: Path, bias_correction="empirical", **quantize) -> Path:
@@ -84,8 +80,8 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory) -> Path:
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("bccalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(load_config(config_file(tmp / "c.yaml")), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")
@@ -110,7 +106,7 @@ def biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def run_stage(tmp_path: Path, model: onnx.ModelProto, calib: Path, name="m", **quantize) -> tuple[Path, dict]:
     cfg = load_config(config_file(tmp_path / f"{name}.yaml", **quantize))
     out = tmp_path / f"{name}.corrected.onnx"
-    record, _, _ = correct_onnx(cfg, save(model, tmp_path / f"{name}.sim.onnx"), calib, out, no_progress)
+    record, _, _ = correct_onnx(cfg, save(model, tmp_path / f"{name}.sim.onnx"), calib, out, StubProgress())
     assert json.loads(Path(f"{out}.json").read_text()) == json.loads(json.dumps(record))
     return out, record
 
@@ -142,20 +138,20 @@ def test_the_correction_is_sequential_correcting_the_first_conv_changes_the_seco
     tensors = qdq.quantized_tensors(model, set())
     calib_tensors = calib / "tensors.npy"
     cfg = load_config(config_file(calib.parent / "seq.yaml", calibrate_mode="max"))
-    thresholds = bc.calibrate(model, tensors, cfg, calib_tensors, no_progress)
-    fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, no_progress)
-    sequential = bc.correct_once(model, convs, fp32, thresholds, set(), True, calib_tensors, no_progress)
+    thresholds = bc.calibrate(model, tensors, cfg, calib_tensors, StubProgress())
+    fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, StubProgress())
+    sequential = bc.correct_once(model, convs, fp32, thresholds, set(), True, calib_tensors, StubProgress())
     assert [[c.name for c in g] for g in bc.generations(model, convs)] == [["c0"], ["c1"]]
 
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, set(), True))
     # each Conv's output measured alone, as the correction measures it (with the Relu and its Q/DQ downstream,
     # ONNX Runtime's graph optimizations compute `h` otherwise, within 3e-5)
-    at_once = {t: bc.channel_means(quantized, [t], calib_tensors, no_progress)[t] for t in ("h", "output")}
+    at_once = {t: bc.channel_means(quantized, [t], calib_tensors, StubProgress())[t] for t in ("h", "output")}
     original = bc.biases_of(model, convs)
     np.testing.assert_allclose(sequential["c0.b"], original["c0.b"] - (at_once["h"] - fp32["h"]), atol=1e-6)
     # c1 measured with c0 already corrected: not what the uncorrected pass says
     bc.set_biases(quantized, {"c0.b": sequential["c0.b"]})
-    after = bc.channel_means(quantized, ["output"], calib_tensors, no_progress)["output"]
+    after = bc.channel_means(quantized, ["output"], calib_tensors, StubProgress())["output"]
     np.testing.assert_allclose(sequential["c1.b"], original["c1.b"] - (after - fp32["output"]), atol=1e-6)
     not_sequential = original["c1.b"] - (at_once["output"] - fp32["output"])
     assert np.abs(sequential["c1.b"] - not_sequential).max() > 100 * 1e-6  # well beyond the tolerance above
@@ -183,8 +179,8 @@ def test_the_passes_keep_what_later_passes_read_and_give_what_prefix_passes_give
     model, convs, _ = bc.with_biases(residual(), set())
     calib_tensors = calib / "tensors.npy"
     cfg = load_config(config_file(calib.parent / "res.yaml", calibrate_mode="kl_divergence"))
-    thresholds = bc.calibrate(model, qdq.quantized_tensors(model, set()), cfg, calib_tensors, no_progress)
-    fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, no_progress)
+    thresholds = bc.calibrate(model, qdq.quantized_tensors(model, set()), cfg, calib_tensors, StubProgress())
+    fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, StubProgress())
     groups = bc.generations(model, convs)
     assert [[c.name for c in g] for g in groups] == [["c0"], ["c1", "side"], ["c2"], ["c3"]]
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, set(), True))
@@ -200,9 +196,9 @@ def test_the_passes_keep_what_later_passes_read_and_give_what_prefix_passes_give
     for group in groups:
         bc.set_biases(quantized, expected)
         for c in group:
-            mean = bc.channel_means(quantized, [c.output], calib_tensors, no_progress)[c.output]
+            mean = bc.channel_means(quantized, [c.output], calib_tensors, StubProgress())[c.output]
             expected[c.bias] = (expected[c.bias].astype(np.float64) - (mean - fp32[c.output])).astype(np.float32)
-    found = bc.correct_once(model, convs, fp32, thresholds, set(), True, calib_tensors, no_progress)
+    found = bc.correct_once(model, convs, fp32, thresholds, set(), True, calib_tensors, StubProgress())
     assert set(found) == set(expected)
     for name in found:  # the same models as ONNX Runtime optimizes them: the same bytes
         assert found[name].tobytes() == expected[name].tobytes(), name
@@ -275,7 +271,7 @@ def test_the_fp32_deviation_taken_from_the_calibrations_equals_a_pass_of_its_own
     """The record's deviation comes from the first and last calibrations' passes (the original's output kept on
     disk, the corrected one's read as it is calibrated); it must equal both float models run on their own, bit for
     bit, also where a Conv had no bias (the original's output is taken from the model with a zero bias added)."""
-    from pipeline import runtime
+    from pipeline.core import runtime
     model = chain(skip_second_bias=True)
     out, record = run_stage(tmp_path, model, calib, calibrate_mode="kl_divergence")
     x = np.load(calib / "tensors.npy")
@@ -358,13 +354,24 @@ def corrected(tmp_path_factory, calib) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("corrected")
     config = config_file(tmp / "bc.yaml")
     out = tmp / "bc.corrected.onnx"
-    correct_onnx(load_config(config), save(chain(), tmp / "bc.sim.onnx"), calib, out, no_progress)
+    correct_onnx(load_config(config), save(chain(), tmp / "bc.sim.onnx"), calib, out, StubProgress())
     return config, out
 
 
-def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, calib, corrected):
+def test_an_int8_build_records_the_corrected_onnx_it_was_built_from(tmp_path, calib, corrected, monkeypatch):
+    import pipeline.backends.engine
+    import pipeline.stages.correct
     config, onnx_path = corrected
-    manifest = build_engine("ort", load_config(config), onnx_path, calib, tmp_path / "engine", no_progress)
+    hashed = []
+
+    def counting(path):
+        hashed.append(Path(path))
+        return sha256_file(path)
+    for module in (pipeline.backends.engine, pipeline.stages.correct):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    manifest = build_engine("ort", load_config(config), onnx_path, calib, tmp_path / "engine", StubProgress())
+    monkeypatch.undo()
+    assert hashed.count(onnx_path) == 1  # checked and recorded from one reading
     record = Path(f"{onnx_path}.json")
     assert manifest["onnx"]["sha256"] == sha256_file(onnx_path)
     assert manifest["bias_correction"] == {
@@ -380,15 +387,15 @@ def test_a_build_refuses_an_onnx_its_config_does_not_ask_for(tmp_path, calib, co
     config, onnx_path = corrected
     simplified = onnx_path.parent / "bc.sim.onnx"
     with pytest.raises(PipelineError, match=rf"^{simplified}: not a bias-corrected ONNX \(no correction record "):
-        build_engine("ort", load_config(config), simplified, calib, tmp_path / "a", no_progress)
+        build_engine("ort", load_config(config), simplified, calib, tmp_path / "a", StubProgress())
     off = config_file(tmp_path / "off.yaml", bias_correction=False)
     with pytest.raises(PipelineError, match=rf"^{onnx_path}: a bias-corrected ONNX .* has pipeline.bias_correction: "
                                             r"false; build from the simplified ONNX"):
-        build_engine("ort", load_config(off), onnx_path, calib, tmp_path / "b", no_progress)
+        build_engine("ort", load_config(off), onnx_path, calib, tmp_path / "b", StubProgress())
     copy = save(onnx.load(str(onnx_path)), tmp_path / "edited.onnx")
     Path(f"{copy}.json").write_text(Path(f"{onnx_path}.json").read_text().replace(sha256_file(onnx_path), "0" * 64))
     with pytest.raises(PipelineError, match=r"is not the 000000000000\.\.\. its record"):
-        build_engine("ort", load_config(config), copy, calib, tmp_path / "c", no_progress)
+        build_engine("ort", load_config(config), copy, calib, tmp_path / "c", StubProgress())
     assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
 
 
@@ -410,6 +417,7 @@ def test_vamc_is_given_the_corrected_onnx_and_nothing_else_changes(tmp_path, sta
     assert manifest["bias_correction"]["onnx_sha256"] == sha256_file(onnx_path)
 
 
+@pytest.mark.slow  # runs Make (make -n: a Make start with deps.py each)
 @pytest.mark.parametrize("written, corrected", [("empirical", True), ('"empirical"  # on', True), ("false", False),
                                                 ("yes", False)])
 def test_make_builds_releases_and_hwchecks_the_corrected_onnx_of_an_empirical_config(tmp_path, written, corrected):

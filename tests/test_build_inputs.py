@@ -1,5 +1,5 @@
 """`build` refuses a truncated or corrupt ONNX and a damaged calibration folder before any backend runs: one line
-naming the file, exit 2, no engine folder left (backend-neutral: the check is in pipeline.backends.check_inputs)."""
+naming the file, exit 2, no engine folder left (backend-neutral: the check is in pipeline.backends.engine.check_inputs)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline.calibrate import make_calibration_set
+from pipeline.stages.calibrate import make_calibration_set
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 
 
 @pytest.fixture(scope="module")
 def int8_calib(tmp_path_factory):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("calib")
     write_demo_data(root / "PPM-100", count=3, seed=2, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline.calibrate import RULE, draw, format_list, make_calibration_set, parse_list
+from pipeline.stages.calibrate import RULE, draw, format_list, make_calibration_set, parse_list
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 COUNT = 3
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("ppm") / "PPM-100"
     write_demo_data(root, count=7, seed=1, scale=0.15)
     return root
@@ -82,7 +82,7 @@ def test_subset_is_exact_and_independent_of_listing_and_times(tmp_path, data):
 def test_committed_list_is_reused_and_checked(tmp_path, data):
     cfg = make_cfg(tmp_path)
     listed = names_of(data)[-COUNT:]  # not what a draw would give
-    from pipeline.fileio import sha256_file
+    from pipeline.core.fileio import sha256_file
     entries = [(n, sha256_file(data / "image" / n)) for n in listed]
     list_path = tmp_path / "list.txt"
     list_path.write_text(format_list(cfg, entries))
@@ -181,7 +181,7 @@ def test_list_records_its_folder_and_another_folder_is_named(tmp_path, data):
     assert header["data names sha256"] == f"{expected} ({len(names)} images)"
 
     other = tmp_path / "real" / "PPM-100"
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     write_demo_data(other, count=4, seed=7, scale=0.15)
     with pytest.raises(PipelineError) as err:
         make_calibration_set(cfg, other, tmp_path / "calib2", list_path)

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import LAYOUT, REPO
-from pipeline.checkpoint import load_modnet
-from pipeline.demo_checkpoint import demo_state_dict
-from pipeline.errors import PipelineError
-from pipeline.model import MODNet
+from pipeline.model.checkpoint import load_modnet
+from pipeline.demo.checkpoint import demo_state_dict
+from pipeline.core.errors import PipelineError
+from pipeline.model.modnet import MODNet
 
 OFFICIAL = json.loads(LAYOUT.read_text())["tensors"]
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
@@ -40,6 +38,7 @@ def test_demo_checkpoint_matches_the_official_file_layout(demo_ckpt):
                        state["module.lr_branch.backbone.model.features.5.conv.0.weight"])
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_prefixed_and_plain_state_dicts_load_the_same_weights(demo_ckpt, tmp_path):
     plain = tmp_path / "plain.ckpt"
     torch.save({k[len("module."):]: v for k, v in torch.load(demo_ckpt, weights_only=True).items()}, plain)
@@ -154,14 +153,15 @@ def test_missing_checkpoint_says_where_and_how(tmp_path):
     assert "make demo" in message
 
 
-def test_cli_export_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path):
+def test_cli_export_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path, capsys):
+    from pipeline.cli import main
     path = _save(tmp_path, _edited(CASES["missing key"][0]))
     out = tmp_path / "out.onnx"
-    done = subprocess.run([sys.executable, "-m", "pipeline", "export", "--config",
-                           str(REPO / "build_configs/official_modnet_fp16.yaml"), "--ckpt", str(path), "--out",
-                           str(out)], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
-    assert "not the official MODNet layout: 1 missing" in done.stderr
+    code = main(["export", "--config", str(REPO / "build_configs/official_modnet_fp16.yaml"), "--ckpt", str(path),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "not the official MODNet layout: 1 missing" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
 
 

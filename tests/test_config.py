@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FP16_CONFIG, INT8_CONFIG, REPO, config_dict, write_config
-from pipeline.config import Normalize, Resize, load_config
-from pipeline.errors import PipelineError
+from conftest import FP16_CONFIG, INT8_CONFIG, config_dict, write_config
+from pipeline.core.config import Normalize, Resize, load_config
+from pipeline.core.errors import PipelineError
 
 
 def test_official_configs_carry_the_vendor_recipe():
@@ -160,14 +158,13 @@ def test_unreadable_files(tmp_path):
         load_config(broken)
 
 
-def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path, capsys):
+    from pipeline.cli import main
     raw = copy.deepcopy(config_dict(FP16_CONFIG))
     raw["frontend"]["shape"]["input"] = [1, 3, 480]
     cfg_path = write_config(tmp_path / "bad.yaml", raw)
     out = tmp_path / "never.onnx"
-    done = subprocess.run([sys.executable, "-m", "pipeline", "export", "--config", str(cfg_path), "--ckpt",
-                           str(tmp_path / "x.ckpt"), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [f"error: config error: {cfg_path}: frontend.shape.input: "
-                                        f"expected 4 items, got 3"]
+    assert main(["export", "--config", str(cfg_path), "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: config error: {cfg_path}: frontend.shape.input: "
+                                                    f"expected 4 items, got 3"]
     assert not out.exists()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.demo_checkpoint import write_demo_checkpoint
-from pipeline.demo_data import _encode, in_order, make_pair, write_demo_data
+from pipeline.demo.checkpoint import write_demo_checkpoint
+from pipeline.demo.data import _encode, in_order, make_pair, write_demo_data
 
 
 def test_demo_checkpoint_bytes_follow_the_seed(tmp_path):
@@ -21,17 +21,21 @@ def test_demo_checkpoint_bytes_follow_the_seed(tmp_path):
 
 
 def test_demo_data_is_deterministic_and_ppm100_shaped(tmp_path):
-    names = write_demo_data(tmp_path / "one", count=3, seed=5, scale=1.0)
-    again = write_demo_data(tmp_path / "two", count=3, seed=5, scale=1.0)
+    # the determinism at a tenth of the size (the same drawing, smaller), the photo size on one full-size pair
+    names = write_demo_data(tmp_path / "one", count=3, seed=5, scale=0.1)
+    again = write_demo_data(tmp_path / "two", count=3, seed=5, scale=0.1)
     assert names == again and len(set(names)) == 3
     for sub in ("image", "matte"):
         assert sorted(p.name for p in (tmp_path / "one" / sub).iterdir()) == names
         for name in names:
             assert (tmp_path / "one" / sub / name).read_bytes() == (tmp_path / "two" / sub / name).read_bytes()
-    for name in names:
-        image = cv2.imread(str(tmp_path / "one" / "image" / name), cv2.IMREAD_UNCHANGED)
-        matte = cv2.imread(str(tmp_path / "one" / "matte" / name), cv2.IMREAD_UNCHANGED)
-        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1080  # photo-sized
+    [full] = write_demo_data(tmp_path / "full", count=1, seed=5, scale=1.0)
+    assert full in names  # the same drawing at another size
+    for folder, name in [("full", full)] + [("one", name) for name in names]:
+        image = cv2.imread(str(tmp_path / folder / "image" / name), cv2.IMREAD_UNCHANGED)
+        matte = cv2.imread(str(tmp_path / folder / "matte" / name), cv2.IMREAD_UNCHANGED)
+        assert image.ndim == 3 and image.shape[2] == 3
+        assert min(image.shape[:2]) >= (1080 if folder == "full" else 108)  # photo-sized at scale 1
         assert matte.ndim == 2 and matte.shape == image.shape[:2]  # 8-bit grey, same size
         assert matte.min() < 10 and matte.max() > 245 and ((matte > 20) & (matte < 235)).any()  # soft edges
 
@@ -60,7 +64,7 @@ def test_the_threaded_folder_holds_what_one_serial_pair_at_a_time_gives(tmp_path
 
 
 def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypatch):
-    from pipeline import demo_data
+    from pipeline.demo import data as demo_data
 
     started = []
 
@@ -69,7 +73,7 @@ def test_a_failed_write_cancels_the_portraits_not_yet_started(tmp_path, monkeypa
         time.sleep(0.05)
         return f"{index}.jpg", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
 
-    def failing_progress(pairs):
+    def failing_progress(pairs, desc, total, unit="img"):  # a write fails once the first portrait is written
         for item in pairs:
             yield item
             raise OSError("disk full")

@@ -9,28 +9,30 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import demo_training
-from pipeline.checkpoint import load_modnet, read_state_dict
+from conftest import StubProgress
+from pipeline.demo import training as demo_training
+from pipeline.model.checkpoint import load_modnet, read_state_dict
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.demo_checkpoint import trained_state_dict
-from pipeline.demo_data import make_pair
-from pipeline.model import MODNet
+from pipeline.core.config import load_config
+from pipeline.demo.checkpoint import trained_state_dict
+from pipeline.demo.data import make_pair
+from pipeline.model.modnet import MODNet
 
 TINY = dict(samples=8, hw=(64, 32), scale=0.05)  # a few seconds of training instead of minutes
 
 
 def _train(cfg, seed: int, steps: int) -> tuple[bytes, list[float]]:
     losses: list[float] = []
+    shown = StubProgress()
 
-    def record(it, total):
-        assert total == steps
-        for loss in it:
+    def record(items, desc, total, unit="img"):  # what the CLI's bar is given: the losses, one per step
+        for loss in shown(items, desc, total, unit):
             losses.append(loss)
             yield loss
 
     buffer = io.BytesIO()
     torch.save(trained_state_dict(cfg, seed, steps, record, **TINY), buffer)
+    assert shown.loops == [("training", steps)]
     return buffer.getvalue(), losses
 
 
@@ -39,6 +41,7 @@ def cfg(small_config):
     return load_config(small_config)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_short_training_is_deterministic_learns_and_loads_strictly(cfg, tmp_path, demo_ckpt):
     first, losses = _train(cfg, seed=0, steps=8)
     again, losses_again = _train(cfg, seed=0, steps=8)
@@ -64,10 +67,10 @@ def test_cli_trains_with_steps_and_refuses_negative_steps(tmp_path, small_config
     assert "--steps" in capsys.readouterr().err and not (tmp_path / "x.ckpt").exists()
 
 
-def test_training_images_are_not_the_evaluated_demo_images():
+def test_training_images_are_not_the_evaluated_demo_images(cfg):
     """The demo set is stream 0 of demo_data's generator; training draws stream TRAIN_STREAM: other pixels."""
-    assert demo_training.TRAIN_STREAM != 0
-    scale = 0.05
+    from pipeline.data.preprocess import apply_ops
+    scale, hw = 0.05, (64, 32)
     evaluated = [make_pair(0, i, scale) for i in range(12)]
     trained = [make_pair(0, i, scale, stream=demo_training.TRAIN_STREAM) for i in range(12)]
     assert not {name for name, _, _ in evaluated} & {name for name, _, _ in trained}
@@ -75,6 +78,10 @@ def test_training_images_are_not_the_evaluated_demo_images():
         for _, other, _ in evaluated:
             if image.shape == other.shape:
                 assert np.abs(image.astype(int) - other.astype(int)).mean() > 10
+    # what the training feeds the model is none of the evaluated photos through the same preprocessing
+    x, _ = demo_training.training_set(cfg, seed=0, count=12, hw=hw, scale=scale)
+    shown = [apply_ops(demo_training.at_size(cfg, hw), photo)[0] for _, photo, _ in evaluated]
+    assert min(np.abs(a - b).mean() for a in x for b in shown) > 10 / 127.5
     # stream 0 is still what demo-data wrote before streams existed: the name it drew for (seed 0, image 3)
     assert make_pair(0, 3, scale)[0] == "86181029240_5d2144e2b7_o.jpg"
 
@@ -88,6 +95,7 @@ def test_training_set_goes_through_the_config_preprocessing(cfg):
     np.testing.assert_allclose(y[1, 0], cv2.resize(matte, (32, 64), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6)
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_measured_batchnorm_statistics_are_the_batch_averages():
     torch.manual_seed(0)
     model = MODNet()

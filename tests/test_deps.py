@@ -1,4 +1,4 @@
-"""pipeline/deps.py: the code each stage imports, which the Makefile uses as the stage's prerequisites."""
+"""pipeline/core/deps.py: the code each stage imports, which the Makefile uses as the stage's prerequisites."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from pipeline import deps
+from pipeline.core import deps
 
 
 def _tree(root, files: dict[str, str]) -> None:
@@ -34,8 +34,10 @@ def fake_repo(tmp_path, monkeypatch):
                             "def cmd_build(a):\n    from .backends import build_engine\n"
                             "def cmd_report(a):\n    from .report import write\n"),
         "pipeline/backends/__init__.py": "import importlib\nfrom ..config import C\n",
-        "pipeline/backends/vamc.py": "from . import base_manifest\n",
-        "pipeline/backends/ort/__init__.py": "from .quantize import q\n",
+        "pipeline/backends/vamc/__init__.py": "",
+        "pipeline/backends/vamc/build.py": "from .. import base_manifest\n",
+        "pipeline/backends/ort/__init__.py": "",
+        "pipeline/backends/ort/build.py": "from .quantize import q\n",
         "pipeline/backends/ort/quantize.py": "from ...fileio import write\nfrom .kl import kl\n",
         "pipeline/backends/ort/kl.py": "import numpy as np\n",
         "pipeline/fileio.py": "",
@@ -56,26 +58,31 @@ def test_a_stage_depends_on_what_its_handler_imports_and_nothing_else(fake_repo)
 def test_a_backend_package_is_followed_through_its_modules(fake_repo):
     assert deps.stage_files("build:ort") == sorted(COMMON + [
         "pipeline/backends/__init__.py", "pipeline/config.py", "pipeline/fileio.py",
-        "pipeline/backends/ort/__init__.py", "pipeline/backends/ort/quantize.py", "pipeline/backends/ort/kl.py"])
+        "pipeline/backends/ort/__init__.py", "pipeline/backends/ort/build.py", "pipeline/backends/ort/quantize.py",
+        "pipeline/backends/ort/kl.py"])
     assert deps.stage_files("build:vamc") == sorted(COMMON + [
-        "pipeline/backends/__init__.py", "pipeline/config.py", "pipeline/backends/vamc.py"])
+        "pipeline/backends/__init__.py", "pipeline/config.py", "pipeline/backends/vamc/__init__.py",
+        "pipeline/backends/vamc/build.py"])
 
 
+@pytest.mark.slow
 def test_the_real_stages_as_make_reads_them():
-    done = subprocess.run([sys.executable, "-I", "pipeline/deps.py", "export", "build:ort", "evaluate"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-I", "pipeline/core/deps.py", "export", "build:ort", "evaluate"], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     found = {word.split("=")[0]: word.split("=")[1].split(",") for word in done.stdout.split()}
-    assert {"pipeline/export.py", "pipeline/model.py", "pipeline/checkpoint.py", "pipeline/config.py"} <= \
+    assert {"pipeline/model/export.py", "pipeline/model/modnet.py", "pipeline/model/checkpoint.py",
+            "pipeline/core/config.py"} <= \
         set(found["export"])
-    assert "pipeline/report.py" not in found["export"] and "pipeline/evaluate.py" not in found["build:ort"]
+    assert "pipeline/stages/report.py" not in found["export"] and "pipeline/stages/evaluate.py" not in found["build:ort"]
     assert any(f.startswith("pipeline/backends/ort") for f in found["build:ort"])
-    assert {"pipeline/evaluate.py", "pipeline/runners.py", "pipeline/metrics.py"} <= set(found["evaluate"])
+    assert {"pipeline/stages/evaluate.py", "pipeline/backends/runners.py", "pipeline/accuracy/metrics.py"} <= set(found["evaluate"])
     assert all((REPO / f).is_file() for files in found.values() for f in files)
 
 
+@pytest.mark.slow
 def test_an_unknown_stage_is_one_line():
-    done = subprocess.run([sys.executable, "-I", "pipeline/deps.py", "nonsense"], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-I", "pipeline/core/deps.py", "nonsense"], cwd=REPO, capture_output=True,
                           text=True)
-    assert done.returncode != 0 and done.stderr.strip() == ("pipeline/deps.py: no handler cmd_nonsense in "
+    assert done.returncode != 0 and done.stderr.strip() == ("pipeline/core/deps.py: no handler cmd_nonsense in "
                                                             "pipeline/cli.py for stage 'nonsense'")

@@ -11,21 +11,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import FP16_CONFIG, INT8_CONFIG, small_config_dict, write_config
-from pipeline import metrics
+from conftest import FP16_CONFIG, INT8_CONFIG, StubProgress, small_config_dict, write_config
+from pipeline.accuracy import metrics
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
-from pipeline.flops import count
-from pipeline.report import Evaluated, Scope, gate, gate_failures, write_report
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
+from pipeline.stages.evaluate import evaluate
+from pipeline.model.flops import count
+from pipeline.stages.report import Evaluated, Scope, gate, gate_failures, write_report
 
 KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("data") / "PPM-100"
     write_demo_data(root, 3, seed=1, scale=0.1)
     return root
@@ -34,17 +34,16 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, small_config, small_sim_onnx, data) -> dict[str, Path]:
     """Real fp16 and int8 engines of the reference backend (max calibration on 2 images: quick, still int8)."""
-    from pipeline.backends import build_engine
-    from pipeline.calibrate import make_calibration_set
+    from pipeline.backends.engine import build_engine
+    from pipeline.stages.calibrate import make_calibration_set
     root = tmp_path_factory.mktemp("engines")
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = 2
     raw["backend"]["quantize"]["calibrate_mode"] = "max"
     int8 = load_config(write_config(root / "small_int8.yaml", raw))
     make_calibration_set(int8, data, root / "calib", root / "list.txt")
-    quiet = lambda items, total=None: items  # noqa: E731 - no progress bar in tests
-    build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", quiet)
-    build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", quiet)
+    build_engine("ort", load_config(small_config), small_sim_onnx, None, root / "fp16", StubProgress())
+    build_engine("ort", int8, small_sim_onnx, root / "calib", root / "int8", StubProgress())
     return {"fp16": root / "fp16", "int8": root / "int8", "calib": root / "calib"}
 
 
@@ -68,7 +67,7 @@ def test_metrics_json_has_the_card_figures_and_the_engine_hash(evaluated, ort_en
     written = json.loads((out / "fp16" / "metrics.json").read_text())
     assert KEYS <= set(written)
     assert written["images"] == 3 and len(written["per_image"]) == 3
-    from pipeline.fileio import sha256_file
+    from pipeline.core.fileio import sha256_file
     assert written["manifest_sha256"] == sha256_file(ort_engine / "manifest.json")
     assert sorted(p.name for p in (out / "fp16" / "preds").iterdir()) == sorted(written["predictions"])
     assert len(written["predictions"]) == 3 and written["sheet"] == written["predictions"][:2]
@@ -219,8 +218,8 @@ def _gt(data: Path, name: str, cfg) -> np.ndarray:
 
 def test_report_table_and_contact_sheet(evaluated, engines, tmp_path, small_sim_onnx, data):
     cfg, out, _, _ = evaluated
-    from pipeline.calibrate import read_calibration_manifest
-    from pipeline.report import load_metrics
+    from pipeline.stages.calibrate import read_calibration_manifest
+    from pipeline.stages.report import load_metrics
     fp32 = Evaluated("fp32", out / "fp32", load_metrics(out / "fp32"), None)
     loose = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0))  # random weights: int8 is far from fp32
     int8_cfg = load_config(_gate_config(tmp_path, 1.0, 1.0, 1.0, INT8_CONFIG))
@@ -289,8 +288,8 @@ def test_report_flags_a_demo_checkpoint_and_says_what_it_replaced(evaluated, tmp
                                                                   demo_ckpt, small_config, capsys):
     import torch
 
-    from pipeline.checkpoint import DEMO_MARK, read_state_dict
-    from pipeline.report import described
+    from pipeline.model.checkpoint import DEMO_MARK, read_state_dict
+    from pipeline.stages.report import described
     _, out, _, _ = evaluated
     engines = ["--engine", "fp16", str(out / "fp16"), str(small_config)]
     real = tmp_path / "elsewhere" / "PPM-100"
@@ -360,7 +359,7 @@ COUNTED = {"flops": 2e9, "params": 1e6, "macs": 1e9, "rule": "by hand"}
 
 
 def test_held_out_rows_are_the_per_image_figures_of_the_other_images_by_hand(tmp_path):
-    from pipeline.report import markdown
+    from pipeline.stages.report import markdown
     rows = [_image("a.jpg", 0.9, 0.9, 9.0, 9.0, 9.0, 0, 50, 50, 0),  # calibration
             _image("b.jpg", 0.7, 0.8, 7.0, 7.0, 7.0, 1, 40, 40, 19),  # tune's selection
             _image("c.jpg", 0.1, 0.2, 1.0, 2.0, 3.0, 10, 2, 3, 85),
@@ -423,8 +422,8 @@ def report_cli(evaluated, tmp_path, small_sim_onnx, small_config, data):
 
 
 def _selection(path: Path, data: Path, *names: str) -> Path:
-    from pipeline.dataset import format_image_list
-    from pipeline.fileio import sha256_file
+    from pipeline.data.dataset import format_image_list
+    from pipeline.core.fileio import sha256_file
     path.write_text(format_image_list([(n, sha256_file(data / "image" / n)) for n in names]))
     return path
 
@@ -462,7 +461,7 @@ def test_report_leaves_out_a_tuned_configs_selection_images(report_cli, tmp_path
                 "since it was listed; restore it, or tune again on this data (make tune)"),
 ])
 def test_a_bad_selection_list_is_one_line_and_no_report(report_cli, tmp_path, data, capsys, content, words):
-    from pipeline.fileio import sha256_file
+    from pipeline.core.fileio import sha256_file
     sel = tmp_path / "selection.txt"
     image = data / "image" / report_cli.names[2]
     sel.write_text(f"{'0' * 64}  {image.name}\n" if content == "changed" else content)

@@ -6,10 +6,10 @@ import onnx
 import torch
 
 from conftest import SMALL_HW, small_config_dict, write_config
-from pipeline import runtime
-from pipeline.checkpoint import load_modnet
-from pipeline.config import load_config
-from pipeline.export import export_onnx
+from pipeline.core import runtime
+from pipeline.model.checkpoint import load_modnet
+from pipeline.core.config import load_config
+from pipeline.model.export import export_onnx
 
 
 def _dims(value_info):

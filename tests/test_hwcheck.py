@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import shlex
 from types import SimpleNamespace
 
 import cv2
@@ -16,33 +15,30 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import INT8_CONFIG, put_standin_on_path, small_config_dict, write_config
+from conftest import INT8_CONFIG, StubProgress, put_standin_on_path, small_config_dict, write_config
 from fake_vaststreamx import Card, install
-from pipeline import hwcheck
-from pipeline.backends import build_engine
+from pipeline.stages import hwcheck
+from pipeline.backends.engine import build_engine
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
-from pipeline.hwcheck import (Agreement, agreement, numbering_verdict, order_verdict, prediction_verdict,
-                              resize_verdict)
-from pipeline.runners import VaststreamxRunner, describe
-
-
-def quiet(iterable, desc=None, total=None):
-    return iterable
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
+from pipeline.accuracy.agreement import Agreement, agreement
+from pipeline.stages.hwcheck import numbering_verdict, order_verdict, prediction_verdict, resize_verdict
+from pipeline.backends.vamc.runner import VaststreamxRunner
+from pipeline.backends.runners import describe
 
 
 def agree(mean: float, per_image=None) -> Agreement:
     per_image = tuple(per_image) if per_image is not None else (mean,) * 5
-    return Agreement(len(per_image), mean, 2 * mean, mean / 2, per_image)
+    return Agreement(len(per_image), mean, 2 * mean, mean / 2, per_image, (mean / 2,) * len(per_image))
 
 
 # --- the whole command, once, on the fake card (right order, consistent numbering) ----------------------------
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory, small_config, small_sim_onnx):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("hwcheck")
     write_demo_data(tmp / "PPM-100", count=5, seed=4, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
@@ -56,9 +52,9 @@ def checked(tmp_path_factory, small_config, small_sim_onnx):
     with pytest.MonkeyPatch.context() as mp:
         put_standin_on_path(tmp, mp)
         mp.setenv("STANDIN_VAMC_SOURCE", str(small_config))
-        build_engine("vamc", load_config(small_config), small_sim_onnx, None, engines["fp16"], quiet)
+        build_engine("vamc", load_config(small_config), small_sim_onnx, None, engines["fp16"], StubProgress())
         mp.setenv("STANDIN_VAMC_SOURCE", str(config8))
-        build_engine("vamc", cfg8, small_sim_onnx, calib, engines["int8"], quiet)
+        build_engine("vamc", cfg8, small_sim_onnx, calib, engines["int8"], StubProgress())
         mp.setenv("STANDIN_VAMC_SOURCE", str(out / "configs" / "numbering_vamc.yaml"))
         # this card counts skip_conv_layers in vamc's numbering, and its int8 is close to our reference int8
         card = Card(models={out / "engines" / "numbering" / "vamc":
@@ -105,6 +101,7 @@ def hwcheck_args(inputs, out) -> list[str]:
             "--calib", str(inputs.calib), "--data", str(inputs.data), "--out", str(out)]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_card_like_neither_reference_gets_no_numbering_verdict(checked, tmp_path, monkeypatch, capsys):
     """Issue 17's stand-in card: its int8 engines run the fp32 model. Before, `numbering CHANGE` (to onnx) and a bare
     INFO prediction; now the prediction fails with its limit and the numbering is not judged."""
@@ -149,7 +146,7 @@ def _engine_with_vdsp(checked, tmp_path, text: str, record: bool):
     import json
     import shutil
 
-    from pipeline.fileio import sha256_file
+    from pipeline.core.fileio import sha256_file
     engine = tmp_path / "fp16"
     shutil.copytree(checked.engines["fp16"], engine)
     (engine / "vdsp_params.json").write_text(text)
@@ -226,7 +223,7 @@ def test_numbering_configs_differ_only_in_conv_numbering(checked):
 
 def test_swapped_order_says_which_setting_to_change(checked, monkeypatch):
     install(monkeypatch, dataclasses.replace(checked.card, converts=False))  # the card leaves the planes as given
-    order, resize, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], quiet)
+    order, resize, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], StubProgress())
     assert (order.status, order.value, order.failing) == ("change", "rgb", True)
     assert order.action.startswith("set `pipeline.vsx.input_order: rgb` in ")
     assert resize.status == "ok"  # measured with the order that works
@@ -234,7 +231,7 @@ def test_swapped_order_says_which_setting_to_change(checked, monkeypatch):
 
 def test_neither_order_agrees_fails(checked, monkeypatch):
     install(monkeypatch, dataclasses.replace(checked.card, normalises=False))
-    order, _, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], quiet)
+    order, _, _ = hwcheck.check_input(checked.inputs, checked.cfg16, checked.images[:3], StubProgress())
     assert (order.status, order.failing) == ("fail", True) and "neither order agrees" in order.finding
 
 
@@ -244,7 +241,7 @@ def _numbering(checked, monkeypatch, model: str, noise: float = 0.0):
                                noise={engine: noise})
     install(monkeypatch, card)
     refs = {n: checked.out / "engines" / f"numbering_{n}" / "ort" for n in ("vamc", "onnx")}
-    verdict, _ = hwcheck.check_numbering(engine, refs, checked.cfg8, checked.images, quiet)
+    verdict, _ = hwcheck.check_numbering(engine, refs, checked.cfg8, checked.images, StubProgress())
     return verdict
 
 
@@ -280,7 +277,7 @@ def test_runner_feeds_the_card_as_configured(checked, monkeypatch, order, resize
 
 
 def test_vsx_settings_default_to_todays_behaviour_and_are_checked(tmp_path):
-    from pipeline.config import Vsx
+    from pipeline.core.config import Vsx
     assert load_config(INT8_CONFIG).pipeline.vsx == Vsx(input_order="bgr", resize="host")
     raw = small_config_dict()
     raw["pipeline"]["vsx"] = {"input_order": "rgb", "resize": "card"}
@@ -405,7 +402,7 @@ def test_fake_quantize_conv_matches_a_direct_computation():
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     absmax = float(np.abs(x).max())
-    from pipeline import runtime
+    from pipeline.core import runtime
     got = runtime.run(runtime.session(hwcheck.fake_quantize_conv(model, "conv", absmax).SerializeToString()), x)
     sw = np.abs(w).reshape(2, -1).max(axis=1).reshape(2, 1, 1, 1) / 127
     wq = np.round(w / sw) * sw
@@ -420,19 +417,24 @@ def test_vamc_engines_only(checked, tmp_path):
         hwcheck._open_vamc(checked.out / "engines" / "reference" / "ort")
 
 
+@pytest.mark.slow
 def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
+    """What `make hwcheck` runs (the stages stood in for by recording_py.py's, each recorded)."""
     import subprocess
 
+    import recording_py
     from conftest import REPO
     shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "  hwcheck " in shown and "  HWCHECK_SKIP " in shown
     art = tmp_path / "art"
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "hwcheck", f"ART={art}", "HWCHECK_SKIP=54"],
-                         cwd=REPO, capture_output=True, text=True)
-    commands = dry.stdout.replace("\\\n", " ")
-    assert "BACKEND=vamc fp16 int8" in commands
-    line = shlex.split(next(line for line in commands.splitlines() if "-m pipeline hwcheck" in line))
-    args = dict(zip(line[4::2], line[5::2]))
+    standins, calls = recording_py.install(tmp_path / "standins")
+    ran = recording_py.run_make({**standins, "ART": art, "HWCHECK_SKIP": 54}, calls, "hwcheck")
+    built = [(c["args"][c["args"].index("--config") + 1], c["args"][c["args"].index("--backend") + 1])
+             for c in ran if c["stage"] == "build"]
+    assert built == [("build_configs/official_modnet_fp16.yaml", "vamc"), ("build_configs/official_modnet_int8.yaml",
+                                                                             "vamc")]
+    assert ran[-1]["stage"] == "hwcheck" and [c["stage"] for c in ran].count("hwcheck") == 1  # after the builds
+    args = dict(zip(ran[-1]["args"][::2], ran[-1]["args"][1::2]))
     assert args == {
         "--config-fp16": "build_configs/official_modnet_fp16.yaml",
         "--config-int8": "build_configs/official_modnet_int8.yaml",
@@ -442,6 +444,9 @@ def test_make_hwcheck_builds_the_vamc_engines_then_checks_them(tmp_path):
         "--engine-int8": f"{art}/engines/official_modnet_int8/vamc",
         "--calib": f"{art}/calib/official_modnet_int8", "--data": "datasets/PPM-100", "--out": f"{art}/hwcheck",
         "--skip-conv-layers": "54"}
+    # the engines it checks are the ones just built there
+    assert [c["args"][c["args"].index("--out") + 1] for c in ran if c["stage"] == "build"] == \
+        [args["--engine-fp16"], args["--engine-int8"]]
 
 
 @pytest.mark.parametrize("value, message", [("5x", "expected indices like 54"), ("-1", "expected indices >= 0"),
@@ -477,7 +482,7 @@ def test_summary_and_report_of_hand_made_verdicts(tmp_path):
 
 @pytest.mark.parametrize("converts, order", [(True, "bgr"), (False, "rgb")])
 def test_evaluate_feeds_a_vamc_engine_as_the_config_says(checked, monkeypatch, tmp_path, converts, order):
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
     install(monkeypatch, Card(converts=converts))  # no noise: the fake card runs the fp32 model
     cfg = hwcheck.with_vsx(checked.cfg16, input_order=order)
     fp32 = evaluate(cfg, checked.inputs.onnx_fp16, checked.inputs.data, tmp_path / "fp32")

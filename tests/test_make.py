@@ -1,4 +1,7 @@
-"""The Makefile's promises: exact dependencies, clear failure on a missing checkpoint, `make help`."""
+"""The Makefile's promises: exact dependencies, clear failure on a missing checkpoint, `make help`.
+
+The dependency tests drive the stand-in PY of recording_py.py (each stage recorded, its target written); the missing
+checkpoint goes through the real CLI."""
 from __future__ import annotations
 
 import os
@@ -8,7 +11,10 @@ import time
 
 import pytest
 
+import recording_py
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # Make itself: every run reads the whole Makefile
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -22,6 +28,13 @@ def build(tmp_path, demo_ckpt, small_config):
     config = tmp_path / "small.yaml"
     shutil.copy2(small_config, config)
     return {"ART": str(tmp_path / "art"), "CKPT": str(ckpt), "CONFIG": str(config)}
+
+
+@pytest.fixture()
+def graph(build, tmp_path):
+    """BUILD run by the stand-ins, and the reader of the stages they recorded."""
+    standins, calls = recording_py.install(tmp_path / "standins")
+    return {**build, **standins}, calls
 
 
 def variables(build: dict) -> list[str]:
@@ -44,10 +57,12 @@ def stages_run(target: str, build: dict) -> list[str]:
     return [line.split()[3] for line in done.stdout.splitlines() if " -m pipeline " in line]
 
 
-def test_simplify_is_incremental(build):
+def test_simplify_is_incremental(graph):
+    build, calls = graph
     assert stages_run("simplify", build) == ["export", "simplify"]
-    sim = f"{build['ART']}/onnx/small.sim.onnx"
-    assert os.path.isfile(sim) and os.path.isfile(sim + ".json")
+    onnx, sim = f"{build['ART']}/onnx/small.onnx", f"{build['ART']}/onnx/small.sim.onnx"
+    assert [c["args"] for c in calls()] == [["--config", build["CONFIG"], "--ckpt", build["CKPT"], "--out", onnx],
+                                            ["--config", build["CONFIG"], "--onnx", onnx, "--out", sim]]
     assert stages_run("simplify", build) == []  # nothing changed, nothing done
     touch_after_outputs(build["CONFIG"], build["ART"])
     assert stages_run("simplify", build) == ["export", "simplify"]
@@ -56,12 +71,14 @@ def test_simplify_is_incremental(build):
     assert stages_run("sim", build) == []
 
 
-def test_pointing_ckpt_at_another_file_rebuilds_even_if_it_is_older(build, tmp_path):
+def test_pointing_ckpt_at_another_file_rebuilds_even_if_it_is_older(graph, tmp_path):
+    build, calls = graph
     assert stages_run("onnx", build) == ["export"]
     other = tmp_path / "other.ckpt"
     shutil.copy2(build["CKPT"], other)
     os.utime(other, (1_000_000, 1_000_000))
     assert stages_run("onnx", {**build, "CKPT": str(other)}) == ["export"]
+    assert calls()[-1]["args"][:4] == ["--config", build["CONFIG"], "--ckpt", str(other)]
     assert stages_run("onnx", {**build, "CKPT": str(other)}) == []
 
 
@@ -77,5 +94,5 @@ def test_help_lists_targets_and_variables():
     done = make("help")
     assert done.returncode == 0
     names = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
-    assert {"onnx", "simplify", "sim", "calib", "fp16", "int8", "demo", "test", "help", "CKPT", "DATA", "CONFIG",
+    assert {"onnx", "simplify", "sim", "calib", "fp16", "int8", "demo", "test", "test-fast", "help", "CKPT", "DATA", "CONFIG",
             "BACKEND", "ART"} <= names

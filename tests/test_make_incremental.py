@@ -1,7 +1,8 @@
 """The Makefile reruns exactly the stages whose inputs changed, beyond export/simplify (test_make.py): calibration,
 fp16/int8, evaluation on a change of DATA's contents, release, a lost calibration list, a BACKEND switch, and the
-vamc compiler (VAMC_COMMAND, its --version). One small pipeline (small shape, 4 images, max calibration), driven
-step by step; each step names the `python -m pipeline` stages Make ran."""
+vamc compiler (VAMC_COMMAND, its --version). Make drives the stand-in PY of recording_py.py (each stage recorded, its
+target written), step by step; each step names the `python -m pipeline` stages Make ran. The real stages keep to the
+targets the stand-in writes: test_verify.py's `make release` twice runs only the gate and release the second time."""
 from __future__ import annotations
 
 import os
@@ -13,20 +14,16 @@ from collections import Counter
 import cv2
 import pytest
 
+import recording_py
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
 
+pytestmark = pytest.mark.slow  # Make itself: every run starts deps.py and reads the whole Makefile
+
 STANDIN_VAMC = '''#!{python}
-"""Stand-in vendor compiler: prints STANDIN_VERSION for --version, writes placeholder mod.* files."""
+"""Stand-in vendor compiler's --version (the builds themselves are the stand-in PY's): prints STANDIN_VERSION."""
 import os, sys
-from pathlib import Path
-import yaml
-if sys.argv[1:] == ["--version"]:
-    print(os.environ.get("STANDIN_VERSION", "vamc stand-in 1.0"))
-    sys.exit(0)
-doc = yaml.safe_load(Path(sys.argv[2]).read_text())
-dest = Path(doc["workspace"]["path"]) / doc["name"]
-for name in ("mod.so", "mod.json", "mod.params"):
-    (dest / name).write_text(name + " by " + sys.argv[1] + "\\n")
+assert sys.argv[1:] == ["--version"], sys.argv
+print(os.environ.get("STANDIN_VERSION", "vamc stand-in 1.0"))
 '''
 
 
@@ -44,7 +41,7 @@ def stages(variables: dict, *targets: str, env: dict | None = None) -> Counter:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_ckpt):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("incremental")
     write_demo_data(root / "PPM-100", count=4, seed=5, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
@@ -57,28 +54,29 @@ def setup(tmp_path_factory, demo_ckpt):
     vamc.parent.mkdir()
     vamc.write_text(STANDIN_VAMC.format(python=sys.executable))
     vamc.chmod(0o755)
-    variables = {"ART": root / "art", "CKPT": demo_ckpt, "DATA": root / "PPM-100", "BACKEND": "ort",
+    standins, calls = recording_py.install(root / "py")
+    variables = {**standins, "ART": root / "art", "CKPT": demo_ckpt, "DATA": root / "PPM-100",
+                 "BACKEND": "ort",
                  "CONFIG": write_config(root / "small_fp16.yaml", fp16),
                  "CONFIG_FP16": root / "small_fp16.yaml", "CONFIG_INT8": write_config(root / "small_int8.yaml", raw),
                  "CALIB_LIST": root / "small_int8.txt"}
-    return root, variables, vamc
+    return root, variables, vamc, calls
 
 
 EVAL = Counter(evaluate=3, report=1, gate=1)
 
 
 def test_each_change_reruns_exactly_its_stages(setup):
-    root, v, vamc = setup
+    root, v, vamc, calls = setup
     everything = Counter(export=2, simplify=2, calib=1, build=2, release=1) + EVAL
     assert stages(v, "release") == everything
     assert stages(v, "release") == Counter(gate=1, release=1)  # nothing changed: the gate and "already there"
-    bundles = set((root / "art" / "release").iterdir())
 
     # DATA's contents change (one matte edited in place, same path, same size): evaluation and a new release
     matte = sorted((root / "PPM-100" / "matte").iterdir())[0]
     cv2.imwrite(str(matte), 255 - cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE))
     assert stages(v, "release") == EVAL + Counter(release=1)
-    assert len(set((root / "art" / "release").iterdir()) - bundles) == 1  # named by the data it scored
+    # (the new bundle's name, from the data it scored: test_release.py::test_different_inputs_get_a_different_name)
 
     # a lost calibration list is drawn again by the stage that writes it (then int8 and its evaluation follow)
     os.remove(root / "small_int8.txt")
@@ -91,13 +89,16 @@ def test_each_change_reruns_exactly_its_stages(setup):
     # BACKEND switch: the vamc engines are built beside the ort ones, nothing upstream reruns
     vamc_vars = {**v, "BACKEND": "vamc", "VAMC": vamc}
     assert stages(vamc_vars, "fp16", "int8") == Counter(build=2)
+    built = calls()[-2:]
+    assert [(c["args"][c["args"].index("--backend") + 1], c["VAMC"]) for c in built] == [("vamc", str(vamc))] * 2
     assert stages(vamc_vars, "fp16", "int8") == Counter()
     assert stages(v, "fp16", "int8") == Counter()  # and back: the ort engines are still current
     # the compiler is an input of vamc engines: another --version, another VAMC_COMMAND
     assert stages(vamc_vars, "fp16", "int8", env={"STANDIN_VERSION": "vamc stand-in 1.1"}) == Counter(build=2)
     assert stages({**vamc_vars, "VAMC_COMMAND": "build"}, "fp16", "int8",
                   env={"STANDIN_VERSION": "vamc stand-in 1.1"}) == Counter(build=2)
-    assert (root / "art" / "engines" / "small_int8" / "vamc" / "mod.so").read_text() == "mod.so by build\n"
+    # the build reaches vamc with VAMC_COMMAND from Make's environment (test_backend_vamc.py: it runs `vamc build`)
+    assert [c["VAMC_COMMAND"] for c in calls()[-2:]] == ["build", "build"]
 
 
 def test_demo_count_is_honoured(tmp_path):

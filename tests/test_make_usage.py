@@ -5,14 +5,18 @@ The clean tests run on a scratch copy of the Makefile and the project files it r
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # every test here runs Make
 
 
 def make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -56,6 +60,20 @@ def test_a_bad_variable_is_one_line_naming_it_and_the_valid_values(variable, val
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
     assert "No rule to make target" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "art").exists()
+
+
+def test_a_failing_deps_script_stops_make_in_one_line_instead_of_leaving_the_code_prerequisites_empty(tmp_path):
+    python = tmp_path / "python3"  # what pipeline/core/deps.py runs on; it fails as a broken deps.py would (and
+    # runs core/layout.py, which Make reads first, as python3 does)
+    python.write_text(f"#!/bin/sh\ncase \"$*\" in *deps.py*) ;; *) exec {sys.executable} \"$@\";; esac\n"
+                      "echo 'Traceback (most recent call last):' >&2\necho 'SyntaxError: bad' >&2\nexit 3\n")
+    python.chmod(0o755)
+    done = make("help", f"PYTHON={python}")
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    failed = rf"`{re.escape(str(python))} -I pipeline/core/deps\.py` failed \(exit 3\)"
+    assert re.fullmatch(rf"Makefile:\d+: \*\*\* {failed}, so no stage would know its code: Traceback \(most recent "
+                        r"call last\): SyntaxError: bad\.  Stop\.", done.stderr.strip()), done.stderr
 
 
 def test_venv_install_takes_extra_pip_arguments_and_shows_progress(tmp_path):
@@ -163,31 +181,37 @@ def test_clean_of_an_absolute_art_elsewhere_touches_only_outputs(tmp_path):
 
 def test_the_report_is_told_the_calibration_folders_and_a_tuned_configs_selection_list(tmp_path):
     """`make eval`'s report rule: CONFIG_INT8's calibration folder, the vendor engine's while it is there, and for
-    NAME_tuned the selection list `make tune` wrote for NAME, only when it exists (`make -n`: nothing runs)."""
+    NAME_tuned the selection list `make tune` wrote for NAME, only when it exists (what Make runs, the stages stood
+    in for by recording_py.py's)."""
+    import recording_py
+    from recording_py import holds
     art = tmp_path / "art"
     tuned = tmp_path / "mine_tuned.yaml"
     shutil.copyfile(REPO / "build_configs" / "official_modnet_int8.yaml", tuned)
+    standins, calls = recording_py.install(tmp_path / "standins")
 
-    def report_command(config: Path, goal: str = f"{art}/report.md", stage: str = "report") -> str:
-        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", goal)
-        assert done.returncode == 0, done.stderr
-        return next(line for line in done.stdout.replace("\\\n", "").splitlines() if f" -m pipeline {stage} --" in line)
+    def stage_args(config: Path, goal: str = f"{art}/report.md", stage: str = "report") -> list[str]:
+        """STAGE's arguments when Make brings GOAL up to date (made anew: the report's inputs are not what varies)."""
+        (art / "report.md").unlink(missing_ok=True)
+        ran = recording_py.run_make({**standins, "ART": art, "BACKEND": "ort", "CONFIG_INT8": config}, calls, goal)
+        [args] = [c["args"] for c in ran if c["stage"] == stage]
+        return args
 
     selection = art / "tune" / "mine" / "selection.txt"
-    assert f"--calib '{art}/calib/mine_tuned'" in report_command(tuned)
-    assert "--exclude-selection" not in report_command(tuned)  # not there yet: the report says so itself
+    assert holds(stage_args(tuned), "--calib", f"{art}/calib/mine_tuned")
+    assert "--exclude-selection" not in stage_args(tuned)  # not there yet: the report says so itself
     selection.parent.mkdir(parents=True)
     selection.write_text("")
-    assert f"--exclude-selection '{selection}'" in report_command(tuned)
-    assert f"--selection '{selection}'" in report_command(tuned, "release", "release")  # bundled: verify reads it
+    assert holds(stage_args(tuned), "--exclude-selection", str(selection))
+    assert holds(stage_args(tuned, "release", "release"), "--selection", str(selection))  # bundled: verify reads it
     untuned = tmp_path / "mine.yaml"
     shutil.copyfile(tuned, untuned)
-    assert "--exclude-selection" not in report_command(untuned)  # a selection list belongs to a tuned config
+    assert "--exclude-selection" not in stage_args(untuned)  # a selection list belongs to a tuned config
     # the vendor row's calibration folder, once its engine and folder exist
     vendor = [art / "engines" / "official_modnet_int8" / "ort", art / "calib" / "official_modnet_int8"]
     for folder in vendor:
         folder.mkdir(parents=True)
         (folder / "manifest.json").write_text("{}")
-    line = report_command(tuned)
-    assert f"--calib '{art}/calib/mine_tuned' --calib '{vendor[1]}'" in line
-    assert f"--engine \"int8 vendor config (KL, per channel, no skip)\" '{art}/eval/int8-vendor-ort'" in line
+    args = stage_args(tuned)
+    assert holds(args, "--calib", f"{art}/calib/mine_tuned", "--calib", str(vendor[1]))
+    assert holds(args, "--engine", "int8 vendor config (KL, per channel, no skip)", f"{art}/eval/int8-vendor-ort")

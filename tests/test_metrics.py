@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.accuracy import metrics
+from pipeline.accuracy.agreement import agreement
 
 U8 = np.uint8
 
@@ -106,6 +107,31 @@ def test_miou_accumulates_over_the_dataset():
     assert summary["mse"] == pytest.approx(np.mean([metrics.mse(np.array([[128, 127], [0, 0]], U8),
                                                                 np.array([[255, 128], [127, 0]], U8)),
                                                     (200 / 255) ** 2 / 4]))
+
+
+def test_agreement_by_hand_per_image_and_over_every_pixel():
+    # image A |a - b| = 0, 1, 0, 255 (127 -> 128 and 255 -> 0 change label); image B = 0, 0, 0, 10 (no label change)
+    a = [np.array([[0, 127, 128, 255]], U8), np.array([[10, 10, 10, 10]], U8)]
+    b = [np.array([[0, 128, 128, 0]], U8), np.array([[10, 10, 10, 20]], U8)]
+    got = agreement(a, b)
+    assert got.images == 2
+    assert got.per_image == (256 / 4 / 255, 10 / 4 / 255) and got.per_image_flips == (0.5, 0.0)
+    assert got.mean_abs == 266 / 255 / 8 and got.max_abs == 1.0 and got.flips == 2 / 8
+    assert agreement(b, a) == got  # symmetric
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        agreement(a, b[:1])
+
+
+def test_tune_sums_up_its_ground_truth_figures_as_evaluate_does():
+    from pipeline.tuning import scoring
+    preds = [np.array([[128, 127], [0, 0]], U8), np.array([[200, 0], [0, 0]], U8)]
+    gts = [np.array([[255, 128], [127, 0]], U8), np.zeros((2, 2), U8)]
+    acc = metrics.Accumulator()
+    for i, (pred, gt) in enumerate(zip(preds, gts)):
+        acc.add(str(i), metrics.image_metrics(pred, gt))
+    evaluated = acc.summary()
+    tuned = scoring.labelled_means(scoring.ground_truth_figures(preds, gts))
+    assert tuned == {key: evaluated[key] for key in ("mse", "mad", "miou")} and tuned["miou"] == 11 / 21
 
 
 def test_prediction_truncates():

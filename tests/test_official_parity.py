@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import SMALL_HW
-from pipeline import runtime
+from pipeline.core import runtime
 
 OFFICIAL_SRC = os.environ.get("MODNET_OFFICIAL_SRC")
 

@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import runtime
+from conftest import StubProgress
+from pipeline.core import runtime
 from pipeline.backends.ort import stats, thresholds
 
 BINS = 8001
@@ -66,6 +67,7 @@ def pooled_cases() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow  # the KL search on every case, many seconds
 @pytest.mark.parametrize("case", sorted(pooled_cases()))
 def test_kl_is_tvms_minimize_kl(case):
     x = pooled_cases()[case]
@@ -148,7 +150,7 @@ def test_streamed_statistics_equal_the_pooled_ones(tmp_path):
     images[0] = 1e-30
     np.save(tmp_path / "tensors.npy", images)
     names = ["x", "r1", "c2"]
-    got = stats.collect(model, names, tmp_path / "tensors.npy", lambda it, total=None: it)
+    got = stats.collect(model, names, tmp_path / "tensors.npy", StubProgress(), "calibration")
     assert got.images == 5
 
     probe = onnx.ModelProto()
@@ -168,7 +170,8 @@ def test_streamed_statistics_equal_the_pooled_ones(tmp_path):
         for mode in ("kl_divergence", "percentile", "mse"):
             assert thresholds.threshold(mode, s.hist, s.absmax, 0.999) == \
                 thresholds.threshold(mode, direct, absmax, 0.999), (name, mode)
-    only_max = stats.collect(model, names, tmp_path / "tensors.npy", lambda it, total=None: it, histograms=False)
+    only_max = stats.collect(model, names, tmp_path / "tensors.npy", StubProgress(), "calibration",
+                             histograms=False)
     assert all(only_max.tensors[n].hist is None and only_max.tensors[n].absmax == got.tensors[n].absmax
                for n in names)
 

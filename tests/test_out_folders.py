@@ -8,8 +8,8 @@ import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG, REPO, small_config_dict, write_config
 from pipeline.cli import main
-from pipeline.errors import PipelineError
-from pipeline.fileio import EARLIER_OUTPUTS, STAGE_MARKER, atomic_dir, check_out_dir, out_dir_problem
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileio import EARLIER_OUTPUTS, STAGE_MARKER, atomic_dir, check_out_dir, out_dir_problem
 
 STAGES = ("demo-data", "calib", "build", "evaluate", "analyze", "release")
 
@@ -149,7 +149,7 @@ def test_demo_data_refuses_a_foreign_folder_and_replaces_its_own(tmp_path, capsy
 
 
 def test_calib_refuses_a_foreign_folder_before_reading_anything_and_replaces_its_own(tmp_path, capsys):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     data = tmp_path / "PPM-100"
     write_demo_data(data, count=2, seed=1, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
@@ -238,6 +238,7 @@ def test_stages_writing_into_a_folder_refuse_one_of_foreign_files(tmp_path, caps
     assert tree_bytes(victim) == before
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stage_leaves_no_scratch_folder_and_exits_143(tmp_path):
     # a CI timeout or `kill` sends SIGTERM: the stage's context managers must still remove its .part folder
     import signal

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
-from pipeline.preprocess import load_input
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
+from pipeline.data.preprocess import load_input
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("pre") / "PPM-100"
     write_demo_data(root, count=3, seed=2, scale=0.15)
     return sorted((root / "image").iterdir())

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG
-from pipeline import release
-from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
-from pipeline.source import code_digest, code_files
-from pipeline.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
-                              inputs_record, tampered)
+from pipeline.stages import release
+from pipeline.core.errors import PipelineError
+from pipeline.core.layout import LATEST
+from pipeline.core.fileio import sha256_file
+from pipeline.stages.source import code_digest, code_files
+from pipeline.stages.release import (
+    MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest, inputs_record, tampered)
 
 
 def _write(path: Path, content: bytes) -> Path:
@@ -138,7 +139,9 @@ def test_bundle_contents_and_manifest(fake_build, tmp_path):
     assert manifest["inputs"]["limit"] is None and manifest["inputs"]["compiler"] is None
     # files and folders read-only, the bundle itself included
     assert not any(p.stat().st_mode & 0o222 for p in [bundle, *bundle.rglob("*")])
-    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [bundle.name]  # no temp folder left
+    # no temp folder left; beside the bundle, the root names it as the latest release (what `make demo` reads)
+    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [LATEST, bundle.name]
+    assert (tmp_path / "release" / LATEST).read_text() == bundle.name + "\n"
 
 
 def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
@@ -146,9 +149,11 @@ def test_same_inputs_same_name_and_never_overwritten(fake_build, tmp_path):
     before = file_hashes(bundle)
     os.chmod(fake_build.engine_int8 / "model.onnx", 0o644)
     (fake_build.engine_int8 / "model.onnx").write_bytes(b"a rebuilt engine")  # outputs are not inputs
+    (tmp_path / "release" / LATEST).write_text("official_modnet-another\n")  # another release since
     again, written = assemble(fake_build, tmp_path / "release")
     assert (again, written) == (bundle, False)
     assert file_hashes(bundle) == before
+    assert (tmp_path / "release" / LATEST).read_text() == bundle.name + "\n"  # found, not written: the latest again
 
 
 def test_two_releases_of_the_same_inputs_ship_the_same_source_tar(fake_build, tmp_path):
@@ -163,7 +168,7 @@ def test_two_releases_of_the_same_inputs_ship_the_same_source_tar(fake_build, tm
         assert [m.name for m in members] == [rel for rel, _ in code_files()]
         assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) for m in members} == \
             {(946684800, 0, 0, "", "", 0o644, tarfile.REGTYPE)}
-        assert tar.extractfile("pipeline/release.py").read() == (Path(release.__file__)).read_bytes()
+        assert tar.extractfile("pipeline/stages/release.py").read() == (Path(release.__file__)).read_bytes()
 
 
 COMPILER = {"executable": "/opt/vastai/bin/vamc", "version": "vamc 3.4.1", "sha256": "a" * 64, "command": "compile"}
@@ -334,7 +339,7 @@ def test_a_committed_calibration_list_is_recorded_as_such(fake_build, tmp_path):
     bundle, _ = assemble(inputs, tmp_path / "release")
     repository = json.loads((bundle / MANIFEST).read_text())["repository"]
     assert repository["calibration_list_committed"] is True
-    from pipeline.provenance import git_state
+    from pipeline.core.provenance import git_state
     assert repository["clean"] == git_state()["clean"]
 
 
@@ -359,6 +364,38 @@ def test_only_a_list_meant_to_be_committed_gets_the_commit_warning(monkeypatch, 
     assert out == f"wrote release {tmp_path / 'bundle'}\n"
     assert err == (f"warning: {listed} is not committed in this repository, so MANIFEST.json says repository.clean: "
                    f"false; commit it to make the release reproducible from the repository alone\n" if warned else "")
+
+
+@pytest.mark.parametrize("fp16, int8, name", [
+    ("official_modnet_fp16", "official_modnet_int8", "official_modnet"),  # the shipped configs: as before
+    ("official_modnet_fp16", "official_modnet_int8_tuned", "official_modnet"),  # with tune's config
+    ("modnet_fp16", "modnet_fine_int8", "modnet"),  # whole words: not the characters' modnet_f
+    ("studio_v2_fp16", "studio_v1_int8", "studio"),
+    ("same_name", "same_name", "same_name"),
+    ("fp16", "int8", "modnet"),  # no word shared
+    ("portrait_fp16", "people_int8", "modnet"),  # nor a whole first word (the characters share p)
+])
+def test_a_release_is_named_by_the_leading_words_its_config_names_share(fp16, int8, name):
+    assert release.release_name(fp16, int8) == name
+
+
+def test_the_release_command_names_the_bundle_by_whole_words(monkeypatch, tmp_path, capsys):
+    from conftest import config_dict, write_config
+    from pipeline.cli import main
+    configs = {}
+    for key, path, name in (("--config-fp16", FP16_CONFIG, "modnet_fp16"), ("--config-int8", INT8_CONFIG,
+                                                                            "modnet_fine_int8")):
+        raw = config_dict(path)
+        raw["name"] = name
+        configs[key] = str(write_config(tmp_path / f"{name}.yaml", raw))
+    named = []
+    monkeypatch.setattr(release, "assemble", lambda inputs, root: named.append(inputs.name) or (root / "b", False))
+    args = ["release", *[a for item in configs.items() for a in item], "--report", "r.md"]
+    args += [a for flag in ("--ckpt", "--data", "--backend", "--calib-list", "--calib", "--onnx-fp16", "--onnx-int8",
+                            "--engine-fp16", "--engine-int8", "--eval-dir", "--out-root") for a in (flag, "x")]
+    assert main(args) == 0
+    assert named == ["modnet"]
+    assert capsys.readouterr().out == "release x/b is already there (same inputs); nothing written\n"
 
 
 def test_a_tuned_configs_selection_list_is_bundled_named_and_put_back_for_the_rebuild(fake_build, tmp_path):

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import pipeline.simplify as simplify
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+import pipeline.stages.simplify as simplify
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 
 def test_record_beside_the_simplified_model(small_sim_onnx, small_onnx, small_config):

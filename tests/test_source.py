@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.source import SOURCE_MTIME, code_digest, read_source, source_entry, unpack, write_source_tar
+from pipeline.core.errors import PipelineError
+from pipeline.stages.source import SOURCE_MTIME, code_digest, read_source, source_entry, unpack, write_source_tar
 
 CODE = {"Makefile": b"all:\n", "requirements.txt": b"numpy==1.26.4\n", "pipeline/__init__.py": b"",
         "pipeline/backends/ort.py": b"X = 1\n", "pipeline/backends.py": b"Y = 2\n"}
@@ -202,3 +202,33 @@ def test_the_manifest_source_entry_is_data(entry, words):
     with pytest.raises(PipelineError, match="^M: " + words.replace(".", r"\.").replace("(", r"\(")):
         source_entry({"source": entry}, "M")
     assert source_entry({}, "M") is None
+
+
+@pytest.mark.parametrize("digest, ok", [("0123456789abcdef" * 4, True), ("0123456789ABCDEF" * 4, False),
+                                        ("a" * 63, False), ("a" * 65, False), ("a" * 64 + "\n", False),
+                                        ("g" * 64, False), (" " + "a" * 63, False)])
+def test_a_sha256_has_one_shape_in_manifests_image_lists_caches_and_tuned_headers(tmp_path, digest, ok):
+    from pipeline.core.names import is_sha256
+    from pipeline.data.dataset import read_image_list
+    from pipeline.stages.verify import VENV_STAMP, cached_venvs
+    from pipeline.tuning import tuned_yaml
+    assert is_sha256(digest) is ok
+    entry = {"file": "source/pipeline-0123456789ab.tar", "sha256": digest}
+    if ok:
+        assert source_entry({"source": entry}, "M") == (entry["file"], digest)
+    else:
+        with pytest.raises(PipelineError, match=r"^M: source\.sha256: .* is not a sha256"):
+            source_entry({"source": entry}, "M")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{digest}  a.png\n")
+    if ok:
+        assert read_image_list(listed, "the list")[1] == [("a.png", digest)]
+    else:
+        with pytest.raises(PipelineError, match="expected `<sha256>  <file name>`"):
+            read_image_list(listed, "the list")
+    if "\n" not in digest and " " not in digest:
+        (tmp_path / "venvs" / digest).mkdir(parents=True)
+        (tmp_path / "venvs" / digest / VENV_STAMP).write_text("")
+        assert cached_venvs(tmp_path / "venvs") == (frozenset({digest}) if ok else frozenset())
+        header, _ = tuned_yaml.split(f"# {tuned_yaml.MARK}\n# Body sha256: {digest}\nname: x\n")
+        assert header.body_sha256 == (digest if ok else None)

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from conftest import INT8_CONFIG, SMALL_HW, small_config_dict, write_config
-from pipeline.backends import build_engine
+from conftest import INT8_CONFIG, SMALL_HW, StubProgress, small_config_dict, write_config
+from pipeline.backends.engine import build_engine
 from pipeline.backends.ort.numbering import conv_order
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 from pipeline.tuning import scoring, search as search_mod, tuned_yaml
 from pipeline.tuning.analyze import analyze
 from pipeline.tuning.candidates import Candidate, calibrations
@@ -28,21 +28,6 @@ CALIB, IMAGES = 4, 16
 SET = (IMAGES - CALIB) // 2  # selection and confirmation images each: 6, enough to bound a mean at 95%
 
 
-def no_progress(iterable, desc=None, total=None):
-    return iterable
-
-
-class Bar:
-    def __init__(self):
-        self.count = 0
-
-    def update(self, n):
-        self.count += n
-
-    def set_postfix_str(self, text, refresh=True):
-        self.text = text
-
-
 def tune_config(tmp_path: Path, **tune) -> Path:
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = CALIB
@@ -52,8 +37,8 @@ def tune_config(tmp_path: Path, **tune) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("tune")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     config = tune_config(tmp)
@@ -62,7 +47,7 @@ def inputs(tmp_path_factory):
 
 
 def workbench(cfg_path: Path, sim: Path, inputs: Path, cache: Path | None = None) -> Workbench:
-    return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", no_progress, cache)
+    return Workbench(load_config(cfg_path), sim, inputs / "calib", inputs / "data", StubProgress(), cache)
 
 
 def test_split_skips_the_calibration_subset_by_its_rule_and_halves_the_rest(inputs, tmp_path):
@@ -188,28 +173,33 @@ def test_a_revert_that_makes_the_deviation_worse_ranks_the_rest_again():
 
 # --- the stages on the small model ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_cache(inputs, small_sim_onnx,
                                                                                     tmp_path, monkeypatch):
-    # A target nothing meets (the scorer's verdict forced), with a budget of 9: the search spends it and says so.
-    # The figures are real; on 6 images of a random-weights model a real target is met or missed by luck.
-    monkeypatch.setattr(scoring, "violation", lambda upper, tune: 2.0 + abs(upper["mad_increase"]))
-    cfg_path = tune_config(tmp_path, max_builds=9)
+    # A target nothing meets (a millionth of an MSE or MAD increase, of an mIoU drop: int8 is never that close to
+    # fp32 on these 6 images), with a budget of 9: the search spends it and says so.
+    limits = {"max_mse_increase": 1e-6, "max_mad_increase": 1e-6, "max_miou_drop": 1e-6}
+    cfg_path = tune_config(tmp_path, max_builds=9, **limits)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    bar = Bar()
+    bar = StubProgress()
     result = tune(wb, out, "python -m pipeline tune ...", bar)
     outcome = result.outcome
-    assert len(outcome.steps) == bar.count == 9 and outcome.out_of_budget
+    assert len(outcome.steps) == bar.done == 9 and outcome.out_of_budget
     # + the confirmation of the input and of the chosen one (once scored on the confirmation images, SET each)
     assert wb.built == 9 + 1 + (result.chosen is not outcome.steps[0])
     assert wb.passes == SET * (2 + 9 + 1 + (result.chosen is not outcome.steps[0]))  # fp32 on both sets, candidates
     assert [s.candidate for s in outcome.steps[:7]] == calibrations(wb.cfg)
-    assert all(s.result["violation"] > 1 for s in outcome.steps)
+    # each candidate's violation is its largest upper bound as a share of its limit (by hand, from its bounds)
+    for s in outcome.steps:
+        upper = {key: s.result["bounds"][key][1] for key in ("mse_increase", "mad_increase", "miou_drop")}
+        assert s.result["violation"] == max(upper["mse_increase"] / 1e-6, upper["mad_increase"] / 1e-6,
+                                            upper["miou_drop"] / 1e-6) > 1
     assert result.verdict == "target not met"
     md = (out / "tune.md").read_text()
     assert "**verdict: target not met: no candidate of 8 that is significantly closer to fp32 than the input " \
-           "config (kl_divergence) meets the target (MSE increase <= 0.002, MAD increase <= 0.002, mIoU drop <= " \
-           f"0.003, upper 95% bounds), nor does the input config; best found: {result.chosen.candidate.label()}; " \
+           "config (kl_divergence) meets the target (MSE increase <= 1e-06, MAD increase <= 1e-06, mIoU drop <= " \
+           f"1e-06, upper 95% bounds), nor does the input config; best found: {result.chosen.candidate.label()}; " \
            "max_builds=9 spent.**" in md
 
     tuned = load_config(out / "tuned.yaml")
@@ -226,7 +216,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     # the tuned config builds, with the backend, exactly the model that was scored; its skip list counts in
     # vamc's order (the skipped Convs keep float weights)
     engine = tmp_path / "engine"
-    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, no_progress)
+    build_engine("ort", tuned, small_sim_onnx, inputs / "calib", engine, StubProgress())
     assert (engine / "model.onnx").read_bytes() == wb.quantizer.build(best)
     model = onnx.load(str(engine / "model.onnx"))
     floats = {i.name for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
@@ -240,7 +230,7 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
         raise AssertionError("a model was run")
     monkeypatch.setattr(scoring, "predict", no_model)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    again = tune(rerun, out, "python -m pipeline tune ...", Bar())
+    again = tune(rerun, out, "python -m pipeline tune ...", StubProgress())
     assert rerun.built == 0 and [s.candidate for s in again.outcome.steps] == [s.candidate for s in outcome.steps]
     assert (out / "tuned.yaml").read_text() == text
     monkeypatch.undo()
@@ -249,21 +239,58 @@ def test_tune_writes_a_config_that_differs_only_in_quantize_and_reruns_from_its_
     # every calibration, so the search stops after them (and every calibration corrected, when the setting asks)
     looser = tune_config(tmp_path, max_builds=12, max_mse_increase=1.0, max_mad_increase=1.0, max_miou_drop=1.0)
     raised = workbench(looser, small_sim_onnx, inputs, out / "candidates.json")
-    met = tune(raised, out, "python -m pipeline tune ...", Bar())
+    met = tune(raised, out, "python -m pipeline tune ...", StubProgress())
     assert all(s.result["cached"] for s in met.outcome.steps)
     assert [s.candidate for s in met.outcome.steps] == calibrations(raised.cfg)
     assert met.verdict in ("confirmed", "not confirmed", "input kept")
     assert load_config(out / "tuned.yaml").backend.quantize.skip_conv_layers == ()
 
 
+@pytest.mark.slow  # builds two engines of the whole small model
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_the_config_tune_writes_for_a_candidate_builds_the_very_model_it_scored(inputs, small_sim_onnx, tmp_path,
+                                                                               per_channel):
+    # the build collects only the tensors it quantizes and no histograms for max; tune collects every tensor once,
+    # with histograms, and derives each candidate's thresholds from that: the bytes must agree all the same
+    raw = small_config_dict(INT8_CONFIG)
+    raw["dataset"]["sampler"]["get_data_num"] = CALIB
+    raw["backend"]["quantize"]["quantize_per_channel"] = per_channel
+    cfg_path = write_config(tmp_path / "small_int8.yaml", raw)
+    wb = workbench(cfg_path, small_sim_onnx, inputs)
+    candidates = [Candidate("max", None, (0, 2)), Candidate("percentile", 0.9999, (1,))]
+    scored = {}
+    for i, candidate in enumerate(candidates):
+        block = tuned_yaml.quantize_block(wb.cfg.vamc["backend"]["quantize"], candidate.mode, candidate.range,
+                                          list(candidate.skip))
+        tuned = tmp_path / f"tuned_{i}.yaml"
+        tuned.write_text(tuned_yaml.tuned_text(cfg_path.read_text(), block, ["a test"]))
+        build_engine("ort", load_config(tuned), small_sim_onnx, inputs / "calib", tmp_path / f"engine_{i}",
+                     StubProgress())
+        scored[candidate] = wb.quantizer.build(candidate)
+        assert (tmp_path / f"engine_{i}" / "model.onnx").read_bytes() == scored[candidate], candidate
+    assert len(set(scored.values())) == len(candidates)  # each setting is its own model: none was ignored
+    unskipped = wb.quantizer.build(Candidate("max", None))
+    assert unskipped != scored[candidates[0]]
+    model = onnx.load_from_string(scored[candidates[0]])
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    vamc = conv_order(onnx.load(str(small_sim_onnx)), "vamc")
+    by_name = {n.name: n for n in model.graph.node}
+    read = [by_name[vamc[i]].input[1] for i in range(3)]
+    assert weights[read[0]].dtype == weights[read[2]].dtype == np.float32  # skipped: the float weight itself
+    assert read[1].endswith("/dequantized")  # in vamc's numbering, Conv 1 is quantized, per channel or per tensor
+    base = read[1].removesuffix("/dequantized")
+    assert weights[f"{base}/int8"].dtype == np.int8 and weights[f"{base}/scale"].ndim == (1 if per_channel else 0)
+
+
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
     import json
-    from pipeline import metrics
+    from pipeline.accuracy import metrics
     from pipeline.tuning import statistics
     cfg_path = tune_config(tmp_path, max_builds=3)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune(wb, out, "python -m pipeline tune ...", StubProgress())
     selection = (out / "selection.txt").read_text()
     confirmation = (out / "confirmation.txt").read_text()
     assert selection == "".join(f"{d}  {n}\n" for n, d in wb.selection_entries)
@@ -314,6 +341,7 @@ def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(input
     assert sum(line.startswith(("#   this config (", "#   the input config (")) for line in header) == 4
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_analyze_one_row_per_conv_in_vamc_order(inputs, small_sim_onnx, tmp_path):
     wb = workbench(inputs / "small_int8.yaml", small_sim_onnx, inputs)
     result = analyze(wb, tmp_path / "analysis")
@@ -361,43 +389,53 @@ def test_tuned_yaml_keeps_every_other_line_of_the_input():
     assert yaml.safe_load(tuned_yaml.tuned_text(flow, block, [])) == expected  # falls back to a full dump
 
 
+@pytest.mark.slow
 def test_make_eval_adds_the_vendor_row_for_a_tuned_config_once_that_engine_exists(tmp_path):
-    import subprocess
-    from conftest import REPO
+    """What `make eval` runs (the stages stood in for by recording_py.py's, each recorded)."""
+    import recording_py
+    art = tmp_path / "art"
     tuned = tmp_path / "official_modnet_int8_tuned.yaml"
     tuned.write_text(INT8_CONFIG.read_text())
+    standins, calls = recording_py.install(tmp_path / "standins")
 
-    def report_command(config: Path) -> str:
-        done = subprocess.run(["make", "-n", "eval", f"ART={tmp_path}/art", "BACKEND=ort", f"CONFIG_INT8={config}"],
-                              cwd=REPO, capture_output=True, text=True, check=True)
-        return next(line for line in done.stdout.splitlines() if "pipeline report" in line)
+    def ran(config: Path) -> list[dict]:
+        return recording_py.run_make({**standins, "ART": art, "BACKEND": "ort", "CONFIG_INT8": config}, calls, "eval")
 
-    vendor = '--engine "int8 vendor config (KL, per channel, no skip)" '
-    assert vendor not in report_command(tuned)  # the vendor engine has not been built
-    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort").mkdir(parents=True)
-    (tmp_path / "art" / "engines" / "official_modnet_int8" / "ort" / "manifest.json").write_text("{}")
-    command = report_command(tuned)
-    assert f"{vendor}'{tmp_path}/art/eval/int8-vendor-ort' 'build_configs/official_modnet_int8.yaml' --engine int8 " \
-           f"'{tmp_path}/art/eval/int8-ort' '{tuned}'" in command
-    assert vendor not in report_command(INT8_CONFIG)  # the vendor config itself is the int8 row
-    assert "calib/official_modnet_int8.txt" in subprocess.run(
-        ["make", "-n", "calib", f"ART={tmp_path}/art", f"CONFIG_INT8={tuned}", "DATA=x"], cwd=REPO,
-        capture_output=True, text=True, check=True).stdout
+    def engine_args(stages: list[dict]) -> list[list[str]]:  # the report's and the gate's
+        return [c["args"] for c in stages if c["stage"] in ("report", "gate")]
+
+    vendor = ("--engine", "int8 vendor config (KL, per channel, no skip)")
+    first = ran(tuned)
+    assert [c["stage"] for c in first].count("evaluate") == 3  # the vendor engine has not been built
+    assert not any(recording_py.holds(args, *vendor) for args in engine_args(first))
+    (art / "engines" / "official_modnet_int8" / "ort").mkdir(parents=True)
+    (art / "engines" / "official_modnet_int8" / "ort" / "manifest.json").write_text("{}")
+    second = ran(tuned)
+    evaluated = [dict(zip(c["args"][::2], c["args"][1::2])) for c in second if c["stage"] == "evaluate"]
+    assert [(e["--config"], e["--engine"]) for e in evaluated if e["--out"] == f"{art}/eval/int8-vendor-ort"] == \
+        [("build_configs/official_modnet_int8.yaml", f"{art}/engines/official_modnet_int8/ort")]
+    rows = (*vendor, f"{art}/eval/int8-vendor-ort", "build_configs/official_modnet_int8.yaml", "--engine", "int8",
+            f"{art}/eval/int8-ort", str(tuned))
+    assert [recording_py.holds(args, *rows) for args in engine_args(second)] == [True, True]
+    assert not any(recording_py.holds(args, *vendor) for args in engine_args(ran(INT8_CONFIG)))  # it is the int8 row
+    calib = [c["args"] for c in first if c["stage"] == "calib"]  # NAME_tuned draws from NAME's list
+    assert [args[args.index("--list") + 1] for args in calib] == ["calib/official_modnet_int8.txt"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibration_images(inputs, small_sim_onnx,
                                                                                           tmp_path, capsys):
     import json
     import shutil
     from pipeline import cli
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     write_demo_data(tmp_path / "other", count=2, seed=9, scale=0.15)
     extra = tmp_path / "other" / "image"  # photos only: the mattes stay out of reach
     cfg_path = tune_config(tmp_path, max_builds=2)
     out = tmp_path / "tune"
-    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", no_progress,
+    wb = Workbench(load_config(cfg_path), small_sim_onnx, inputs / "calib", inputs / "data", StubProgress(),
                    out / "candidates.json", extra=extra)
-    result = tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune(wb, out, "python -m pipeline tune ...", StubProgress())
     saved = json.loads((out / "candidates.json").read_text())
     assert [e["name"] for e in saved["context"]["extra"]] == sorted(p.name for p in extra.iterdir())
     first = saved["cache"][0]["figures"]
@@ -470,10 +508,11 @@ def outlier_model(path: Path, scale: float, width: int = 8, channels=(0, 1)) -> 
 
 def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_path):
     import cv2
-    from pipeline import metrics, runtime
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
-    from pipeline.preprocess import load_input
+    from pipeline.accuracy import metrics
+    from pipeline.core import runtime
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
+    from pipeline.data.preprocess import load_input
     outlier_model(tmp_path / "plain.onnx", 1.0)
     outlier_model(tmp_path / "outliers.onnx", 300.0)
     cfg_path = tune_config(tmp_path, max_builds=20, max_mse_increase=0.01, max_mad_increase=0.02, max_miou_drop=0.1)
@@ -494,9 +533,9 @@ def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_p
         assert np.abs(alpha - runtime.run(plain, x)).max() < 1e-4  # the rescale preserves the function
         cv2.imwrite(str(data / "matte" / src.name), metrics.pred_from_alpha(alpha), [cv2.IMWRITE_JPEG_QUALITY, 100])
     make_calibration_set(cfg, data, tmp_path / "calib", tmp_path / "list.txt")
-    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, no_progress,
+    wb = Workbench(cfg, tmp_path / "outliers.onnx", tmp_path / "calib", data, StubProgress(),
                    tmp_path / "tune" / "candidates.json")
-    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", Bar())
+    result = tune(wb, tmp_path / "tune", "python -m pipeline tune ...", StubProgress())
     calibration = [s for s in result.outcome.steps if s.phase == "calibration"]
     assert len(calibration) == 7 and min(s.result["violation"] for s in calibration) > 10  # none comes near
     assert min(s.result["deviation"] for s in calibration) > 0.3  # mean |alpha - fp32 alpha| above 0.3 for all
@@ -508,6 +547,7 @@ def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_p
     assert result.figures["confirmation"]["chosen"]["deviation"] < 0.05
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_rerun_that_confirms_on_the_previous_runs_selection_images_says_so(inputs, small_sim_onnx, tmp_path, capsys):
     cfg_path = tune_config(tmp_path, max_builds=1)
     out = tmp_path / "tune"

@@ -12,13 +12,13 @@ import onnx
 import pytest
 import yaml
 
-from conftest import INT8_CONFIG, REPO
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from conftest import INT8_CONFIG, REPO, StubProgress
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 from pipeline.tuning import search as search_mod, statistics, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, check_saved, content_digest
 from pipeline.tuning.scoring import FIDELITY, LABELLED
-from test_tune import CALIBS, Bar, fake_evaluate, inputs, no_progress, prerank, tune_config, workbench  # noqa: F401
+from test_tune import CALIBS, fake_evaluate, inputs, prerank, tune_config, workbench  # noqa: F401
 
 
 def test_an_uncorrected_candidate_is_keyed_and_saved_as_before_and_a_corrected_one_round_trips():
@@ -119,12 +119,12 @@ def test_an_input_config_with_bias_correction_is_a_corrected_incumbent(inputs, s
     raw["pipeline"]["bias_correction"] = "empirical"
     raw["pipeline"]["tune"] = {"bias_correction": False}
     (tmp_path / "corrected.yaml").write_text(yaml.safe_dump(raw))
-    tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tmp_path / "corrected.yaml", small_sim_onnx, inputs), StubProgress())
     assert seen["incumbent"] == Candidate("kl_divergence", None, (), corrected=True) and seen["correction"] is False
     assert not any(c.corrected for c in seen["calibrations"])
-    tune_mod.run_search(workbench(tune_config(tmp_path, bias_correction=True), small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tune_config(tmp_path, bias_correction=True), small_sim_onnx, inputs), StubProgress())
     assert seen["incumbent"] == Candidate("kl_divergence", None, ()) and seen["correction"] is True
-    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), Bar())
+    tune_mod.run_search(workbench(tune_config(tmp_path), small_sim_onnx, inputs), StubProgress())
     assert seen["correction"] is False  # the default: off
 
 
@@ -153,11 +153,13 @@ def test_the_corrected_candidate_is_chosen_when_significantly_closer_and_within_
 
 # --- the build, and what tuned.yaml carries ------------------------------------------------------------------------
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                         tmp_path, monkeypatch):
-    from pipeline.backends import build_engine
-    from pipeline.backends.ort import qdq, stats, tensor_thresholds
-    from pipeline.correct import correct_onnx
+    from pipeline.backends.engine import build_engine
+    from pipeline.backends.ort import qdq, stats
+    from pipeline.backends.ort.build import tensor_thresholds
+    from pipeline.stages.correct import correct_onnx
     from pipeline.tuning import tune as tune_mod
     # the input config (max: its thresholds are the quickest to recompute, as the correction does 4 times) and its
     # correction only: the other calibrations and the ranking are tested elsewhere
@@ -167,18 +169,18 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     cfg_path.write_text(yaml.safe_dump(raw))
     monkeypatch.setattr(tune_mod, "calibrations", lambda cfg: [Candidate("max", None)])
     out = tmp_path / "tune"
-    descs = []
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    wb.quantizer.progress = lambda it, desc, total=None: descs.append(desc) or it
+    wb.quantizer.progress = recorded = StubProgress()
 
     def take_the_correction(steps, p_values, level=statistics.LEVEL):  # the choice is tested above
         decision = search_mod.decide(steps, p_values, level)
         return replace(decision, chosen=next(s for s in steps if s.phase == "correction"), verdict="chosen")
     monkeypatch.setattr(tune_mod, "decide", take_the_correction)
-    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", StubProgress())
     chosen = result.chosen.candidate
     assert [s.phase for s in result.outcome.steps] == ["calibration", "correction"]
     assert chosen == Candidate("max", None, (), corrected=True)
+    descs = {desc for desc, _ in recorded.loops}
     assert "bias correction" in descs and "statistics" in descs
 
     # tuned.yaml says so
@@ -194,15 +196,15 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     # the model scored is the corrected ONNX `make int8` makes for the tuned config (python -m pipeline correct),
     # quantized with thresholds from its own statistics by write_qdq, and the engine built from that ONNX
     corrected_onnx = tmp_path / "small.corrected.onnx"
-    correct_onnx(tuned, small_sim_onnx, inputs / "calib", corrected_onnx, no_progress)
+    correct_onnx(tuned, small_sim_onnx, inputs / "calib", corrected_onnx, StubProgress())
     assert wb.quantizer.corrected("max", None)[0].SerializeToString() == corrected_onnx.read_bytes()
     model = onnx.load(str(corrected_onnx))
     collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
-                              no_progress)
+                              StubProgress(), "statistics")
     direct = qdq.write_qdq(model, tensor_thresholds(collected, "max", None), set(), True)
     assert wb.quantizer.build(chosen) == direct
     assert wb.quantizer.build(replace(chosen, corrected=False)) != direct
-    build_engine("ort", tuned, corrected_onnx, inputs / "calib", tmp_path / "engine", no_progress)
+    build_engine("ort", tuned, corrected_onnx, inputs / "calib", tmp_path / "engine", StubProgress())
     assert (tmp_path / "engine" / "model.onnx").read_bytes() == direct
 
 
@@ -214,6 +216,7 @@ def make_int8_onnx(config: Path, tmp_path: Path) -> str:
     return line.split("--onnx ")[1].split()[0].strip("'")
 
 
+@pytest.mark.slow
 def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it(tmp_path):
     text = INT8_CONFIG.read_text()
     raw = yaml.safe_load(text)
@@ -251,10 +254,11 @@ def test_tuned_yaml_writes_or_replaces_bias_correction_and_the_makefile_reads_it
     assert make_int8_onnx(tmp_path / "bare_tuned.yaml", tmp_path).endswith("/onnx/bare_tuned.corrected.onnx")
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_builds_it(inputs, small_sim_onnx,
                                                                                      tmp_path):
-    from pipeline.backends import build_engine
-    from pipeline.correct import correct_onnx
+    from pipeline.backends.engine import build_engine
+    from pipeline.stages.correct import correct_onnx
     # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
     raw = yaml.safe_load(tune_config(tmp_path).read_text())
     raw["backend"]["quantize"].update(calibrate_mode="max", skip_conv_layers=[1])
@@ -263,8 +267,8 @@ def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_build
     cfg_path.write_text(yaml.safe_dump(raw))
     wb = workbench(cfg_path, small_sim_onnx, inputs)
     cfg = load_config(cfg_path)
-    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", no_progress)
-    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", no_progress)
+    correct_onnx(cfg, small_sim_onnx, inputs / "calib", tmp_path / "c.onnx", StubProgress())
+    build_engine("ort", cfg, tmp_path / "c.onnx", inputs / "calib", tmp_path / "engine", StubProgress())
     incumbent = Candidate("max", None, (1,), corrected=True)
     assert wb.quantizer.build(incumbent) == (tmp_path / "engine" / "model.onnx").read_bytes()
     assert wb.quantizer.corrected("max", None, (1,))[0].SerializeToString() == (tmp_path / "c.onnx").read_bytes()
@@ -283,7 +287,8 @@ def shifted_model(model: onnx.ModelProto, shift: float) -> onnx.ModelProto:
 
 def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winner_is_what_tuned_yaml_carries(
         inputs, small_sim_onnx, tmp_path, monkeypatch):
-    from pipeline.backends.ort import bias_correction, qdq, stats, tensor_thresholds
+    from pipeline.backends.ort import bias_correction, qdq, stats
+    from pipeline.backends.ort.build import tensor_thresholds
     from pipeline.tuning import scoring, tune as tune_mod
     from pipeline.tuning.candidates import calibrations
     # the correction stubbed (the search is under test, the correction in tests/test_bias_correction.py): a model
@@ -305,7 +310,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     monkeypatch.setattr(tune_mod, "decide", take)
     out = tmp_path / "tune"
     wb = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", Bar())
+    result = tune_mod.tune(wb, out, "python -m pipeline tune ...", StubProgress())
     steps = result.outcome.steps
     base = min(steps[:len(every)], key=lambda s: (not s.met, s.result["deviation"])).candidate
     winner = result.chosen.candidate
@@ -327,7 +332,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     # what was scored for it: the Q/DQ of its own corrected model, at thresholds collected on that model
     model = shifted_model(wb.model, 0.01 * (1 + every.index(replace(winner, corrected=False))))
     collected = stats.collect(model, qdq.quantized_tensors(model, set()), inputs / "calib" / "tensors.npy",
-                              no_progress)
+                              StubProgress(), "statistics")
     direct = qdq.write_qdq(model, tensor_thresholds(collected, "percentile", winner.range), set(), True)
     assert wb.quantizer.build(winner) == direct != wb.quantizer.build(replace(winner, corrected=False))
     assert len(corrections) == len(every)
@@ -340,7 +345,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     monkeypatch.setattr(bias_correction, "correct", nothing)
     monkeypatch.setattr(scoring, "predict", nothing)
     rerun = workbench(cfg_path, small_sim_onnx, inputs, out / "candidates.json")
-    again = tune_mod.tune(rerun, out, "python -m pipeline tune ...", Bar())
+    again = tune_mod.tune(rerun, out, "python -m pipeline tune ...", StubProgress())
     assert rerun.built == 0 and [(s.phase, s.candidate) for s in again.outcome.steps] == \
         [(s.phase, s.candidate) for s in steps]
     assert (out / "tuned.yaml").read_text() == text

@@ -13,10 +13,10 @@ import onnx
 import pytest
 import yaml
 
-from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
+from conftest import INT8_CONFIG, REPO, StubProgress, small_config_dict, write_config
 from pipeline import cli
-from pipeline.backends import tuned_config_warnings
-from pipeline.config import load_config
+from pipeline.backends.engine import tuned_config_warnings
+from pipeline.core.config import load_config
 from pipeline.tuning import plot, promote, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, content_digest
 
@@ -34,8 +34,8 @@ def tune_config(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.calibrate import make_calibration_set
-    from pipeline.demo_data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
+    from pipeline.demo.data import write_demo_data
     tmp = tmp_path_factory.mktemp("tune_inputs")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     make_calibration_set(load_config(tune_config(tmp / "small_int8.yaml")), tmp / "data", tmp / "calib",
@@ -237,6 +237,7 @@ def test_promote_of_a_demo_tuned_config_goes_under_artifacts_demo_only(folders, 
     assert (folders / to).read_bytes() == tuned.read_bytes()
 
 
+@pytest.mark.slow
 def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     import subprocess
     makefile = (REPO / "Makefile").read_bytes()
@@ -247,6 +248,7 @@ def test_make_tune_checks_tuned_config_before_anything_runs(tmp_path):
     assert (REPO / "Makefile").read_bytes() == makefile and not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow
 def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     import subprocess
     done = subprocess.run(["make", "-n", "--no-print-directory", "demo-tune"], cwd=REPO, capture_output=True,
@@ -261,6 +263,7 @@ def test_make_demo_tune_keeps_the_tuned_config_under_artifacts_demo():
     assert not any("build_configs/official_modnet_int8_tuned.yaml" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_make_tune_passes_tune_extra_as_a_checked_path(tmp_path):
     import subprocess
 
@@ -323,6 +326,31 @@ def test_a_truncated_tensors_file_is_one_line(inputs, small_sim_onnx, calib_copy
 
 
 @pytest.mark.parametrize("stage", ["tune", "analyze"])
+def test_a_matte_of_another_size_is_refused_with_evaluates_error(inputs, small_sim_onnx, tmp_path, capsys, stage):
+    data = tmp_path / "data"
+    shutil.copytree(inputs / "data", data)
+    calibration = {e["name"] for e in json.loads((inputs / "calib" / "manifest.json").read_text())["images"]}
+    sizes = {}
+    for matte in sorted((data / "matte").iterdir()):
+        if matte.name not in calibration:  # tune and analyze score the other images only
+            grey = cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE)
+            sizes[matte.name] = grey.shape
+            cv2.imwrite(str(matte), cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2)))
+    args = stage_args(stage, inputs, small_sim_onnx, tmp_path / "out")
+    args[args.index("--data") + 1] = str(data)
+    assert cli.main(args) == 2
+    line = one_error_line(capsys)
+    name = line.split(" does not match its image ")[-1].split(" (")[0]
+    h, w = sizes[name]
+    assert line == (f"error: {data / 'matte' / name}: {w // 2}x{h // 2} does not match its image {name} ({w}x{h}); "
+                    f"a matte must be the same size as its photo")
+    # nothing scored: at most tune's image lists, written before it scores (the cache, report and config are not)
+    out = tmp_path / "out"
+    left = {p.name for p in out.iterdir()} if out.exists() else set()
+    assert left <= {".pipeline-stage", "selection.txt", "confirmation.txt", "extra.txt"}
+
+
+@pytest.mark.parametrize("stage", ["tune", "analyze"])
 def test_a_skip_index_past_the_last_conv_is_refused(inputs, small_sim_onnx, tmp_path, capsys, stage):
     config = tune_config(tmp_path / "skip.yaml", skip_conv_layers=[9999])
     assert cli.main(stage_args(stage, inputs, small_sim_onnx, tmp_path / "out", config=config)) == 2
@@ -334,7 +362,7 @@ def test_a_skip_index_past_the_last_conv_is_refused(inputs, small_sim_onnx, tmp_
 def test_the_cache_context_holds_the_tensors_sha256(inputs, small_sim_onnx):
     from pipeline.tuning.workbench import Workbench
     wb = Workbench(load_config(inputs / "small_int8.yaml"), small_sim_onnx, inputs / "calib", inputs / "data",
-                   lambda it, *a, **k: it)
+                   StubProgress())
     digest = hashlib.sha256((inputs / "calib" / "tensors.npy").read_bytes()).hexdigest()
     assert wb.cache.context["calibration_tensors_sha256"] == digest
 
@@ -484,6 +512,7 @@ def test_integer_ticks_for_a_count_of_convs():
     assert plot._ticks(-1.6, 33.6, integer=True) == [0, 10, 20, 30]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache_is_set_aside(
         inputs, small_sim_onnx, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out\ninjected: 1"
@@ -547,6 +576,7 @@ def test_demo_tune_carries_the_banner_its_header_checks_on_build_and_a_bad_cache
         f"and figures were chosen for another model; tune again on this one (make tune)"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_demo_analyze_carries_the_banner(inputs, small_sim_onnx, tmp_path, capsys, monkeypatch, demo_ckpt):
     from pipeline.tuning import analyze
     monkeypatch.setattr(analyze, "FLOAT_LAYERS", 1)
@@ -587,6 +617,7 @@ def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
     return root, ["tune", "BACKEND=ort"]
 
 
+@pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_make_tune_leaves_build_configs_untouched_unless_confirmed_and_force_promotes_anyway(tmp_path):
     from test_make_usage import make
     root, args = up_to_date_tune(tmp_path, "not confirmed")

@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.accuracy import metrics
 from pipeline.tuning import scoring, statistics
 from pipeline.tuning.candidates import Candidate
 from pipeline.tuning.search import Step, decide, verdict
@@ -118,6 +118,7 @@ def rejection_rate(sample, level: float, datasets: int, rng) -> float:
                           for _ in range(datasets)]))
 
 
+@pytest.mark.slow  # thousands of simulated tests, many seconds
 def test_the_p_values_hold_their_level_on_normal_and_skewed_differences():
     # 25 images, true mean 0: the rate of "significantly better" is the test's size. The percentile bootstrap
     # this replaced measured 1.6x, 3.8x and 2.2x on these three (bench/statistics.py prints both)
@@ -183,7 +184,7 @@ def test_miou_of_pooled_counts_by_hand():
 
 
 def test_summary_bounds_and_target_by_hand():
-    from pipeline.config import Tune
+    from pipeline.core.config import Tune
     tune = Tune(None, None, max_mse_increase=0.01, max_mad_increase=0.01, max_miou_drop=0.01, max_builds=1,
                 max_float_layers=1)
     n = 20

@@ -1,7 +1,9 @@
 """make release + verify end to end on generated data (small shape, reference backend): a rebuild reproduces the
 bundle with the code the bundle carries, though the checkout's code has changed since (in a clean Make environment,
 the release's own LIMIT replayed); a bundle made before bundles carried their source is rebuilt with the current
-code, and one changed byte of an engine is caught and named; a manifest is data, never code."""
+code, and one changed byte of an engine is caught and named (verify in-process, its Make rebuild standing in: the
+rebuild is the bundle as released, which the end-to-end test shows a rebuild reproduces); a manifest is data, never
+code."""
 from __future__ import annotations
 
 import json
@@ -10,15 +12,21 @@ import shutil
 import subprocess
 import sys
 
+from collections import Counter
+
 import pytest
 
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
-from pipeline.source import SOURCE_MTIME, code_files
+from pipeline.core.layout import LATEST
+from pipeline.stages.source import SOURCE_MTIME, code_files
+
+
+pytestmark = pytest.mark.slow  # every test here stands on a real `make release`
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory, demo_ckpt):
-    from pipeline.demo_data import write_demo_data
+    from pipeline.demo.data import write_demo_data
     root = tmp_path_factory.mktemp("release")
     data = root / "PPM-100"
     write_demo_data(data, count=6, seed=3, scale=0.1)
@@ -33,17 +41,16 @@ def released(tmp_path_factory, demo_ckpt):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     # the list is outside the repository: no file to commit here, so no warning (MANIFEST.json still says not clean)
     assert "is not committed in this repository" not in done.stderr
-    bundles = list((root / "art" / "release").iterdir())
-    assert len(bundles) == 1
+    releases = root / "art" / "release"
+    bundles = [releases / (releases / LATEST).read_text().removesuffix("\n")]  # the one bundle, named by .latest
+    assert sorted(p.name for p in releases.iterdir()) == [LATEST, bundles[0].name]
     again = subprocess.run(["make", "--no-print-directory", *variables, "release"], cwd=REPO, capture_output=True,
                            text=True)
     assert again.returncode == 0 and f"release {bundles[0]} is already there (same inputs)" in again.stdout
+    # the real stages write the very targets the Makefile names (as recording_py.py's stand-in does): nothing reruns
+    assert Counter(line.split()[3] for line in again.stdout.splitlines() if " -m pipeline " in line) == \
+        Counter(gate=1, release=1)
     return bundles[0], root
-
-
-def verify(bundle, scratch) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", "verify", "--release", str(bundle), "--scratch",
-                           str(scratch)], cwd=REPO, capture_output=True, text=True)
 
 
 def rows(stdout: str) -> dict[str, str]:
@@ -85,7 +92,7 @@ def later_checkout(folder):
     shutil.copytree(REPO / "build_configs", folder / "build_configs")
     os.symlink((REPO / ".venv").resolve(), folder / ".venv")
     os.utime(folder / "requirements.txt", (SOURCE_MTIME, SOURCE_MTIME))  # never newer than the shared venv's stamp
-    metrics = folder / "pipeline" / "metrics.py"
+    metrics = folder / "pipeline" / "accuracy" / "metrics.py"
     code = metrics.read_text()
     truncated = "return np.clip(a * 255, 0, 255).astype(np.uint8)"
     assert code.count(truncated) == 1 and code.count('"""') >= 2
@@ -138,26 +145,44 @@ def old_style(bundle, folder):
     return copy
 
 
-def test_a_bundle_without_source_is_rebuilt_with_the_current_code_and_one_changed_byte_is_caught(released):
-    bundle, root = released
-    bundle = old_style(bundle, root / "old")
+def test_a_bundle_without_source_is_rebuilt_with_the_current_code_and_one_changed_byte_is_caught(released, capsys,
+                                                                                             monkeypatch):
+    from pipeline.cli import main
+    from pipeline.stages import release, verify as verify_stage
+    original, root = released
+    bundle = old_style(original, root / "old")
     scratch = root / "scratch"
 
     engine = bundle / "engines/small_int8/ort/model.onnx"
     data = bytearray(engine.read_bytes())
     data[len(data) // 2] ^= 0xFF
     engine.write_bytes(bytes(data))
-    second = verify(bundle, scratch)
-    assert second.returncode == 2
-    assert second.stdout.splitlines()[0] == (f"note: {bundle.name} carries no source (made before bundles did): "
-                                             f"only the code that built it can rebuild it, so this checkout's is "
-                                             f"used (to verify it, check out its repository.commit and run make "
-                                             f"verify there)")
-    found = rows(second.stdout)
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    expected = ["make", "--no-print-directory", *release.rebuild_variables(manifest, bundle, scratch / "art", None,
+                                                                           None), "release"]
+    run = subprocess.run
+    made = []
+
+    def rebuild(command, **kwargs):
+        """This checkout's Make, in this checkout: the rebuild is the bundle as it was released (source/ included)."""
+        if command[:1] != ["make"]:
+            return run(command, **kwargs)
+        made.append((command, kwargs["cwd"]))
+        shutil.copytree(original, scratch / "art" / "release" / bundle.name)
+        return subprocess.CompletedProcess(command, 0)
+    monkeypatch.setattr(verify_stage.subprocess, "run", rebuild)
+    assert main(["verify", "--release", str(bundle), "--scratch", str(scratch)]) == 2
+    assert made == [(expected, REPO)]  # no VENV, no unpacked source: the current code, as the note says
+    second = capsys.readouterr()
+    assert second.out.splitlines()[0] == (f"note: {bundle.name} carries no source (made before bundles did): "
+                                          f"only the code that built it can rebuild it, so this checkout's is "
+                                          f"used (to verify it, check out its repository.commit and run make "
+                                          f"verify there)")
+    found = rows(second.out)
     assert found["engines/small_int8/ort/model.onnx"] == "DIFFERENT"
     assert [status for rel, status in found.items() if rel.startswith("source/")] == ["expected"]
-    assert "changed since release" in second.stdout
-    assert second.stderr.strip().splitlines()[-1] == (f"error: 1 file(s) of {bundle.name} differ from the rebuild: "
-                                                      f"engines/small_int8/ort/model.onnx; the rebuild is kept in "
-                                                      f"{scratch}")
+    assert "changed since release" in second.out
+    assert second.err.strip().splitlines()[-1] == (f"error: 1 file(s) of {bundle.name} differ from the rebuild: "
+                                                   f"engines/small_int8/ort/model.onnx; the rebuild is kept in "
+                                                   f"{scratch}")
     assert (scratch / "art" / "release" / bundle.name).is_dir()

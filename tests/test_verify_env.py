@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.verify import (VENV_STAMP, cached_venvs, choose_venv, create_venv, environment_notes,
-                             missing_requirement, package_changes)
+from pipeline.core.errors import PipelineError
+from pipeline.stages.verify import (
+    VENV_STAMP, cached_venvs, choose_venv, create_venv, environment_notes, missing_requirement, package_changes)
 
 REQS = b"torch==2.3.1\nnumpy==1.26.4\n"
 INSTALLED = ["numpy==1.26.4", "pip==24.0", "torch==2.3.1"]
@@ -134,7 +134,7 @@ def test_a_version_that_cannot_be_installed_leaves_nothing(tmp_path):
 def test_a_relative_venv_cache_reaches_make_as_an_absolute_venv(tmp_path, monkeypatch):
     # Make runs in the scratch folder's source/: a relative VENV would name a folder there, made (and installed)
     # a second time
-    from pipeline import verify
+    from pipeline.stages import verify
     made = []
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(verify, "current_venv", lambda: None)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 from pipeline.cli import main
-from pipeline.release import make_environment, rebuild_variables
+from pipeline.stages.release import make_environment, rebuild_variables
 
 
 @pytest.fixture()
@@ -116,12 +117,14 @@ def test_a_missing_checkpoint_says_how_to_get_it_back(bundle, tmp_path, capsys, 
     assert code == 2 and err.startswith(f"error: {tmp_path / where}: {words}") and "\n" not in err, err
 
 
-def test_the_demo_checkpoint_path_is_the_makefiles():
-    from pipeline.release import DEMO_CKPT
-    makefile = (REPO / "Makefile").read_text()
-    assert "\nDEMO := artifacts/demo\n" in makefile
-    assert "\nDEMO_CKPT := $(DEMO)/inputs/demo_checkpoint.ckpt\n" in makefile
-    assert DEMO_CKPT == Path("artifacts/demo/inputs/demo_checkpoint.ckpt")
+def test_the_demo_checkpoint_path_is_the_makefiles(tmp_path):
+    from pipeline.stages.release import DEMO_CKPT
+    probe = tmp_path / "probe.mk"
+    probe.write_text("probe:\n\t@echo '$(DEMO_CKPT)'\n")
+    done = subprocess.run(["make", "--no-print-directory", "-f", "Makefile", "-f", str(probe), "probe"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{DEMO_CKPT}\n" == "artifacts/demo/inputs/demo_checkpoint.ckpt\n"
 
 
 def test_the_rebuild_gets_explicit_variables_only(bundle, tmp_path):

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
-from ..config import BuildConfig
-from ..correct import MODE as CORRECTION
-from ..fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
+from ..core.config import BuildConfig
+from ..core.fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
+from ..stages.correct import MODE as CORRECTION
 from . import layers, plot, scoring, statistics
 from .candidates import Candidate
 from .workbench import Workbench, joined_deviations

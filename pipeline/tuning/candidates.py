@@ -3,8 +3,8 @@
 A candidate is (calibrate_mode, calibrate_range, skip_conv_layers, corrected); `quantize_per_channel` and the conv
 numbering are the input config's. Its model is exactly what `make int8` builds from a config with those settings: the
 thresholds come from one statistics collection of every quantizable tensor (stats.py; a tensor's threshold
-depends only on its own statistics, so skipping a Conv changes no other tensor's) and the Q/DQ writer is the
-backend's own (qdq.py). A corrected candidate (`pipeline.bias_correction: empirical`) is built from the
+depends only on its own statistics, so skipping a Conv changes no other tensor's) and the Q/DQ model is the
+backend's own (ort/build.int8_model). A corrected candidate (`pipeline.bias_correction: empirical`) is built from the
 bias-corrected model of its calibration (bias_correction.correct, minutes per calibration), with thresholds from a
 statistics collection on that model, since vamc calibrates the ONNX it is given.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import onnx
 
-from ..backends.ort import qdq, skipped_convs, stats, tensor_thresholds
-from ..calibrate import TENSORS
-from ..config import CALIBRATE_MODES, BuildConfig
-from ..errors import PipelineError
-from ..dataset import is_sha256
-from ..fileio import dumps_json, write_json
+from ..backends.ort import qdq, stats
+from ..backends.ort.build import int8_model, skipped_convs, tensor_thresholds
+from ..stages.calibrate import TENSORS
+from ..core.config import CALIBRATE_MODES, BuildConfig
+from ..core.errors import PipelineError
+from ..core.names import is_sha256
+from ..core.fileio import dumps_json, write_json
 from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)
@@ -67,7 +68,7 @@ def calibrations(cfg: BuildConfig) -> list[Candidate]:
 
 class Quantizer:
     """Writes the Q/DQ model of any candidate; the statistics are collected on first need, once per model (the
-    simplified one, and each bias-corrected one). PROGRESS(iterable, desc, total=None), the workbench's."""
+    simplified one, and each bias-corrected one). PROGRESS (core.progress), the workbench's."""
 
     def __init__(self, cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress):
         self.cfg, self.model, self.calib, self.progress = cfg, model, calib, progress
@@ -75,16 +76,13 @@ class Quantizer:
         self._thresholds: dict[tuple, dict[str, float]] = {}
         self._corrected: dict[tuple, tuple[onnx.ModelProto, stats.Collection]] = {}
 
-    def _progress(self, desc: str):
-        return lambda it, total=None: self.progress(it, desc, total)
-
     @cached_property
     def collection(self) -> stats.Collection:
         return self._collect(self.model)
 
     def _collect(self, model: onnx.ModelProto) -> stats.Collection:
         tensors = qdq.quantized_tensors(model, set())
-        return stats.collect(model, tensors, self.calib / TENSORS, self._progress("statistics"))
+        return stats.collect(model, tensors, self.calib / TENSORS, self.progress, "statistics")
 
     def corrected(self, mode: str, calibrate_range: float | None, skip: tuple[int, ...] = ()
                   ) -> tuple[onnx.ModelProto, stats.Collection]:
@@ -94,11 +92,8 @@ class Quantizer:
         from ..backends.ort.bias_correction import correct
 
         if (mode, calibrate_range, skip) not in self._corrected:
-            q = self.cfg.backend.quantize
-            quantize = replace(q, calibrate_mode=mode, skip_conv_layers=skip,
-                               calibrate_range=q.calibrate_range if calibrate_range is None else calibrate_range)
-            cfg = replace(self.cfg, backend=replace(self.cfg.backend, quantize=quantize))
-            data, _ = correct(cfg, self.model, self.calib / TENSORS, self._progress("bias correction"),
+            cfg = self.config(Candidate(mode, calibrate_range, skip))
+            data, _ = correct(cfg, self.model, self.calib / TENSORS, self.progress,
                               sorted(self.skipped(skip)))
             model = onnx.load_from_string(data)
             self._corrected[mode, calibrate_range, skip] = model, self._collect(model)
@@ -114,6 +109,13 @@ class Quantizer:
             self._thresholds[key] = tensor_thresholds(collection, mode, calibrate_range)
         return self._thresholds[key]
 
+    def config(self, candidate: Candidate) -> BuildConfig:
+        """The input config with CANDIDATE's calibration and skip list, as its tuned config reads back."""
+        q = self.cfg.backend.quantize
+        quantize = replace(q, calibrate_mode=candidate.mode, skip_conv_layers=candidate.skip,
+                           calibrate_range=q.calibrate_range if candidate.range is None else candidate.range)
+        return replace(self.cfg, backend=replace(self.cfg.backend, quantize=quantize))
+
     def skipped(self, skip: tuple[int, ...]) -> set[str]:
         return set(skipped_convs(self.model, skip, self.cfg.pipeline.conv_numbering, self.cfg.source))
 
@@ -124,7 +126,7 @@ class Quantizer:
             thresholds = self.thresholds(candidate.mode, candidate.range, candidate.skip)
         else:
             model, thresholds = self.model, self.thresholds(candidate.mode, candidate.range)
-        return qdq.write_qdq(model, thresholds, self.skipped(candidate.skip), self.per_channel, parts)
+        return int8_model(self.config(candidate), model, thresholds, parts)
 
 
 SETS = ("selection", "extra", "confirmation")  # image sets of the context, each a list of {name, sha256}

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from ..backends.ort import qdq
 from ..backends.ort.numbering import node_name
-from .. import runtime
+from ..core import runtime
 
 
 def sqnr_db(signal: float, noise: float) -> float:

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 WIDTH, HEIGHT = 960, 540
 LEFT, RIGHT, TOP, BOTTOM = 80, 200, 50, 60

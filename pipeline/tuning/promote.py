@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import PipelineError
-from ..fileio import release_bundle_holding, write_text
-from ..provenance import REPO
+from ..core import layout
+from ..core.errors import PipelineError
+from ..core.fileio import release_bundle_holding, write_text
+from ..core.provenance import REPO
 from . import tuned_yaml
 
 CONFIGS = REPO / "build_configs"
-DEMO = REPO / "artifacts" / "demo"
+DEMO = REPO / layout.DEMO
 
 
 def _read(path: Path, what: str) -> str:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics, runtime
-from ..config import BuildConfig, Tune
-from ..dataset import image_dir, matte_path
-from ..evaluate import load_gt
-from ..preprocess import load_input
+from ..accuracy import metrics
+from ..accuracy.agreement import agreement
+from ..core import runtime
+from ..core.config import BuildConfig, Tune
+from ..data.dataset import image_dir, matte_path
+from ..data.preprocess import apply_ops, load_input, read_labelled
 from . import statistics
 
 FIDELITY = ("deviation", "flips")                          # every image
@@ -40,10 +41,16 @@ class Images:
     gts: list[np.ndarray] | None
 
 
+def _labelled(cfg: BuildConfig, image: Path) -> tuple[np.ndarray, np.ndarray]:
+    """IMAGE's input and ground truth, checked as `evaluate` checks them."""
+    bgr, matte = read_labelled(image, matte_path(image))
+    return apply_ops(cfg, bgr), metrics.gt_from_matte(matte, cfg.height, cfg.width)
+
+
 def load_labelled(cfg: BuildConfig, data: str | Path, names: list[str]) -> Images:
     folder = image_dir(data)
-    return Images(names, [load_input(cfg, folder / n) for n in names],
-                  [load_gt(matte_path(folder / n), cfg) for n in names])
+    loaded = [_labelled(cfg, folder / n) for n in names]
+    return Images(names, [x for x, _ in loaded], [gt for _, gt in loaded])
 
 
 def load_unlabelled(cfg: BuildConfig, folder: Path, names: list[str]) -> Images:
@@ -69,12 +76,10 @@ def ground_truth_figures(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict
 
 def fidelity_figures(preds: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, list]:
     """Per image: deviation and flips against REFERENCE (fp32's predictions)."""
-    out: dict[str, list] = {key: [] for key in FIDELITY}
-    for pred, ref in zip(preds, reference):
-        flips = float(np.mean((pred >= metrics.MIOU_THRESHOLD) != (ref >= metrics.MIOU_THRESHOLD)))
-        out["deviation"].append(float(np.abs(pred.astype(np.int16) - ref).mean() / 255.0))
-        out["flips"].append(flips)
-    return out
+    if not preds:
+        return {key: [] for key in FIDELITY}
+    found = agreement(preds, reference)
+    return {"deviation": list(found.per_image), "flips": list(found.per_image_flips)}
 
 
 def image_figures(preds, reference, gts=None) -> dict[str, list]:
@@ -89,9 +94,11 @@ def counts(figures: dict) -> np.ndarray:
 
 def labelled_means(figures: dict) -> dict:
     """MSE, MAD (means over images) and mIoU (pooled counts) of per-image ground-truth FIGURES, fp32's or a
-    candidate's."""
-    return {"mse": float(np.mean(figures["mse"])), "mad": float(np.mean(figures["mad"])),
-            "miou": float(metrics.pooled_miou(counts(figures).sum(axis=0)))}
+    candidate's, as `evaluate` sums them up."""
+    rows = [{"mse": mse, "mad": mad, "confusion": dict(zip(statistics.COUNTS, map(int, cm)))}
+            for mse, mad, cm in zip(figures["mse"], figures["mad"], counts(figures))]
+    found = metrics.Accumulator(rows, keys=("mse", "mad")).summary()
+    return {key: found[key] for key in ("mse", "mad", "miou")}
 
 
 def _ratio(change: float, limit: float) -> float:

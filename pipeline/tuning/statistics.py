@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import pooled_miou
+from ..accuracy.metrics import pooled_miou
 
 LEVEL = 0.05        # one-sided: "95% bounds"
 RESAMPLES = 9999  # with config.TUNE_MAX_BUILDS = 100 candidates, Holm's smallest level 0.05 / 100 leaves 5 beyond

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..correct import MODE as CORRECTION
-from ..fileio import mark_stage, write_bytes, write_text
+from ..stages.correct import MODE as CORRECTION
+from ..core.fileio import mark_stage, write_bytes, write_text
 from . import plot, scoring, statistics, tuned_yaml
 from .analyze import built_candidate, sqnr_rows, worst_first
 from .candidates import Candidate, calibrations

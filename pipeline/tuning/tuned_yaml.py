@@ -21,12 +21,13 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
+from ..core.names import SHA256
 
 MARK = "Tuned by `python -m pipeline tune`"
 TUNED_SUFFIX = "_tuned"  # TUNED_CONFIG's default name, NAME_tuned.yaml (the Makefile strips it: patsubst %_tuned,%)
-BODY_LINE = re.compile(r"# Body sha256: ([0-9a-f]{64})")
-MODEL_LINE = re.compile(r"# Model: .* sha256 ([0-9a-f]{64})")
+BODY_LINE = re.compile(rf"# Body sha256: ({SHA256})")
+MODEL_LINE = re.compile(rf"# Model: .* sha256 ({SHA256})")
 VERDICT_PREFIX = "Verdict: "
 VERDICTS = ("confirmed", "not confirmed", "target not met", "input kept")
 PROMOTABLE = ("confirmed", "input kept")  # what `make tune` copies to TUNED_CONFIG without FORCE=1

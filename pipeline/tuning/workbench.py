@@ -10,14 +10,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..backends.ort import resolved_config, skipped_convs
-from ..calibrate import read_calibration_folder
-from ..config import BuildConfig
-from ..errors import PipelineError
-from ..fileio import dumps_json, sha256_file
-from ..release import code_digest
-from ..report import DEMO_STAMPS, DEMO_WARNINGS
-from ..runtime import read_onnx
+from ..backends.ort.build import resolved_config, skipped_convs
+from ..stages.calibrate import read_calibration_folder
+from ..core import layout
+from ..core.config import BuildConfig
+from ..core.errors import PipelineError
+from ..core.fileio import dumps_json, sha256_file
+from ..stages.release import code_digest
+from ..stages.report import DEMO_STAMPS, DEMO_WARNINGS
+from ..core.runtime import read_onnx
 from . import scoring
 from .candidates import Cache, Candidate, Quantizer
 from .split import extra_images, split
@@ -50,7 +51,7 @@ class Workbench:
         self.extra_entries = extra_images(cfg, extra, held_out) if extra is not None else []
         self.quantizer = Quantizer(cfg, self.model, calib, progress)
         self.digests = {"onnx_sha256": sha256_file(onnx_path),
-                        "calibration_manifest_sha256": sha256_file(calib / "manifest.json"),
+                        "calibration_manifest_sha256": sha256_file(layout.manifest(calib)),
                         "calibration_tensors_sha256": calib_manifest["tensors"]["sha256"],  # checked whole above
                         "calibration_images": calib_manifest.get("count"),
                         **{f"{name}_list_sha256": hashlib.sha256(listing(entries).encode()).hexdigest()

@@ -32,12 +32,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...config import BuildConfig
-from ...errors import PipelineError
-from . import qdq, stats, tensor_thresholds
+from ...core.config import BuildConfig
+from ...core.errors import PipelineError
+from . import qdq, stats
+from .build import tensor_thresholds
 from .numbering import conv_order, node_name
 
 MAX_ROUNDS = 3
+PROGRESS = "bias correction"  # the label of its passes on a progress bar, whichever stage runs them
 THRESHOLD_MOVE = 0.01  # largest relative threshold move between two calibrations that counts as settled
 
 
@@ -125,7 +127,7 @@ def prune(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
 def channel_means(model: onnx.ModelProto, tensors: list[str], calib_tensors, progress) -> dict[str, np.ndarray]:
     """Per output channel, the mean of each of TENSORS (N, C, H, W) over every calibration image and position,
     accumulated in float64 image by image in the calibration order."""
-    from ... import runtime
+    from ...core import runtime
 
     data, shapes = stats._outputs(prune(model, tensors), tensors)
     session = runtime.session(data)
@@ -137,7 +139,7 @@ def channel_means(model: onnx.ModelProto, tensors: list[str], calib_tensors, pro
         for t in tensors:
             sums[t] += values[t].sum(axis=(0, 2, 3), dtype=np.float64)
 
-    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, add)
+    images = stats._stream(session, input_name, shapes, calib_tensors, input_shape, progress, PROGRESS, add)
     return {t: sums[t] / (images * shapes[t][2] * shapes[t][3]) for t in tensors}
 
 
@@ -241,7 +243,7 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
                  thresholds: dict[str, float], skip: set[str], per_channel: bool, calib_tensors,
                  progress) -> dict[str, np.ndarray]:
     """The biases of CONVS corrected sequentially against FP32_MEANS, in MODEL quantized with THRESHOLDS."""
-    from ... import runtime
+    from ...core import runtime
 
     quantized = onnx.load_from_string(qdq.write_qdq(model, thresholds, skip, per_channel))
     types = tensor_types(quantized)
@@ -265,7 +267,7 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
             readers = {t: open(kept[t], "rb") for t in step.reads}
             writers = {t: open(files[t], "wb") for t in step.keeps}
             try:
-                for image in progress(range(count), total=count):
+                for image in progress(range(count), PROGRESS, count):
                     feeds = {}
                     for t, handle in readers.items():
                         handle.seek((offset if t == input_name else 0) + image * size[t])
@@ -293,8 +295,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, cali
               observe=None) -> dict[str, float]:
     """The thresholds `build --backend ort` would give MODEL: the same statistics and mode (OBSERVE: stats.collect's)."""
     quantize = cfg.backend.quantize
-    collected = stats.collect(model, tensors, calib_tensors, progress, histograms=quantize.calibrate_mode != "max",
-                              observe=observe)
+    collected = stats.collect(model, tensors, calib_tensors, progress, PROGRESS,
+                              histograms=quantize.calibrate_mode != "max", observe=observe)
     return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
 
 

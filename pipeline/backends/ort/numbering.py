@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from ...config import CONV_NUMBERINGS as NUMBERINGS  # noqa: F401 - part of this module's interface
+from ...core.config import CONV_NUMBERINGS as NUMBERINGS  # noqa: F401 - part of this module's interface
 
 # Scope prefixes of our export (torch module paths) -> MODNet's branches.
 BRANCHES = (("/lr_branch/backbone/", "backbone"), ("/lr_branch/", "lr"), ("/hr_branch/", "hr"),

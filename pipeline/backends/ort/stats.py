@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ...errors import PipelineError
+from ...core.errors import PipelineError
+from ...core.progress import Progress
 from .thresholds import BINS, ZERO_BIN
 
 
@@ -104,8 +105,10 @@ def _bound(session, shapes: dict[str, list[int]]):
     return binding, buffers
 
 
-def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, progress, visit) -> int:
-    """Run every image of tensors.npy, calling visit({tensor: activation}) on the worker thread, in order."""
+def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, progress: Progress, desc: str,
+            visit) -> int:
+    """Run every image of tensors.npy, calling visit({tensor: activation}) on the worker thread, in order; DESC
+    labels the pass on PROGRESS."""
     tensors = np.load(calib_tensors, mmap_mode="r")
     if tuple(tensors.shape[1:]) != tuple(input_shape[1:]) or tensors.dtype != np.float32:
         raise PipelineError(f"{calib_tensors} holds {list(tensors.shape[1:])} inputs but the model expects "
@@ -116,7 +119,7 @@ def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, 
     slots = [_bound(session, shapes), _bound(session, shapes)]
     with open(calib_tensors, "rb") as handle, ThreadPoolExecutor(1) as worker:
         pending = None
-        for index in progress(range(count), total=count):
+        for index in progress(range(count), desc, count):
             handle.seek(offset + index * per_image * 4)
             batch = np.fromfile(handle, dtype=np.float32, count=per_image).reshape(1, *input_shape[1:])
             binding, buffers = slots[index % 2]
@@ -130,14 +133,15 @@ def _stream(session, input_name: str, shapes, calib_tensors: Path, input_shape, 
     return count
 
 
-def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, progress,
+def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, progress: Progress, desc: str,
             histograms: bool = True, observe=None) -> Collection:
-    """Statistics of TENSORS over every image of CALIB_TENSORS (a calibration folder's tensors.npy).
+    """Statistics of TENSORS over every image of CALIB_TENSORS (a calibration folder's tensors.npy); DESC labels
+    its passes on PROGRESS (the stage it serves: calibration, bias correction, tune's statistics).
 
     OBSERVE, when given, also sees pass 1's {tensor: activation} of every image (the model's outputs among them),
     on the worker thread, in image order: a caller that needs something else of the same forward pass (bias
     correction's fp32 deviation) gets it without a pass of its own. It must not keep the arrays (buffers reused)."""
-    from ... import runtime
+    from ...core import runtime
 
     data, shapes = _outputs(model, tensors)
     session = runtime.session(data)
@@ -153,7 +157,7 @@ def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, pro
         if observe is not None:
             observe(values)
 
-    images = _stream(session, input_name, shapes, calib_tensors, input_shape, progress, extremes)
+    images = _stream(session, input_name, shapes, calib_tensors, input_shape, progress, desc, extremes)
     bad = next((n for n in tensors if not (np.isfinite(low[n]) and np.isfinite(high[n]))), None)
     if bad is not None:
         raise PipelineError(f"{bad}: a calibration activation is not finite (NaN or inf): check the model and inputs")
@@ -167,5 +171,5 @@ def collect(model: onnx.ModelProto, tensors: list[str], calib_tensors: Path, pro
             for name in tensors:
                 hist[name] += histogram(values[name], absmax[name])
 
-        _stream(session, input_name, shapes, calib_tensors, input_shape, progress, add)
+        _stream(session, input_name, shapes, calib_tensors, input_shape, progress, desc, add)
     return Collection(images, {n: TensorStats(absmax=absmax[n], hist=hist[n]) for n in tensors})

@@ -1,0 +1,1 @@
+"""How a matte is scored: the vendor's metrics against ground truth."""

@@ -1,0 +1,1 @@
+"""PPM-100-shaped folders, image lists, decoding and the config's preprocessing."""
