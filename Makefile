@@ -382,7 +382,7 @@ demo-tune: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## tune the demo's int8 config on
 
 test: $(STAMP) ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q tests
-test-fast: $(STAMP) ## run the unit tier only: no Make, no subprocess pipeline (the inner loop; about a minute)
+test-fast: $(STAMP) ## run the unit tier only: no whole pipeline, no stage on the whole model (the inner loop; ~2 min on 2 cores)
 	$(PY) -m pytest -q -m 'not slow' tests
 
 # Only what the stages write is removed, in ART and (when ART is the default) in the demo's tree under it; release
