@@ -35,6 +35,8 @@ VAMC_ENGINE = ("mod.so", "mod.json", "mod.params")  # what vamc writes into the 
 VDSP_PARAMS = "vdsp_params.json"  # a vamc engine's preprocessing on the card, written beside them
 METRICS = "metrics.json"  # an evaluation's figures
 LATEST = ".latest"  # in a release root: the name of the bundle `make release` last wrote or found there
+LAYERS_CSV = "layers.csv"  # analyze's per-Conv table, the file Make checks
+TUNED_YAML = "tuned.yaml"  # tune's tuned config, the file Make checks and `promote` copies
 
 ART = Path("artifacts")  # the Makefile's default ART, relative to the repository
 DEMO = ART / "demo"  # `make demo`'s ART
@@ -122,7 +124,7 @@ def analyze(art, name: str) -> Path:
 
 
 def analyze_layers(art, name: str) -> Path:
-    return analyze(art, name) / "layers.csv"
+    return analyze(art, name) / LAYERS_CSV
 
 
 def tune(art, name: str) -> Path:
@@ -130,12 +132,17 @@ def tune(art, name: str) -> Path:
 
 
 def tuned_yaml(art, name: str) -> Path:
-    return tune(art, name) / "tuned.yaml"
+    return tune(art, name) / TUNED_YAML
+
+
+def image_list(folder, image_set: str) -> Path:
+    """Tune's list of the images of IMAGE_SET (selection, confirmation, extra) in its folder."""
+    return Path(folder) / f"{image_set}.txt"
 
 
 def selection(art, name: str) -> Path:
     """The selection list `make tune` of int8 config NAME scored on (a report of NAME_tuned leaves it out)."""
-    return tune(art, name) / "selection.txt"
+    return image_list(tune(art, name), "selection")
 
 
 def hwcheck(art) -> Path:

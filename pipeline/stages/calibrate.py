@@ -28,7 +28,6 @@ Output folder DIR (written atomically, nothing is left on failure):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from ..core import layout
 from ..core.config import BuildConfig
 from ..data.dataset import format_image_list, image_dir, list_images, read_image_list
 from ..core.errors import PipelineError
-from ..core.fileio import atomic_dir, check_out_dir, sha256_file, write_json, write_text
+from ..core.fileio import atomic_dir, check_out_dir, sha256_bytes, sha256_file, write_json, write_text
 from ..core.names import check_name
 from ..core.progress import Progress, quiet
 from ..data.preprocess import load_input
@@ -51,7 +50,7 @@ TENSORS = "tensors.npy"
 
 
 def draw_key(seed: int, name: str) -> str:
-    return hashlib.sha256(f"{seed}:{name}".encode("utf-8")).hexdigest()
+    return sha256_bytes(f"{seed}:{name}".encode("utf-8"))
 
 
 def draw(names, seed: int, count: int) -> list[str]:
@@ -66,7 +65,7 @@ def default_list_path(cfg: BuildConfig) -> Path:
 
 def names_digest(names) -> str:
     """Identifies a data folder by the set of its candidate image names (not their contents: that is per file)."""
-    return hashlib.sha256("".join(f"{n}\n" for n in sorted(names)).encode("utf-8")).hexdigest()
+    return sha256_bytes("".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
 
 
 def format_list(cfg: BuildConfig, entries: list[tuple[str, str]], origin: tuple[str, list[str]] | None = None) -> str:

@@ -14,7 +14,6 @@ ships. Its files and folders are read-only.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,8 @@ from pathlib import Path
 from ..data.dataset import matte_path
 from ..core import layout
 from ..core.errors import PipelineError
-from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_file, write_text
+from ..core.fileio import (BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_bytes, sha256_file,
+                            write_text)
 from ..core.names import check_name, check_path
 from ..core.provenance import REPO, committed, environment, git_state, meant_to_be_committed, versions
 from .source import code_digest, source_name, write_source_tar
@@ -164,7 +164,7 @@ def inputs_digest(record: dict) -> str:
              "backend": record["backend"], "data": record["data"], "limit": record["limit"],
              "compiler": compiler and {k: compiler[k] for k in ("version", "sha256", "command")},
              **({"selection_list": record["selection_list"]["sha256"]} if "selection_list" in record else {})}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(keyed, sort_keys=True).encode())
 
 
 def _copy_tree(src: Path, dest: Path) -> None:

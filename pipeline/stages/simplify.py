@@ -1,7 +1,6 @@
 """Stage 2: ONNX -> simplified ONNX (onnxsim), accepted only if ONNX Runtime gives the same output."""
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import onnxsim
 from ..core import runtime
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
-from ..core.fileio import sha256_file, write_bytes, write_json
+from ..core.fileio import sha256_bytes, sha256_file, write_bytes, write_json
 
 PARITY_INPUTS = 3
 
@@ -53,7 +52,7 @@ def simplify_onnx(cfg: BuildConfig, src: str | Path, out: str | Path) -> dict:
         "parity": parity(original.SerializeToString(), data, cfg),
         "ops_before": op_counts(original), "ops_after": op_counts(simplified),
         "nodes_before": len(original.graph.node), "nodes_after": len(simplified.graph.node),
-        "sha256": {"input": sha256_file(src), "output": hashlib.sha256(data).hexdigest()},
+        "sha256": {"input": sha256_file(src), "output": sha256_bytes(data)},
         "input_shape": list(cfg.input_shape),
         "config": {"file": cfg.source.name, "sha256": sha256_file(cfg.source)},  # no path: reproducible anywhere
     }

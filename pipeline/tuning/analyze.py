@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..backends.ort.numbering import BRANCHES, conv_order, conv_table
 from ..backends.ort.thresholds import clipped_share
+from ..core import layout
 from ..core.config import BuildConfig
 from ..core.fileio import atomic_dir, check_out_dir, write_bytes, write_json, write_text
 from ..stages.correct import MODE as CORRECTION
@@ -282,7 +283,7 @@ def analyze(wb: Workbench, out: Path) -> dict:
     read = reading(sources, wb.cfg.pipeline.seed)
     seconds = time.perf_counter() - started
     with atomic_dir(out, "analyze") as tmp:
-        write_text(tmp / "layers.csv", to_csv(rows))
+        write_text(tmp / layout.LAYERS_CSV, to_csv(rows))
         write_text(tmp / "layers.md", to_markdown(rows, wb, built, figures, sources_markdown(sources, read),
                                                   seconds))
         write_bytes(tmp / "layers.png", to_png(rows, f"{wb.cfg.source.name}: {candidate.label()}, single (filled) "

@@ -10,7 +10,6 @@ statistics collection on that model, since vamc calibrates the ONNX it is given.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -24,7 +23,7 @@ from ..stages.calibrate import TENSORS
 from ..core.config import CALIBRATE_MODES, BuildConfig
 from ..core.errors import PipelineError
 from ..core.names import is_sha256
-from ..core.fileio import dumps_json, write_json
+from ..core.fileio import dumps_json, sha256_bytes, write_json
 from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)
@@ -226,7 +225,7 @@ def _indices(value, where: str) -> None:
 
 
 def content_digest(saved: dict) -> str:
-    return hashlib.sha256(dumps_json({k: v for k, v in saved.items() if k != "digest"}).encode()).hexdigest()
+    return sha256_bytes(dumps_json({k: v for k, v in saved.items() if k != "digest"}).encode())
 
 
 def check_saved(saved) -> dict[str, dict]:

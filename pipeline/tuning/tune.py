@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..stages.correct import MODE as CORRECTION
+from ..core import layout
 from ..core.fileio import mark_stage, write_bytes, write_text
 from . import plot, scoring, statistics, tuned_yaml
 from .analyze import built_candidate, sqnr_rows, worst_first
@@ -244,9 +245,9 @@ def tune(wb: Workbench, out: Path, command: str, bar) -> Result:
     # candidates.json of this folder aside, which would then read as a file tune did not write.
     out.mkdir(parents=True, exist_ok=True)
     mark_stage(out, "tune")
-    (out / "tuned.yaml").unlink(missing_ok=True)  # until this run writes its own
+    (out / layout.TUNED_YAML).unlink(missing_ok=True)  # until this run writes its own
     for name, entries in wb.sets.items():
-        write_text(out / f"{name}.txt", listing(entries))
+        write_text(layout.image_list(out, name), listing(entries))
     started = time.perf_counter()
     result = judge(wb, run_search(wb, bar))
     seconds = time.perf_counter() - started
@@ -260,6 +261,6 @@ def tune(wb: Workbench, out: Path, command: str, bar) -> Result:
     write_bytes(out / "tune.png", png(wb, result))
     block = tuned_yaml.quantize_block(wb.cfg.vamc["backend"]["quantize"], chosen.candidate.mode,
                                       chosen.candidate.range, list(chosen.candidate.skip))
-    write_text(out / "tuned.yaml", tuned_yaml.tuned_text(text, block, header(wb, result, command),
+    write_text(out / layout.TUNED_YAML, tuned_yaml.tuned_text(text, block, header(wb, result, command),
                                                          bias_correction(wb, chosen.candidate)))
     return result

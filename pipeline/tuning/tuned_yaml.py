@@ -14,7 +14,6 @@ tune` promotes by (promote.py): confirmed or input kept, or anything with FORCE=
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..core.errors import PipelineError
+from ..core.fileio import sha256_bytes
 from ..core.names import SHA256
 
 MARK = "Tuned by `python -m pipeline tune`"
@@ -45,7 +45,7 @@ def body_digest(body: str, verdicts: tuple[str, ...] = ()) -> str:
     """sha256 of the verdict lines and BODY: the verdict is what promote trusts, so a hand edit of it counts as an
     edit of the config (the FORCE=1 line written after it is not covered: promote adds it after the digest)."""
     signed = "".join(f"# {VERDICT_PREFIX}{v}\n" for v in verdicts) + body
-    return hashlib.sha256(signed.encode("utf-8")).hexdigest()
+    return sha256_bytes(signed.encode("utf-8"))
 
 
 def escape(line: str) -> str:

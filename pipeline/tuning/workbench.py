@@ -6,7 +6,6 @@ predictions) load on first need, so a run whose every candidate is cached runs n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..stages.calibrate import read_calibration_folder
 from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
-from ..core.fileio import dumps_json, sha256_file
+from ..core.fileio import dumps_json, sha256_bytes, sha256_file
 from ..stages.release import code_digest
 from ..stages.report import DEMO_STAMPS, DEMO_WARNINGS
 from ..core.runtime import read_onnx
@@ -54,7 +53,7 @@ class Workbench:
                         "calibration_manifest_sha256": sha256_file(layout.manifest(calib)),
                         "calibration_tensors_sha256": calib_manifest["tensors"]["sha256"],  # checked whole above
                         "calibration_images": calib_manifest.get("count"),
-                        **{f"{name}_list_sha256": hashlib.sha256(listing(entries).encode()).hexdigest()
+                        **{f"{name}_list_sha256": sha256_bytes(listing(entries).encode())
                            for name, entries in self.sets.items()}}
         resolved = resolved_config(cfg)
         context = {**self.digests, **{name: [{"name": n, "sha256": d} for n, d in entries]
