@@ -43,6 +43,9 @@ def checked(tmp_path_factory, small_config, small_sim_onnx):
     write_demo_data(tmp / "PPM-100", count=5, seed=4, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
     raw["dataset"]["sampler"]["get_data_num"] = 4
+    # max, not the config's KL: what hwcheck checks does not depend on the thresholds, and its three int8 builds
+    # cost a KL search each (2 s apiece on two cores)
+    raw["backend"]["quantize"]["calibrate_mode"] = "max"
     config8 = write_config(tmp / "small_int8.yaml", raw)
     cfg8 = load_config(config8)
     calib = tmp / "calib"

@@ -40,6 +40,7 @@ def test_help_shows_defaults_as_make_expands_them():
     default = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in lines if "(default: " in line}
     assert default["CALIB_LIST"] == "calib/official_modnet_int8.txt" and default["RELEASE_ROOT"] == "artifacts/release"
     assert default["CKPT"] == "checkpoints/modnet_photographic_portrait_matting.ckpt" and default["LIMIT"] == ""
+    assert default["TEST_JOBS"] == "2"
     other = {line.split()[0]: line.rsplit("(default: ", 1)[1][:-1] for line in make(
         "help", "CONFIG_INT8=build_configs/official_modnet_fp16.yaml", "ART=elsewhere").stdout.splitlines()
         if "(default: " in line}  # the defaults follow the variables they are made of
@@ -53,6 +54,8 @@ def test_help_shows_defaults_as_make_expands_them():
      "CONFIG_INT8=build_configs/official_modnet_in8.yaml: no such config file (the configs in build_configs/: "
      "official_modnet_fp16.yaml official_modnet_int8.yaml)"),
     ("CONFIG", "nowhere.yaml", "CONFIG=nowhere.yaml: no such config file"),
+    ("LIMIT", "1O", "LIMIT=1O is not a whole number"),
+    ("TEST_JOBS", "two", "TEST_JOBS=two is not a whole number"),  # it becomes pytest's -n
 ])
 def test_a_bad_variable_is_one_line_naming_it_and_the_valid_values(variable, value, message, tmp_path):
     done = make("int8", f"{variable}={value}", f"ART={tmp_path / 'art'}")

@@ -285,6 +285,7 @@ def shifted_model(model: onnx.ModelProto, shift: float) -> onnx.ModelProto:
     return out
 
 
+@pytest.mark.slow  # a whole tune (14 candidates) on the whole small model
 def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winner_is_what_tuned_yaml_carries(
         inputs, small_sim_onnx, tmp_path, monkeypatch):
     from pipeline.backends.ort import bias_correction, qdq, stats
