@@ -44,8 +44,9 @@ PATH_VARS := CKPT DATA CONFIG CONFIG_FP16 CONFIG_INT8 CALIB_LIST ART RELEASE_ROO
 	TUNE_EXTRA PYTHON
 $(foreach v,$(PATH_VARS),$(if $(filter command line environment%,$(origin $v)),$(if $(call unsafe,$v),\
 	$(error $v holds $(call unsafe,$v), which the shell or Make would interpret: use a plain path))))
-# LIMIT, DEMO_COUNT and TEST_JOBS become --limit, --count and -n: in Make so that a typo stops `make eval LIMIT=1O`
-# before the export, simplify and builds that run first (argparse would see it only at evaluate, or at demo-data).
+# LIMIT and DEMO_COUNT become --limit and --count: in Make so that a typo stops `make eval LIMIT=1O` before the
+# export, simplify and builds that run first (argparse would see it only at evaluate, or at demo-data). TEST_JOBS
+# becomes pytest's -n, unquoted in the test recipes: a number or nothing.
 digits_only = $(if $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,\
 	$(subst 7,,$(subst 8,,$(subst 9,,$(value $1)))))))))))),,yes)
 $(foreach v,LIMIT DEMO_COUNT TEST_JOBS,$(if $(and $(value $v),$(if $(call digits_only,$v),,x)),\
@@ -380,7 +381,7 @@ demo-tune: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## tune the demo's int8 config on
 	$(MAKE) --no-print-directory $(DEMO_VARS) TUNED_CONFIG='$(DEMO_TUNED)' tune
 	@printf '%s\n' "build and report it: make $(DEMO_VARS) CONFIG_INT8=$(DEMO_TUNED) int8 eval"
 
-TEST_JOBS ?= 2## processes make test and test-fast run the tests in (pytest-xdist); 0 or empty: pytest's own, alone
+TEST_JOBS ?= 2## processes make test and test-fast run the tests in (pytest-xdist); 0 or empty: one process
 # One test file per process at a time (loadfile): a module's fixtures, such as test_verify.py's real release, are
 # built once, not once per process.
 PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
