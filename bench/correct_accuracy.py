@@ -28,13 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.stages.calibrate import read_calibration_folder  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
-from pipeline.core.progress import quiet  # noqa: E402
-from pipeline.stages.correct import MODE, correct_onnx, record_path  # noqa: E402
-from pipeline.data.dataset import image_dir  # noqa: E402
 from pipeline.core.fileio import sha256_file  # noqa: E402
+from pipeline.core.progress import quiet  # noqa: E402
 from pipeline.core.runtime import read_onnx  # noqa: E402
+from pipeline.data.dataset import image_dir  # noqa: E402
+from pipeline.stages.calibrate import read_calibration_folder  # noqa: E402
+from pipeline.stages.correct import MODE, correct_onnx, record_path  # noqa: E402
 from pipeline.tuning import scoring, statistics  # noqa: E402
 from pipeline.tuning.candidates import Candidate, Quantizer  # noqa: E402
 

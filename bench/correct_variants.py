@@ -31,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from correct_accuracy import common_arguments, label_of, measure, report  # noqa: E402
 
 from pipeline.backends.ort import qdq, stats  # noqa: E402
-from pipeline.backends.ort.bias_correction import (  # noqa: E402
-    THRESHOLD_MOVE, Deviation, biases_of, calibrate, channel_means, largest_move, set_biases, with_biases)
+from pipeline.backends.ort.bias_correction import (THRESHOLD_MOVE, Deviation, biases_of, calibrate,  # noqa: E402
+                                                   channel_means, largest_move, set_biases, with_biases)
 from pipeline.backends.ort.build import skipped_convs  # noqa: E402
 from pipeline.core import runtime  # noqa: E402
-from pipeline.stages.calibrate import TENSORS  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
-from pipeline.core.progress import quiet  # noqa: E402
 from pipeline.core.fileio import write_bytes, write_json  # noqa: E402
+from pipeline.core.progress import quiet  # noqa: E402
 from pipeline.core.runtime import read_onnx  # noqa: E402
+from pipeline.stages.calibrate import TENSORS  # noqa: E402
 from pipeline.tuning.layers import BANK_INPUT, conv_bank  # noqa: E402
 
 

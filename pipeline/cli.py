@@ -11,6 +11,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from .core import layout
 from .core.errors import PipelineError
 from .core.fileio import check_out_dir
 from .core.progress import progress, showing
@@ -156,7 +157,7 @@ def cmd_evaluate(args) -> None:
     from .stages.evaluate import evaluate
     report = evaluate(_config(args.config), args.engine, args.data, args.out, limit=args.limit, progress=progress)
     t = report["timing"]
-    print(f"wrote {args.out}/metrics.json: {report['images']} images, MSE {report['mse']:.5f}, MAD "
+    print(f"wrote {layout.metrics(args.out)}: {report['images']} images, MSE {report['mse']:.5f}, MAD "
           f"{report['mad']:.5f}, SAD {report['sad']:.3f}, Grad {report['grad']:.3f}, Conn {report['conn']:.3f}, "
           f"mIoU {report['miou']:.6f} ({t['images_per_second']:.2f} img/s)")
 
@@ -226,7 +227,6 @@ def cmd_verify(args) -> None:
 
 
 def cmd_hwcheck(args) -> None:
-    from .core.layout import hwcheck_report
     from .stages.hwcheck import Inputs, run
     check_out_dir(Path(args.out), "hwcheck")  # before any work; claim_dir checks again
     skip = None
@@ -246,7 +246,8 @@ def cmd_hwcheck(args) -> None:
     print(text, end="")
     failing = [v.check for v in verdicts if v.failing]
     if failing:
-        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {hwcheck_report(args.out)}")
+        report = layout.hwcheck_report(args.out)
+        raise PipelineError(f"hwcheck: {', '.join(failing)}: see the fix above and in {report}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_tune import SET, inputs, workbench  # noqa: F401 - the demo data and calibration folder tune's tests use
 
 from conftest import SMALL_HW
 from pipeline.accuracy import metrics
-from pipeline.core import runtime
 from pipeline.backends.ort import qdq
 from pipeline.cli import main
+from pipeline.core import runtime
 from pipeline.tuning import analyze as analyze_mod, statistics
 from pipeline.tuning.analyze import analyze, reading
-from test_tune import SET, inputs, workbench  # noqa: F401 - the demo data and calibration folder tune's tests use
 
 # --- the writer ----------------------------------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, StubProgress, small_config_dict, write_config
-from pipeline.core import runtime
 from pipeline.backends.engine import build_engine
 from pipeline.backends.ort import fp16, qdq, stats, thresholds
 from pipeline.backends.ort.numbering import conv_order
+from pipeline.core import runtime
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 
@@ -32,8 +32,8 @@ def int8_config(tmp_path: Path, numbering: str = "vamc", **quantize):
 
 @pytest.fixture(scope="module")
 def calib_dir(tmp_path_factory) -> Path:
-    from pipeline.stages.calibrate import make_calibration_set
     from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     tmp = tmp_path_factory.mktemp("ortcalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(int8_config(tmp), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")

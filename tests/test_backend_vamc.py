@@ -24,7 +24,6 @@ from pipeline.backends.engine import build_engine
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 
-
 ENGINE_LISTING = [".pipeline-stage", "manifest.json", "mod.json", "mod.params", "mod.so", "vamc.log", "vamc.yaml", "vdsp_params.json"]
 OFFICIAL_VDSP = {
     "OpType": "FUSION_OP_RGB_RESIZE_CVTCOLOR_NORM_TENSOR",

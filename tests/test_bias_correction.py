@@ -13,12 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import INT8_CONFIG, StubProgress, config_dict, small_config_dict, write_config
 from pipeline import cli
 from pipeline.backends.engine import build_engine
-from pipeline.backends.ort import bias_correction as bc
-from pipeline.backends.ort import qdq
+from pipeline.backends.ort import bias_correction as bc, qdq
 from pipeline.core.config import load_config
-from pipeline.stages.correct import correct_onnx
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import sha256_file
+from pipeline.stages.correct import correct_onnx
 
 HW = (32, 32)
 CHANNELS = 3
@@ -80,8 +79,8 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory) -> Path:
-    from pipeline.stages.calibrate import make_calibration_set
     from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     tmp = tmp_path_factory.mktemp("bccalib")
     write_demo_data(tmp / "PPM-100", count=5, seed=3, scale=0.15)
     make_calibration_set(load_config(config_file(tmp / "c.yaml")), tmp / "PPM-100", tmp / "calib", tmp / "list.txt")

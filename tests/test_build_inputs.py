@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline.stages.calibrate import make_calibration_set
 from pipeline.cli import main
 from pipeline.core.config import load_config
+from pipeline.stages.calibrate import make_calibration_set
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import INT8_CONFIG, small_config_dict, write_config
-from pipeline.stages.calibrate import RULE, draw, format_list, make_calibration_set, parse_list
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
+from pipeline.stages.calibrate import RULE, draw, format_list, make_calibration_set, parse_list
 
 COUNT = 3
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import LAYOUT, REPO
-from pipeline.model.checkpoint import load_modnet
-from pipeline.demo.checkpoint import demo_state_dict
 from pipeline.core.errors import PipelineError
+from pipeline.demo.checkpoint import demo_state_dict
+from pipeline.model.checkpoint import load_modnet
 from pipeline.model.modnet import MODNet
 
 OFFICIAL = json.loads(LAYOUT.read_text())["tensors"]

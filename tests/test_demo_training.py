@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import StubProgress
-from pipeline.demo import training as demo_training
-from pipeline.model.checkpoint import load_modnet, read_state_dict
 from pipeline.cli import main
 from pipeline.core.config import load_config
+from pipeline.demo import training as demo_training
 from pipeline.demo.checkpoint import trained_state_dict
 from pipeline.demo.data import make_pair
+from pipeline.model.checkpoint import load_modnet, read_state_dict
 from pipeline.model.modnet import MODNet
 
 TINY = dict(samples=8, hw=(64, 32), scale=0.05)  # a few seconds of training instead of minutes

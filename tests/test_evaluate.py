@@ -16,8 +16,8 @@ from pipeline.accuracy import metrics
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
-from pipeline.stages.evaluate import evaluate
 from pipeline.model.flops import count
+from pipeline.stages.evaluate import evaluate
 from pipeline.stages.report import Evaluated, Scope, gate, gate_failures, write_report
 
 KEYS = {"mse", "mad", "sad", "grad", "conn", "miou", "images", "per_image", "manifest_sha256"}
@@ -422,8 +422,8 @@ def report_cli(evaluated, tmp_path, small_sim_onnx, small_config, data):
 
 
 def _selection(path: Path, data: Path, *names: str) -> Path:
-    from pipeline.data.dataset import format_image_list
     from pipeline.core.fileio import sha256_file
+    from pipeline.data.dataset import format_image_list
     path.write_text(format_image_list([(n, sha256_file(data / "image" / n)) for n in names]))
     return path
 

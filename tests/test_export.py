@@ -7,8 +7,8 @@ import torch
 
 from conftest import SMALL_HW, small_config_dict, write_config
 from pipeline.core import runtime
-from pipeline.model.checkpoint import load_modnet
 from pipeline.core.config import load_config
+from pipeline.model.checkpoint import load_modnet
 from pipeline.model.export import export_onnx
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import shutil
 from types import SimpleNamespace
 
 import cv2
@@ -17,15 +18,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import INT8_CONFIG, StubProgress, put_standin_on_path, small_config_dict, write_config
 from fake_vaststreamx import Card, install
-from pipeline.stages import hwcheck
+from pipeline.accuracy.agreement import Agreement, agreement
 from pipeline.backends.engine import build_engine
+from pipeline.backends.runners import describe
+from pipeline.backends.vamc.runner import VaststreamxRunner
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
-from pipeline.accuracy.agreement import Agreement, agreement
+from pipeline.stages import hwcheck
 from pipeline.stages.hwcheck import numbering_verdict, order_verdict, prediction_verdict, resize_verdict
-from pipeline.backends.vamc.runner import VaststreamxRunner
-from pipeline.backends.runners import describe
 
 
 def agree(mean: float, per_image=None) -> Agreement:
@@ -37,8 +38,8 @@ def agree(mean: float, per_image=None) -> Agreement:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory, small_config, small_sim_onnx):
-    from pipeline.stages.calibrate import make_calibration_set
     from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     tmp = tmp_path_factory.mktemp("hwcheck")
     write_demo_data(tmp / "PPM-100", count=5, seed=4, scale=0.1)
     raw = small_config_dict(INT8_CONFIG)
@@ -126,6 +127,22 @@ def test_a_card_like_neither_reference_gets_no_numbering_verdict(checked, tmp_pa
     assert code == 2
     assert err.splitlines()[-1] == f"error: hwcheck: prediction: see the fix above and in {out / 'report.md'}"
     assert "| reference int8 | fp32 |" in (out / "report.md").read_text()
+
+
+def test_a_matte_of_another_size_is_refused_before_any_build(checked, tmp_path, capsys):
+    data = tmp_path / "PPM-100"
+    shutil.copytree(checked.inputs.data, data)
+    name = checked.images[0].name  # hwcheck scores the calibration photos against their mattes
+    grey = cv2.imread(str(data / "matte" / name), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(data / "matte" / name), cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2)))
+    args = hwcheck_args(checked.inputs, tmp_path / "out")
+    args[args.index("--data") + 1] = str(data)
+    assert main(args) == 2
+    h, w = grey.shape
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {data / 'matte' / name}: {w // 2}x{h // 2} does not match its image {name} ({w}x{h}); a matte "
+        f"must be the same size as its photo"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flag, swap, words", [

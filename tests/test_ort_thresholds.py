@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import StubProgress
-from pipeline.core import runtime
 from pipeline.backends.ort import stats, thresholds
+from pipeline.core import runtime
 
 BINS = 8001
 

@@ -7,20 +7,20 @@ import json
 import os
 import platform
 import shutil
-import tarfile
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from conftest import FP16_CONFIG, INT8_CONFIG
-from pipeline.stages import release
 from pipeline.core.errors import PipelineError
-from pipeline.core.layout import LATEST
 from pipeline.core.fileio import sha256_file
+from pipeline.core.layout import LATEST
+from pipeline.stages import release
+from pipeline.stages.release import (MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest,
+                                     inputs_record, tampered)
 from pipeline.stages.source import code_digest, code_files
-from pipeline.stages.release import (
-    MANIFEST, ReleaseInputs, assemble, compare, file_hashes, inputs_digest, inputs_record, tampered)
 
 
 def _write(path: Path, content: bytes) -> Path:

@@ -37,8 +37,8 @@ def tune_config(tmp_path: Path, **tune) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.stages.calibrate import make_calibration_set
     from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     tmp = tmp_path_factory.mktemp("tune")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     config = tune_config(tmp)
@@ -285,6 +285,7 @@ def test_the_config_tune_writes_for_a_candidate_builds_the_very_model_it_scored(
 @pytest.mark.slow  # a stage on the whole small model, many seconds
 def test_the_image_lists_and_every_figure_come_back_from_the_cache_by_hand(inputs, small_sim_onnx, tmp_path):
     import json
+
     from pipeline.accuracy import metrics
     from pipeline.tuning import statistics
     cfg_path = tune_config(tmp_path, max_builds=3)
@@ -427,6 +428,7 @@ def test_extra_unlabelled_images_join_the_deviation_only_and_may_not_be_calibrat
                                                                                           tmp_path, capsys):
     import json
     import shutil
+
     from pipeline import cli
     from pipeline.demo.data import write_demo_data
     write_demo_data(tmp_path / "other", count=2, seed=9, scale=0.15)
@@ -508,11 +510,12 @@ def outlier_model(path: Path, scale: float, width: int = 8, channels=(0, 1)) -> 
 
 def test_the_ranking_finds_the_conv_where_per_tensor_int8_loses_everything(tmp_path):
     import cv2
+
     from pipeline.accuracy import metrics
     from pipeline.core import runtime
-    from pipeline.stages.calibrate import make_calibration_set
-    from pipeline.demo.data import write_demo_data
     from pipeline.data.preprocess import load_input
+    from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     outlier_model(tmp_path / "plain.onnx", 1.0)
     outlier_model(tmp_path / "outliers.onnx", 300.0)
     cfg_path = tune_config(tmp_path, max_builds=20, max_mse_increase=0.01, max_mad_increase=0.02, max_miou_drop=0.1)

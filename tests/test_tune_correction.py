@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from test_tune import CALIBS, fake_evaluate, inputs, prerank, tune_config, workbench  # noqa: F401
 
 from conftest import INT8_CONFIG, REPO, StubProgress
 from pipeline.core.config import load_config
@@ -18,7 +19,6 @@ from pipeline.core.errors import PipelineError
 from pipeline.tuning import search as search_mod, statistics, tuned_yaml
 from pipeline.tuning.candidates import Cache, Candidate, check_saved, content_digest
 from pipeline.tuning.scoring import FIDELITY, LABELLED
-from test_tune import CALIBS, fake_evaluate, inputs, prerank, tune_config, workbench  # noqa: F401
 
 
 def test_an_uncorrected_candidate_is_keyed_and_saved_as_before_and_a_corrected_one_round_trips():
@@ -161,6 +161,7 @@ def test_a_corrected_candidate_is_the_qdq_of_the_corrected_model_and_make_int8_b
     from pipeline.backends.ort.build import tensor_thresholds
     from pipeline.stages.correct import correct_onnx
     from pipeline.tuning import tune as tune_mod
+
     # the input config (max: its thresholds are the quickest to recompute, as the correction does 4 times) and its
     # correction only: the other calibrations and the ranking are tested elsewhere
     raw = yaml.safe_load(tune_config(tmp_path, max_float_layers=0, bias_correction=True).read_text())
@@ -259,6 +260,7 @@ def test_a_corrected_input_config_with_skipped_convs_is_built_as_make_int8_build
                                                                                      tmp_path):
     from pipeline.backends.engine import build_engine
     from pipeline.stages.correct import correct_onnx
+
     # make int8 corrects for the config's skip_conv_layers (skipped Convs are not corrected): so does the incumbent
     raw = yaml.safe_load(tune_config(tmp_path).read_text())
     raw["backend"]["quantize"].update(calibrate_mode="max", skip_conv_layers=[1])
@@ -292,6 +294,7 @@ def test_every_calibration_is_tried_corrected_once_and_a_corrected_non_base_winn
     from pipeline.backends.ort.build import tensor_thresholds
     from pipeline.tuning import scoring, tune as tune_mod
     from pipeline.tuning.candidates import calibrations
+
     # the correction stubbed (the search is under test, the correction in tests/test_bias_correction.py): a model
     # of its own per calibration, so a corrected candidate is not its uncorrected twin
     cfg_path = tune_config(tmp_path, max_float_layers=0, bias_correction=True)

@@ -34,8 +34,8 @@ def tune_config(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from pipeline.stages.calibrate import make_calibration_set
     from pipeline.demo.data import write_demo_data
+    from pipeline.stages.calibrate import make_calibration_set
     tmp = tmp_path_factory.mktemp("tune_inputs")
     write_demo_data(tmp / "data", count=IMAGES, seed=5, scale=0.15)
     make_calibration_set(load_config(tune_config(tmp / "small_int8.yaml")), tmp / "data", tmp / "calib",
@@ -595,6 +595,7 @@ def up_to_date_tune(tmp_path: Path, verdict: str) -> tuple[Path, list[str]]:
     """A scratch checkout whose tune folder is up to date, with a tuned.yaml of VERDICT: `make tune` then only runs
     promote. Returns the checkout and the make variables."""
     import os
+
     from test_make_usage import scratch_copy
     root = scratch_copy(tmp_path)
     (root / ".venv").symlink_to(REPO / ".venv")

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-
 from collections import Counter
 
 import pytest
@@ -19,7 +18,6 @@ import pytest
 from conftest import INT8_CONFIG, REPO, small_config_dict, write_config
 from pipeline.core.layout import LATEST
 from pipeline.stages.source import SOURCE_MTIME, code_files
-
 
 pytestmark = pytest.mark.slow  # every test here stands on a real `make release`
 

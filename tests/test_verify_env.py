@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import PipelineError
-from pipeline.stages.verify import (
-    VENV_STAMP, cached_venvs, choose_venv, create_venv, environment_notes, missing_requirement, package_changes)
+from pipeline.stages.verify import (VENV_STAMP, cached_venvs, choose_venv, create_venv, environment_notes,
+                                    missing_requirement, package_changes)
 
 REQS = b"torch==2.3.1\nnumpy==1.26.4\n"
 INSTALLED = ["numpy==1.26.4", "pip==24.0", "torch==2.3.1"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..stages.calibrate import read_calibration_folder
 from ..core import layout
 from ..core.config import BuildConfig
-from ..stages.correct import build_correction
 from ..core.errors import PipelineError
 from ..core.fileio import check_out_dir, sha256_file
 from ..core.provenance import git_state, versions
 from ..core.runtime import check_model_input, read_onnx
+from ..stages.calibrate import read_calibration_folder
+from ..stages.correct import build_correction
 from ..tuning import tuned_yaml
 
 BACKENDS = ("ort", "vamc")

@@ -12,7 +12,6 @@ from ..core.errors import PipelineError
 from ..core.fileio import sha256_file
 from ..core.names import check_name, is_sha256
 
-
 SOURCE = ("PPM-100 comes from its official repository, github.com/ZHKKKe/PPM (a download link in its README): unpack "
           "it into datasets/PPM-100/ or pass DATA=/path/to/PPM-100")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, is_demo_checkpoint, strip_prefix
-from ..core.errors import PipelineError
 from ..core.config import BuildConfig
-from .training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
+from ..core.errors import PipelineError
 from ..core.fileio import write_bytes
 from ..core.progress import Progress, quiet
+from ..model.checkpoint import DATAPARALLEL_PREFIX, DEMO_MARK, is_demo_checkpoint, strip_prefix
 from ..model.modnet import MODNet
+from .training import PHOTO_SCALE, SAMPLES, TRAIN_HW, deterministic_torch, measure_batchnorm, train, training_set
 
 
 def _tensor(rng: np.random.Generator, name: str, template: torch.Tensor) -> torch.Tensor:

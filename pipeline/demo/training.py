@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import BuildConfig, Resize
-from .data import in_order, make_pair
 from ..accuracy.metrics import gt_from_matte
-from ..model.modnet import MODNet
+from ..core.config import BuildConfig, Resize
 from ..data.preprocess import apply_ops
+from ..model.modnet import MODNet
+from .data import in_order, make_pair
 
 TRAIN_STREAM = 1  # demo_data stream of the training portraits; stream 0 is the evaluated demo set
 TRAIN_HW = (160, 96)  # (H, W): a third of 480x288, both multiples of MODNet's stride 32

@@ -7,10 +7,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from .checkpoint import load_modnet
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_path
+from .checkpoint import load_modnet
 
 OUTPUT_NAME = "output"
 

@@ -37,11 +37,11 @@ import numpy as np
 
 from ..core import layout
 from ..core.config import BuildConfig
-from ..data.dataset import format_image_list, image_dir, list_images, read_image_list
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir, sha256_bytes, sha256_file, write_json, write_text
 from ..core.names import check_name
 from ..core.progress import Progress, quiet
+from ..data.dataset import format_image_list, image_dir, list_images, read_image_list
 from ..data.preprocess import load_input
 
 RULE = ("rank every candidate file name NAME by the hex sha256 of \"{seed}:{NAME}\" (ties by name) and take the "
@@ -199,7 +199,7 @@ def read_calibration_manifest(calib: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         names = [entry["name"] for entry in manifest["images"]]
     except FileNotFoundError:
-        raise PipelineError(f"{calib}: not a calibration folder (no manifest.json; run `make calib`)") from None
+        raise PipelineError(f"{calib}: not a calibration folder (no {layout.MANIFEST}; run `make calib`)") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: not a calibration manifest ({type(exc).__name__}: {exc}); rerun `make calib`") \
             from None

@@ -12,12 +12,12 @@ import json
 import time
 from pathlib import Path
 
-from .calibrate import read_calibration_folder
 from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import sha256_bytes, sha256_file, write_bytes, write_json
 from ..core.runtime import check_model_input, read_onnx
+from .calibrate import read_calibration_folder
 
 MODE = "empirical"
 
@@ -28,8 +28,8 @@ def record_path(onnx: Path) -> Path:
 
 def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress) -> tuple[dict, float, float]:
     """Write OUT and OUT.json; returns the record, the seconds it took and the peak RSS in MB."""
-    from ..backends.ort.build import peak_rss_mb, skipped_convs
     from ..backends.ort.bias_correction import correct
+    from ..backends.ort.build import peak_rss_mb, skipped_convs
 
     start = time.perf_counter()
     if cfg.backend.dtype != "int8":

@@ -19,21 +19,22 @@ import cv2
 import numpy as np
 
 from ..accuracy import metrics
+from ..backends.runners import Runner, open_runner
 from ..core import layout
 from ..core.config import BuildConfig
-from ..data.dataset import list_images, matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import atomic_dir, check_out_dir, dumps_json, sha256_file
 from ..core.progress import Progress, quiet
-from ..data.preprocess import read_labelled, read_matte
-from ..backends.runners import Runner, open_runner
+from ..data.dataset import list_images, matte_path
+from ..data.preprocess import read_labelled
 
 WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL while the engine runs
 SHEET_IMAGES = 4
 
 
-def load_gt(path: Path, cfg: BuildConfig) -> np.ndarray:
-    return metrics.gt_from_matte(read_matte(path), cfg.height, cfg.width)
+def load_gt(image: Path, cfg: BuildConfig) -> np.ndarray:
+    """The ground truth of IMAGE, from its matte, once the matte is checked to be the photo's size."""
+    return metrics.gt_from_matte(read_labelled(image, matte_path(image))[1], cfg.height, cfg.width)
 
 
 def load_pair(cfg: BuildConfig, runner: Runner, image: Path, matte: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -31,12 +31,12 @@ import yaml
 
 from ..accuracy import metrics
 from ..accuracy.agreement import Agreement, agreement
+from ..backends.runners import open_runner
 from ..core import layout
 from ..core.config import (HWCHECK_AGREE_MEAN_ABS, HWCHECK_NUMBERING_IMAGE_SHARE, HWCHECK_NUMBERING_MIN_GAP,
-                     HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
+                           HWCHECK_NUMBERING_NEAR, HWCHECK_PREDICTS, HWCHECK_SEPARATION, BuildConfig, load_config)
 from ..core.errors import PipelineError
 from ..core.fileio import claim_dir, write_text
-from ..backends.runners import open_runner
 
 ORDER_IMAGES = 5  # calibration images of the channel-order and resize checks
 
@@ -278,7 +278,7 @@ def calibration_photos(calib: Path) -> list[Path]:
     try:
         names = [entry["name"] for entry in json.loads(layout.manifest(calib).read_text())["images"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{calib / 'manifest.json'}: not a calibration manifest ({exc}); run `make calib`") \
+        raise PipelineError(f"{layout.manifest(calib)}: not a calibration manifest ({exc}); run `make calib`") \
             from None
     return [calib / "images" / name for name in names]
 
@@ -340,8 +340,8 @@ def variant_config(source: Path, out: Path, skip: list[int], numbering: str) -> 
 
 def sensitivity(model: onnx.ModelProto, convs: list[str], inputs: list[np.ndarray], progress) -> dict[str, float]:
     """Mean |alpha change| on INPUTS when each of CONVS alone is quantized (fake_quantize_conv), on ORT fp32."""
-    from ..core import runtime
     from ..backends.ort.numbering import node_name
+    from ..core import runtime
     conv_inputs = {node_name(n, i): n.input[0] for i, n in enumerate(model.graph.node) if n.op_type == "Conv"}
     probe = copy.deepcopy(model)
     wanted = sorted({conv_inputs[c] for c in convs} - {o.name for o in probe.graph.output})
@@ -416,11 +416,12 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     verdicts and the one-screen summary."""
     from ..backends.engine import build_engine
     from ..backends.ort.numbering import conv_order
-    from ..data.dataset import matte_path
     from .evaluate import load_gt
     cfg16, cfg8 = load_config(inputs.config_fp16), load_config(inputs.config_int8)
     check_kinds(inputs, cfg16, cfg8)
     images = calibration_photos(inputs.calib)
+    # read (and their sizes checked) before any build: a bad matte is one line, not minutes in
+    gts = [load_gt(inputs.data / "image" / p.name, cfg8) for p in images]
     few = images[:ORDER_IMAGES]
     model = onnx.load(str(inputs.onnx_int8))
     orders = {n: conv_order(model, n) for n in ("vamc", "onnx")}
@@ -453,7 +454,6 @@ def run(inputs: Inputs, out: Path, progress) -> tuple[list[Verdict], str]:
     vamc8 = _run(lambda: _open_vamc(inputs.engine_int8), card8, images, progress, "int8 vamc")
     ref8 = _run(lambda: open_runner(engines / "reference" / "ort"), cfg8, images, progress, "int8 reference")
     fp32 = _run(lambda: open_runner(inputs.onnx_int8), cfg8, images, progress, "fp32")
-    gts = [load_gt(matte_path(inputs.data / "image" / p.name), cfg8) for p in images]
     scores = {label: _scores(preds, gts, images) for label, preds in (("vamc int8", vamc8), ("reference int8", ref8))}
     vs_ref, ref_vs_fp32 = agreement(vamc8, ref8), agreement(ref8, fp32)
     prediction = prediction_verdict(vs_ref, ref_vs_fp32, scores["vamc int8"], scores["reference int8"])

@@ -21,15 +21,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.dataset import matte_path
 from ..core import layout
 from ..core.errors import PipelineError
-from ..core.fileio import (BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_bytes, sha256_file,
-                            write_text)
+from ..core.fileio import BUNDLE_MANIFEST, STAGE_MARKER, atomic_dir, dumps_json, sha256_bytes, sha256_file, write_text
 from ..core.names import check_name, check_path
 from ..core.provenance import REPO, committed, environment, git_state, meant_to_be_committed, versions
-from .source import code_digest, source_name, write_source_tar
+from ..data.dataset import matte_path
 from ..tuning.tuned_yaml import TUNED_SUFFIX
+from .source import code_digest, source_name, write_source_tar
 
 MANIFEST = BUNDLE_MANIFEST
 SHORT_HASH = 12

@@ -10,15 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..model import flops as flops_count
 from ..accuracy import metrics
 from ..accuracy.agreement import Agreement, agreement
 from ..core import layout
 from ..core.config import BuildConfig
-from ..data.dataset import matte_path
 from ..core.errors import PipelineError
 from ..core.fileio import write_bytes, write_text
 from ..data.preprocess import decode, decode_bgr
+from ..model import flops as flops_count
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
 VENDOR_ROWS = (
@@ -155,7 +154,7 @@ def scored_names(ev: Evaluated) -> list[str]:
     try:
         return [row["name"] for row in ev.metrics["per_image"]]
     except (KeyError, TypeError) as exc:
-        raise PipelineError(f"{ev.folder / 'metrics.json'}: no per-image figures ({type(exc).__name__}: {exc}); "
+        raise PipelineError(f"{layout.metrics(ev.folder)}: no per-image figures ({type(exc).__name__}: {exc}); "
                             f"rerun `make eval`") from None
 
 
@@ -377,7 +376,7 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
     for name in names:
         image = data / "image" / by_stem[Path(name).stem]
         shown = cv2.resize(decode_bgr(image), (width, height), interpolation=cv2.INTER_AREA)
-        gt = load_gt(matte_path(image), cfg)
+        gt = load_gt(image, cfg)
         preds = [_pred(fp32, name), *[_pred(ev, name) for ev in engines]]
         diff = np.abs(preds[-1].astype(np.int16) - preds[0].astype(np.int16)).astype(np.float64) / 255.0
         heat = cv2.applyColorMap(np.clip(diff / HEAT_FULL_SCALE * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)

@@ -25,8 +25,8 @@ from ..core.errors import PipelineError
 from ..core.fileio import remove_tree, sha256_bytes
 from ..core.names import check_path, is_sha256
 from ..core.provenance import REPO, installed_packages
-from .release import (MANIFEST, compare, copy_list, format_table, load_manifest, make_environment,
-                      rebuild_variables, tampered)
+from .release import (MANIFEST, compare, copy_list, format_table, load_manifest, make_environment, rebuild_variables,
+                      tampered)
 from .source import code_digest, read_source, source_entry, unpack
 
 VENV_STAMP = ".installed"  # the Makefile's STAMP: a venv whose requirements are installed

@@ -19,11 +19,11 @@ import onnx
 
 from ..backends.ort import qdq, stats
 from ..backends.ort.build import int8_model, skipped_convs, tensor_thresholds
-from ..stages.calibrate import TENSORS
 from ..core.config import CALIBRATE_MODES, BuildConfig
 from ..core.errors import PipelineError
-from ..core.names import is_sha256
 from ..core.fileio import dumps_json, sha256_bytes, write_json
+from ..core.names import is_sha256
+from ..stages.calibrate import TENSORS
 from .scoring import FIDELITY, LABELLED
 
 PERCENTILE_RANGES = (0.999, 0.9999, 0.99999, 0.999999)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..stages.calibrate import draw
 from ..core.config import BuildConfig
-from ..data.dataset import image_dir, list_images
 from ..core.errors import PipelineError
 from ..core.fileio import sha256_file
 from ..core.names import check_name
+from ..data.dataset import image_dir, list_images
+from ..stages.calibrate import draw
 
 
 def ranked_outside(names, seed: int, exclude: set[str]) -> list[str]:

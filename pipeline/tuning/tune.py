@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..stages.correct import MODE as CORRECTION
 from ..core import layout
 from ..core.fileio import mark_stage, write_bytes, write_text
+from ..stages.correct import MODE as CORRECTION
 from . import plot, scoring, statistics, tuned_yaml
 from .analyze import built_candidate, sqnr_rows, worst_first
 from .candidates import Candidate, calibrations

@@ -10,14 +10,14 @@ import json
 from pathlib import Path
 
 from ..backends.ort.build import resolved_config, skipped_convs
-from ..stages.calibrate import read_calibration_folder
 from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import dumps_json, sha256_bytes, sha256_file
+from ..core.runtime import read_onnx
+from ..stages.calibrate import read_calibration_folder
 from ..stages.release import code_digest
 from ..stages.report import DEMO_STAMPS, DEMO_WARNINGS
-from ..core.runtime import read_onnx
 from . import scoring
 from .candidates import Cache, Candidate, Quantizer
 from .split import extra_images, split

@@ -71,7 +71,7 @@ class VaststreamxRunner(Runner):
         self.model_op = vsx.ModelOperator(self.model)
         self.preproc_ops = vsx.Operator.load_ops_from_json_file(str(info.path / layout.VDSP_PARAMS))
         if not self.preproc_ops:
-            raise PipelineError(f"{info.path / 'vdsp_params.json'}: vaststreamx loaded no preprocessing op from it")
+            raise PipelineError(f"{info.path / layout.VDSP_PARAMS}: vaststreamx loaded no preprocessing op from it")
         self.graph = vsx.Graph(vsx.GraphOutputType.GRAPH_OUTPUT_TYPE_NCHW_HOST)
         self.graph.add_operators(*self.preproc_ops, self.model_op)
         self.stream = vsx.Stream(self.graph, vsx.StreamBalanceMode.ONCE)
