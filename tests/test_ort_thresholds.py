@@ -14,7 +14,8 @@ BINS = 8001
 
 
 def tvm_minimize_kl(hist: np.ndarray, absmax: float) -> float:
-    """TVM's MinimizeKL (calibrate.cc) transcribed loop by loop, in float64."""
+    """TVM's MinimizeKL (calibrate.cc) transcribed in float64: its loop over the candidate windows as a loop, its
+    loops over the quantized levels as array rows (the same sums; a Python loop there took 15 s a case)."""
     z, levels, eps = BINS // 2, 255, 1e-4
 
     def smooth(x):
@@ -36,15 +37,17 @@ def tvm_minimize_kl(hist: np.ndarray, absmax: float) -> float:
         sliced[1:] = hist[lo + 1:hi]
         p[1:] = hist[lo + 1:hi]
         p[-1] += hist[hi:].sum()
+        # the C++ loops over the 255 levels, a row each: level j merges bins j*merged .. (j+1)*merged - 1, the
+        # last level also the remainder; q spreads a level's sum evenly over its nonzero bins where p != 0
         merged = len(sliced) // levels
-        quantized = np.array([sliced[j * merged:(j + 1) * merged].sum() for j in range(levels)])
-        quantized[-1] += sliced[levels * merged:].sum()
-        q = np.zeros(len(sliced))
-        for j in range(levels):
-            a, b = j * merged, (len(q) if j == levels - 1 else (j + 1) * merged)
-            norm = np.count_nonzero(sliced[a:b])
-            if norm:
-                q[a:b] = np.where(p[a:b] != 0, quantized[j] / norm, 0.0)
+        body = levels * merged
+        rows = sliced[:body].reshape(levels, merged)
+        quantized, norm = rows.sum(axis=1), np.count_nonzero(rows, axis=1)
+        quantized[-1] += sliced[body:].sum()
+        norm[-1] += np.count_nonzero(sliced[body:])
+        per_bin = np.where(norm > 0, quantized / np.maximum(norm, 1), 0.0)
+        spread = np.concatenate([np.repeat(per_bin, merged), np.full(len(sliced) - body, per_bin[-1])])
+        q = np.where(p != 0, spread, 0.0)
         p, q = smooth(p), smooth(q)
         divergence = np.inf
         if p is not None and q is not None:
