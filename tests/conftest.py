@@ -16,6 +16,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# Two test processes share two cores (make test's TEST_JOBS): torch's OpenMP threads spinning while they wait take
+# the other process's core (a fifth of the wall time of the torch-heavy files). Alone, one process runs faster
+# with the spin, so only test workers wait passively; set before torch loads, inherited by the stages they run.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 FP16_CONFIG = REPO / "build_configs" / "official_modnet_fp16.yaml"
 INT8_CONFIG = REPO / "build_configs" / "official_modnet_int8.yaml"
 # The official tensor names and shapes (data, kept in the repository: a clone has nothing beside it).
