@@ -429,13 +429,14 @@ def test_make_builds_releases_and_hwchecks_the_corrected_onnx_of_an_empirical_co
     art = tmp_path / "art"
     onnx_int8 = f"{art}/onnx/mine.{'corrected' if corrected else 'sim'}.onnx"
     lines = {}
-    for goal, stage in (("int8", "build"), ("release", "release"), ("hwcheck", "hwcheck")):
-        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", goal)
+    for goals, stages in ((["int8"], ["build"]), (["release", "hwcheck"], ["release", "hwcheck"])):  # a Make each
+        done = make("-n", f"ART={art}", "BACKEND=ort", f"CONFIG_INT8={config}", *goals)
         assert done.returncode == 0, done.stderr
-        lines[goal] = done.stdout.replace("\\\n", "")
-        assert any(f" -m pipeline {stage} " in line and f"'{onnx_int8}'" in line
-                   for line in lines[goal].splitlines()), lines[goal]
-    correct = [line for line in lines["int8"].splitlines() if " -m pipeline correct " in line]
+        lines[goals[0]] = done.stdout.replace("\\\n", "").splitlines()
+        for stage in stages:
+            assert any(f" -m pipeline {stage} " in line and f"'{onnx_int8}'" in line for line in lines[goals[0]]), \
+                lines[goals[0]]
+    correct = [line for line in lines["int8"] if " -m pipeline correct " in line]
     if corrected:
         assert correct == [f".venv/bin/python -m pipeline correct --config '{config}' --onnx '{art}/onnx/mine.sim.onnx' "
                            f"--calib '{art}/calib/mine' --out '{onnx_int8}'"]
