@@ -383,8 +383,8 @@ demo-tune: $(DEMO_CKPT) $(DEMO_DATA)/.complete ## tune the demo's int8 config on
 
 TEST_JOBS ?= 2## processes make test and test-fast run the tests in (pytest-xdist); 0 or empty: one process
 # One test file per process at a time (loadfile): a module's fixtures, such as test_verify.py's real release, are
-# built once, not once per process.
-PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+# built once, not once per process; in collection order, which tests/conftest.py starts with the longest files.
+PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 test: $(STAMP) ## run the whole test suite (what CI runs)
 	$(PYTEST) tests
 test-fast: $(STAMP) ## run the unit tier only: no whole pipeline, no stage on the whole model (the inner loop)

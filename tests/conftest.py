@@ -29,6 +29,17 @@ LAYOUT = REPO / "tests" / "data" / "modnet_checkpoint_layout.json"
 SMALL_HW = (128, 96)  # a static shape MODNet accepts (multiples of 32) that keeps tests fast
 
 
+# The longest files (1.5 to 2 minutes of work each), first: make test hands its two processes whole files in
+# collection order (--no-loadscope-reorder; xdist would start the files of most tests first, and these have few),
+# and a long file started late is a tail the other process waits out.
+LONGEST_FIRST = ("test_verify.py", "test_tune.py", "test_tune_inputs.py", "test_tune_correction.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: each file keeps its order
+
+
 def config_dict(path: Path = FP16_CONFIG) -> dict:
     return yaml.safe_load(path.read_text())
 
