@@ -275,6 +275,7 @@ def to_png(rows: list[dict], title: str, stamp: str | None = None) -> bytes:
 def analyze(wb: Workbench, out: Path) -> dict:
     check_out_dir(out, "analyze")
     started = time.perf_counter()
+    wb.preload("selection", "extra")  # the sets wb.evaluate scores
     candidate, built = config_candidate(wb), built_candidate(wb)  # the per-Conv analysis is of the simplified ONNX
     rows = sqnr_rows(wb, candidate)
     measure_float(wb, candidate, rows, FLOAT_LAYERS)

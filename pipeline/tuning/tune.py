@@ -249,6 +249,7 @@ def tune(wb: Workbench, out: Path, command: str, bar) -> Result:
     for name, entries in wb.sets.items():
         write_text(layout.image_list(out, name), listing(entries))
     started = time.perf_counter()
+    wb.preload(*wb.sets)
     result = judge(wb, run_search(wb, bar))
     seconds = time.perf_counter() - started
     chosen = result.chosen

@@ -101,6 +101,12 @@ class Workbench:
                 if image_set == "extra" else scoring.load_labelled(self.cfg, self.data, names)
         return self._images[image_set]
 
+    def preload(self, *image_sets: str) -> None:
+        """Read IMAGE_SETS now, every photo and matte checked as `evaluate` checks them: a bad matte is refused
+        before the minutes of statistics and builds that would otherwise come first, not after them."""
+        for image_set in image_sets:
+            self.images(image_set)
+
     def _predict(self, model, image_set: str) -> list:
         inputs = self.images(image_set).inputs
         self.passes += len(inputs)
