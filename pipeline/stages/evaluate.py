@@ -32,15 +32,21 @@ WORKERS = 2  # decode/resize/score threads; OpenCV and NumPy release the GIL whi
 SHEET_IMAGES = 4
 
 
+def photo_and_gt(image: Path, matte: Path, cfg: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """IMAGE (BGR) and its ground truth from MATTE, once the matte is checked to be the photo's size."""
+    bgr, matte_grey = read_labelled(image, matte)
+    return bgr, metrics.gt_from_matte(matte_grey, cfg.height, cfg.width)
+
+
 def load_gt(image: Path, cfg: BuildConfig) -> np.ndarray:
     """The ground truth of IMAGE, from its matte, once the matte is checked to be the photo's size."""
-    return metrics.gt_from_matte(read_labelled(image, matte_path(image))[1], cfg.height, cfg.width)
+    return photo_and_gt(image, matte_path(image), cfg)[1]
 
 
 def load_pair(cfg: BuildConfig, runner: Runner, image: Path, matte: Path) -> tuple[np.ndarray, np.ndarray]:
     """The engine's input and the ground truth."""
-    bgr, matte_grey = read_labelled(image, matte)
-    return runner.prepare(cfg, bgr), metrics.gt_from_matte(matte_grey, cfg.height, cfg.width)
+    bgr, gt = photo_and_gt(image, matte, cfg)
+    return runner.prepare(cfg, bgr), gt
 
 
 def pairs(cfg: BuildConfig, data: str | Path, limit: int | None) -> list[tuple[Path, Path]]:

@@ -16,7 +16,8 @@ from ..core import layout
 from ..core.config import BuildConfig
 from ..core.errors import PipelineError
 from ..core.fileio import write_bytes, write_text
-from ..data.preprocess import decode, decode_bgr
+from ..data.dataset import matte_path
+from ..data.preprocess import decode
 from ..model import flops as flops_count
 
 # The vendor's published rows (docs/model-card.md, "Published accuracy"), as published.
@@ -363,7 +364,7 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
                   demo: tuple[bool, bool] = (False, False)) -> np.ndarray:
     """Columns: input, ground truth, fp32, each engine, the heat map; a band naming each row's image, a colour bar
     under the heat map, and a red stamp on top when DEMO (as in `markdown`) says the figures are not MODNet's."""
-    from .evaluate import load_gt
+    from .evaluate import photo_and_gt
     height, width = cfg.height, cfg.width
     by_stem = {Path(row["name"]).stem: row["name"] for row in fp32.metrics["per_image"]}
     names = [n for n in fp32.metrics.get("sheet", [])
@@ -375,8 +376,8 @@ def contact_sheet(fp32: Evaluated, engines: list[Evaluated], cfg: BuildConfig, d
     rows = []
     for name in names:
         image = data / "image" / by_stem[Path(name).stem]
-        shown = cv2.resize(decode_bgr(image), (width, height), interpolation=cv2.INTER_AREA)
-        gt = load_gt(image, cfg)
+        bgr, gt = photo_and_gt(image, matte_path(image), cfg)  # one decode of the photo, checked against its matte
+        shown = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
         preds = [_pred(fp32, name), *[_pred(ev, name) for ev in engines]]
         diff = np.abs(preds[-1].astype(np.int16) - preds[0].astype(np.int16)).astype(np.float64) / 255.0
         heat = cv2.applyColorMap(np.clip(diff / HEAT_FULL_SCALE * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)

@@ -25,7 +25,8 @@ from ..accuracy.agreement import agreement
 from ..core import runtime
 from ..core.config import BuildConfig, Tune
 from ..data.dataset import image_dir, matte_path
-from ..data.preprocess import apply_ops, load_input, read_labelled
+from ..data.preprocess import apply_ops, load_input
+from ..stages.evaluate import photo_and_gt
 from . import statistics
 
 FIDELITY = ("deviation", "flips")                          # every image
@@ -43,8 +44,8 @@ class Images:
 
 def _labelled(cfg: BuildConfig, image: Path) -> tuple[np.ndarray, np.ndarray]:
     """IMAGE's input and ground truth, checked as `evaluate` checks them."""
-    bgr, matte = read_labelled(image, matte_path(image))
-    return apply_ops(cfg, bgr), metrics.gt_from_matte(matte, cfg.height, cfg.width)
+    bgr, gt = photo_and_gt(image, matte_path(image), cfg)
+    return apply_ops(cfg, bgr), gt
 
 
 def load_labelled(cfg: BuildConfig, data: str | Path, names: list[str]) -> Images:
