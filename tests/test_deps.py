@@ -65,6 +65,21 @@ def test_a_backend_package_is_followed_through_its_modules(fake_repo):
         "pipeline/backends/vamc/build.py"])
 
 
+def test_an_import_in_any_nested_block_is_found(fake_repo):
+    # the reader visits statements only: every kind of block that holds statements must be entered
+    nested = {
+        "if": "if X:\n    pass\nelse:\n    from .m_if import a\n",
+        "try": "try:\n    pass\nexcept E:\n    from .m_try import a\nfinally:\n    import pipeline.m_fin\n",
+        "loop": "for i in x:\n    pass\nelse:\n    while y:\n        with z:\n            from . import m_loop\n",
+        "def": "class C:\n    def f(self):\n        async def g():\n            from .m_def import a\n",
+        "match": "match v:\n    case 1:\n        from .m_match import a\n",
+    }
+    _tree(fake_repo, {"pipeline/report.py": "".join(nested.values()),
+                      **{f"pipeline/{m}.py": "" for m in ("m_if", "m_try", "m_fin", "m_loop", "m_def", "m_match")}})
+    assert deps.stage_files("report") == sorted(COMMON + ["pipeline/report.py"] + [
+        f"pipeline/{m}.py" for m in ("m_if", "m_try", "m_fin", "m_loop", "m_def", "m_match")])
+
+
 @pytest.mark.slow
 def test_the_real_stages_as_make_reads_them():
     done = subprocess.run([sys.executable, "-I", "pipeline/core/deps.py", "export", "build:ort", "evaluate"], cwd=REPO,

@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def module_file(module: str) -> Path | None:
     """pipeline/a/b.py or pipeline/a/b/__init__.py for `pipeline.a.b`, or None if it is not a module of ours."""
-    base = ROOT.joinpath(*module.split("."))
+    return _module_file(ROOT, module)
+
+
+@functools.cache
+def _module_file(root: Path, module: str) -> Path | None:
+    # looked up once per name: every file's imports name their parent packages again (a third of the run)
+    base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -35,11 +41,20 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+def statements(body: list[ast.stmt]):
+    """Every statement in BODY and in the blocks nested in it. An import is a statement, so its expressions (most
+    of a tree's nodes) need no visit: ast.walk over all of them took most of this script's time."""
+    for node in body:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):  # every field of a block of statements
+            yield from statements(getattr(node, block, ()))
+
+
+def imported(tree: ast.Module | ast.FunctionDef, module: str, is_package: bool) -> set[str]:
     """Names of the pipeline modules an AST imports (relative imports resolved against MODULE)."""
     found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in statements(tree.body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -54,10 +69,16 @@ def imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
-@functools.cache
 def parsed(path: Path) -> ast.Module:
-    """PATH's syntax tree, parsed once however many stages reach it (every `make` runs this script)."""
     return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+@functools.cache
+def file_imports(path: Path) -> frozenset[str]:
+    """The pipeline modules the file at PATH imports, read once however many stages reach it: every `make` waits
+    for this script. The names are kept, not the trees: sixty syntax trees kept alive made each garbage
+    collection walk them, which doubled the script's time."""
+    return frozenset(imported(parsed(path), module_name(path), path.name == "__init__.py"))
 
 
 def closure(modules: set[str], read: set[Path]) -> set[Path]:
@@ -72,7 +93,7 @@ def closure(modules: set[str], read: set[Path]) -> set[Path]:
             if path is None or path in files:
                 continue
             files.add(path)
-            todo.extend(imported(parsed(path), module_name(path), path.name == "__init__.py"))
+            todo.extend(file_imports(path))
     return files
 
 
