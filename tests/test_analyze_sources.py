@@ -260,8 +260,10 @@ BIAS = -0.4  # the stubbed correction's bias on the one Conv (which has none)
 
 def stub_correction(monkeypatch) -> list:
     """bias_correction.correct stubbed (the correction itself is tests/test_bias_correction.py's): the model with
-    BIAS added to its Conv as a bias input; returns the list of (calibrate_mode, skipped) of each call."""
-    from pipeline.backends.ort import bias_correction
+    BIAS added to its Conv as a bias input, and its statistics as the build collects them; returns the list of
+    (calibrate_mode, skipped) of each call."""
+    from pipeline.backends.ort import bias_correction, qdq
+    from pipeline.backends.ort.build import calibration_statistics
     calls = []
 
     def fake_correct(cfg, model, calib_tensors, progress, skipped):
@@ -271,7 +273,8 @@ def stub_correction(monkeypatch) -> list:
         conv = next(n for n in out.graph.node if n.op_type == "Conv")
         conv.input.append("corrected_bias")
         out.graph.initializer.append(numpy_helper.from_array(np.array([BIAS], np.float32), "corrected_bias"))
-        return out.SerializeToString(), {}
+        tensors = qdq.quantized_tensors(out, set(skipped))
+        return out.SerializeToString(), {}, calibration_statistics(cfg, out, tensors, calib_tensors, progress, "stub")
     monkeypatch.setattr(bias_correction, "correct", fake_correct)
     return calls
 

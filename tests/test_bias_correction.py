@@ -137,7 +137,7 @@ def test_the_correction_is_sequential_correcting_the_first_conv_changes_the_seco
     tensors = qdq.quantized_tensors(model, set())
     calib_tensors = calib / "tensors.npy"
     cfg = load_config(config_file(calib.parent / "seq.yaml", calibrate_mode="max"))
-    thresholds = bc.calibrate(model, tensors, cfg, calib_tensors, StubProgress())
+    thresholds, _ = bc.calibrate(model, tensors, cfg, calib_tensors, StubProgress())
     fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, StubProgress())
     sequential = bc.correct_once(model, convs, fp32, thresholds, set(), True, calib_tensors, StubProgress())
     assert [[c.name for c in g] for g in bc.generations(model, convs)] == [["c0"], ["c1"]]
@@ -178,7 +178,7 @@ def test_the_passes_keep_what_later_passes_read_and_give_what_prefix_passes_give
     model, convs, _ = bc.with_biases(residual(), set())
     calib_tensors = calib / "tensors.npy"
     cfg = load_config(config_file(calib.parent / "res.yaml", calibrate_mode="kl_divergence"))
-    thresholds = bc.calibrate(model, qdq.quantized_tensors(model, set()), cfg, calib_tensors, StubProgress())
+    thresholds, _ = bc.calibrate(model, qdq.quantized_tensors(model, set()), cfg, calib_tensors, StubProgress())
     fp32 = bc.channel_means(model, [c.output for c in convs], calib_tensors, StubProgress())
     groups = bc.generations(model, convs)
     assert [[c.name for c in g] for g in groups] == [["c0"], ["c1", "side"], ["c2"], ["c3"]]

@@ -45,7 +45,7 @@ def correct_onnx(cfg: BuildConfig, onnx: Path, calib: Path, out: Path, progress)
     check_model_input(cfg, model, onnx)
     calibration = read_calibration_folder(cfg, calib)
     skipped = skipped_convs(model, cfg.backend.quantize.skip_conv_layers, cfg.pipeline.conv_numbering, cfg.source)
-    data, record = correct(cfg, model, calib / calibration["tensors"]["file"], progress, skipped)
+    data, record, _ = correct(cfg, model, calib / calibration["tensors"]["file"], progress, skipped)
     record.update({
         "bias_correction": MODE,
         "config_name": cfg.name,

@@ -66,8 +66,8 @@ def calibrations(cfg: BuildConfig) -> list[Candidate]:
 
 
 class Quantizer:
-    """Writes the Q/DQ model of any candidate; the statistics are collected on first need, once per model (the
-    simplified one, and each bias-corrected one). PROGRESS (core.progress), the workbench's."""
+    """Writes the Q/DQ model of any candidate; the statistics are collected on first need: once for the simplified
+    model, and by the correction itself for each bias-corrected one. PROGRESS (core.progress), the workbench's."""
 
     def __init__(self, cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progress):
         self.cfg, self.model, self.calib, self.progress = cfg, model, calib, progress
@@ -77,25 +77,24 @@ class Quantizer:
 
     @cached_property
     def collection(self) -> stats.Collection:
-        return self._collect(self.model)
-
-    def _collect(self, model: onnx.ModelProto) -> stats.Collection:
-        tensors = qdq.quantized_tensors(model, set())
-        return stats.collect(model, tensors, self.calib / TENSORS, self.progress, "statistics")
+        """The simplified model's statistics, every tensor and the histograms: each calibration's thresholds and
+        any skip list's come from this one collection."""
+        tensors = qdq.quantized_tensors(self.model, set())
+        return stats.collect(self.model, tensors, self.calib / TENSORS, self.progress, "statistics")
 
     def corrected(self, mode: str, calibrate_range: float | None, skip: tuple[int, ...] = ()
                   ) -> tuple[onnx.ModelProto, stats.Collection]:
         """The bias-corrected model a config of this calibration and SKIP builds from (`make int8` corrects for the
         config's skip_conv_layers: skipped Convs are not corrected), as read back from its file, and the statistics
-        collected on it. The search corrects with nothing skipped; an input config's own skip list is its own."""
+        `make int8` collects on it for this calibration (the correction's last recalibration collected them). The
+        search corrects with nothing skipped; an input config's own skip list is its own."""
         from ..backends.ort.bias_correction import correct
 
         if (mode, calibrate_range, skip) not in self._corrected:
             cfg = self.config(Candidate(mode, calibrate_range, skip))
-            data, _ = correct(cfg, self.model, self.calib / TENSORS, self.progress,
-                              sorted(self.skipped(skip)))
-            model = onnx.load_from_string(data)
-            self._corrected[mode, calibrate_range, skip] = model, self._collect(model)
+            data, _, collected = correct(cfg, self.model, self.calib / TENSORS, self.progress,
+                                         sorted(self.skipped(skip)))
+            self._corrected[mode, calibrate_range, skip] = onnx.load_from_string(data), collected
         return self._corrected[mode, calibrate_range, skip]
 
     def thresholds(self, mode: str, calibrate_range: float | None, corrected: tuple[int, ...] | None = None

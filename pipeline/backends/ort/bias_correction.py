@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 from ...core.config import BuildConfig
 from ...core.errors import PipelineError
 from . import qdq, stats
-from .build import tensor_thresholds
+from .build import calibration_statistics, config_thresholds
 from .numbering import conv_order, node_name
 
 MAX_ROUNDS = 3
@@ -292,12 +292,11 @@ def correct_once(model: onnx.ModelProto, convs: list[Conv], fp32_means: dict[str
 
 
 def calibrate(model: onnx.ModelProto, tensors: list[str], cfg: BuildConfig, calib_tensors, progress,
-              observe=None) -> dict[str, float]:
-    """The thresholds `build --backend ort` would give MODEL: the same statistics and mode (OBSERVE: stats.collect's)."""
-    quantize = cfg.backend.quantize
-    collected = stats.collect(model, tensors, calib_tensors, progress, PROGRESS,
-                              histograms=quantize.calibrate_mode != "max", observe=observe)
-    return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
+              observe=None) -> tuple[dict[str, float], stats.Collection]:
+    """The thresholds `build --backend ort` would give MODEL, and the statistics it would collect for them (OBSERVE:
+    stats.collect's)."""
+    collected = calibration_statistics(cfg, model, tensors, calib_tensors, progress, PROGRESS, observe)
+    return config_thresholds(cfg, collected), collected
 
 
 def largest_move(before: dict[str, float], after: dict[str, float]) -> tuple[float, str]:
@@ -333,9 +332,12 @@ class Deviation:
                 "max_abs_alpha_diff": self.largest}
 
 
-def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, skipped: list[str]) -> tuple[bytes, dict]:
+def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, skipped: list[str]
+            ) -> tuple[bytes, dict, stats.Collection]:
     """MODEL bias-corrected for CFG's quantization (SKIPPED: the Conv names skip_conv_layers keeps float),
-    serialized, and what was done: rounds, threshold moves, per-Conv correction norms, fp32 deviation."""
+    serialized; what was done: rounds, threshold moves, per-Conv correction norms, fp32 deviation; and the
+    statistics of the last recalibration, which ran on the result: those `build --backend ort` collects from it,
+    so a caller building it in this process (tune) need not collect them again."""
     quantize = cfg.backend.quantize
     skip = set(skipped)
     tensors = qdq.quantized_tensors(model, skip)
@@ -348,15 +350,16 @@ def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, s
         # The zero biases with_biases added leave the output as it was: this is the original's fp32 output.
         original_output = Path(scratch) / "fp32-output.bin"
         with open(original_output, "wb") as handle:
-            thresholds = calibrate(current, tensors, cfg, calib_tensors, progress,
-                                   observe=lambda values: values[output].tofile(handle))
+            thresholds, _ = calibrate(current, tensors, cfg, calib_tensors, progress,
+                                      observe=lambda values: values[output].tofile(handle))
         for round_ in range(1, MAX_ROUNDS + 1):
             set_biases(current, correct_once(current, convs, fp32_means, thresholds, skip,
                                              quantize.quantize_per_channel, calib_tensors, progress))
             # Every recalibration measures the deviation: the last one's model is the result.
             with open(original_output, "rb") as handle:
                 deviation = Deviation(handle, output)
-                recalibrated = calibrate(current, tensors, cfg, calib_tensors, progress, observe=deviation)
+                recalibrated, collected = calibrate(current, tensors, cfg, calib_tensors, progress,
+                                                    observe=deviation)
             move, tensor = largest_move(thresholds, recalibrated)
             rounds.append({"round": round_, "largest_threshold_move": move, "tensor": tensor})
             thresholds = recalibrated
@@ -387,4 +390,4 @@ def correct(cfg: BuildConfig, model: onnx.ModelProto, calib_tensors, progress, s
         "convs": rows,
         "fp32_deviation": deviation.record(),
     }
-    return current.SerializeToString(), record
+    return current.SerializeToString(), record, collected

@@ -71,6 +71,19 @@ def tensor_thresholds(collected: stats.Collection, mode: str, calibrate_range: f
         return dict(zip(names, found))
 
 
+def calibration_statistics(cfg: BuildConfig, model: onnx.ModelProto, tensors: list[str], calib_tensors: Path,
+                           progress, desc: str, observe=None) -> stats.Collection:
+    """The statistics of TENSORS that CFG's calibrate_mode needs (max |x|, and the histograms unless it is max),
+    collected as `make int8` collects them (stats.collect's DESC and OBSERVE)."""
+    return stats.collect(model, tensors, calib_tensors, progress, desc,
+                         histograms=cfg.backend.quantize.calibrate_mode != "max", observe=observe)
+
+
+def config_thresholds(cfg: BuildConfig, collected: stats.Collection) -> dict[str, float]:
+    quantize = cfg.backend.quantize
+    return tensor_thresholds(collected, quantize.calibrate_mode, quantize.calibrate_range)
+
+
 def int8_model(cfg: BuildConfig, model: onnx.ModelProto, chosen: dict[str, float], parts: str = "both") -> bytes:
     """The serialized Q/DQ model of MODEL under CFG's quantize settings (its skip_conv_layers in its conv numbering,
     per channel or not), given the threshold of each tensor it quantizes (CHOSEN, tensor_thresholds; others are
@@ -87,9 +100,9 @@ def quantize_int8(cfg: BuildConfig, model: onnx.ModelProto, calib: Path, progres
     skip = skipped_convs(model, quantize.skip_conv_layers, numbering, cfg.source)
     tensors = qdq.quantized_tensors(model, set(skip))
     start = time.perf_counter()
-    collected = stats.collect(model, tensors, calib / TENSORS, progress, "calibration", histograms=mode != "max")
+    collected = calibration_statistics(cfg, model, tensors, calib / TENSORS, progress, "calibration")
     collect_s = time.perf_counter() - start
-    chosen = tensor_thresholds(collected, mode, quantize.calibrate_range)
+    chosen = config_thresholds(cfg, collected)
     data = int8_model(cfg, model, chosen)
     per_tensor = {}
     for name, s in collected.tensors.items():
