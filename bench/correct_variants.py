@@ -55,8 +55,8 @@ def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
     scratch = tempfile.TemporaryDirectory(prefix="correct-variants-")
     original_output = Path(scratch.name) / "fp32-output.bin"  # what correct's record compares with, as it does
     with open(original_output, "wb") as handle:
-        thresholds = calibrate(current, tensors, cfg, calib_tensors, quiet,
-                               observe=lambda values: values[output].tofile(handle))
+        thresholds, _ = calibrate(current, tensors, cfg, calib_tensors, quiet,
+                                  observe=lambda values: values[output].tofile(handle))
     # every Conv of the bank quantized (the skipped ones are simply not read); inputs from the fp32 network
     bank = runtime.session(qdq.write_qdq(conv_bank(current), {BANK_INPUT + t: v for t, v in thresholds.items()},
                                          set(), q.quantize_per_channel))
@@ -83,7 +83,8 @@ def own_error_correction(cfg, model, calib_tensors: Path) -> tuple[bytes, dict]:
     set_biases(current, biases)
     with open(original_output, "rb") as handle:
         deviation = Deviation(handle, output)
-        move, tensor = largest_move(thresholds, calibrate(current, tensors, cfg, calib_tensors, quiet, observe=deviation))
+        recalibrated, _ = calibrate(current, tensors, cfg, calib_tensors, quiet, observe=deviation)
+        move, tensor = largest_move(thresholds, recalibrated)
     scratch.cleanup()
     rows = [{"onnx_node": c.name, "bias_added": c.name in added,
              "correction_l2": float(np.linalg.norm(biases[c.bias].astype(np.float64) - original[c.bias])),
